@@ -1,0 +1,1 @@
+"""autoshrink.agent: who picks the actions (SB3 algorithms and non-learning baselines)."""

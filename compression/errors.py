@@ -1,0 +1,32 @@
+"""The error hierarchy of autoshrink.
+
+Every error a user can cause (a bad name, a bad file, an impossible budget) is an
+:class:`AutoshrinkError`. The CLI turns these into one clear line and a non-zero exit;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class AutoshrinkError(Exception):
+    """Base class of every user-facing autoshrink error."""
+
+
+class PolicyError(AutoshrinkError):
+    """A policy is malformed, out of range, or does not match the model's units."""
+
+
+class BudgetInfeasibleError(AutoshrinkError):
+    """A budget is tighter than the most aggressive compression can reach."""
+
+
+class UnsupportedModelError(AutoshrinkError):
+    """A model (or one of its layers) cannot be handled by the compression engine."""
+
+
+class DataError(AutoshrinkError):
+    """A dataset cannot be found, downloaded or read."""
+
+
+class CheckpointError(AutoshrinkError):
+    """A checkpoint or artifact is missing, corrupt, foreign or of another architecture."""

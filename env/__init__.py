@@ -1,0 +1,1 @@
+"""autoshrink.env: the Gymnasium side of the search."""

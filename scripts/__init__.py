@@ -1,0 +1,1 @@
+"""autoshrink.scripts: the ``autoshrink`` command line, one module per subcommand."""

@@ -1,0 +1,74 @@
+"""The ``autoshrink`` entry point: parses the subcommand and turns user errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.scripts.console import err_console
+
+# One module per subcommand; each defines ``add_parser(subparsers)`` and ``run(args) -> int``.
+SUBCOMMANDS: tuple[str, ...] = ("train", "inspect")
+
+
+def _version() -> str:
+    try:
+        return version("autoshrink")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with one sub-parser per subcommand module."""
+    parser = argparse.ArgumentParser(
+        prog="autoshrink",
+        description=(
+            "AutoML compression search for PyTorch: an RL agent picks a channel keep-ratio "
+            "and a weight bit-width for every prunable unit of a trained model, under "
+            "guaranteed FLOPs, parameter, size and latency budgets."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"autoshrink {_version()}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"autoshrink.scripts.{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit status.
+
+    Args:
+        argv: Arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+        0 on success, 2 on a user error (reported in one line), 130 on Ctrl-C.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args))
+    except AutoshrinkError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
