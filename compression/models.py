@@ -228,7 +228,9 @@ def build_model(spec: ModelSpec) -> nn.Module:
         }
         model = factory(**kwargs)
         if not isinstance(model, nn.Module):
-            raise UnsupportedModelError(f"{spec.name} returned {type(model).__name__}, not a Module")
+            raise UnsupportedModelError(
+                f"{spec.name} returned {type(model).__name__}, not a Module"
+            )
     else:
         import torchvision
 
@@ -279,9 +281,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    wrong = sorted(
-        k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)
-    )
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -294,8 +294,6 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
                 f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} "
                 f"vs {tuple(own[k].shape)})"
             )
-        raise CheckpointError(
-            f"checkpoint {path} is for another architecture: " + "; ".join(parts)
-        )
+        raise CheckpointError(f"checkpoint {path} is for another architecture: " + "; ".join(parts))
     model.load_state_dict(state)
     return model

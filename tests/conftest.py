@@ -1,0 +1,27 @@
+"""Shared fixtures: an isolated cache for trained baselines, and deterministic torch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder per test session, so baselines train at most once per session."""
+    return tmp_path_factory.mktemp("autoshrink-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(cache_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Never read or write the user's real cache from tests."""
+    monkeypatch.setenv("AUTOSHRINK_CACHE", str(cache_root))
+    yield
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep each (xdist) worker on one thread: two workers share two cores."""
+    torch.set_num_threads(1)
