@@ -1,0 +1,438 @@
+"""Datasets with fixed, seeded train/val/test splits.
+
+Every dataset comes back as a :class:`DataSplits`. The rules:
+
+* ``val`` is always carved out of the training data with ``seed``. A search scores
+  policies on ``val``; ``test`` is only for final reports.
+* Where a dataset has no test split of its own (``digits``, ``imagefolder:PATH``), 20 % is
+  carved off first with a fixed seed, so the test set is the same for every ``seed``.
+* Images are normalised with per-dataset mean and std. Small datasets live in memory as
+  ``TensorDataset``; an image folder is read lazily.
+
+>>> splits = load_dataset("digits")
+>>> splits.example_input().shape
+torch.Size([1, 1, 8, 8])
+>>> len(splits.train) + len(splits.val) + len(splits.test)
+1797
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import logging
+import os
+import shutil
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+    TensorDataset,
+)
+
+from autoshrink.compression.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+#: Accepted dataset names, for ``--help``.
+DATASETS: tuple[str, ...] = (
+    "digits",
+    "fashion-mnist",
+    "mnist",
+    "cifar10",
+    "cifar100",
+    "imagefolder:PATH",
+    "fake",
+)
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Where no test split exists, this fraction is held out as test, always with this seed.
+TEST_FRACTION = 0.2
+TEST_SPLIT_SEED = 0
+#: Side length every ``imagefolder:PATH`` image is resized to.
+IMAGEFOLDER_SIZE = 64
+#: Folders where system packages install datasets (Debian's ``dataset-fashion-mnist``).
+SYSTEM_DIRS: dict[str, Path] = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
+#: Per-channel (mean, std) of each dataset's training images in [0, 1].
+STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "digits": ((0.3053,), (0.3760,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's
+}
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_DOWNLOAD_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """A dataset split three ways, with the shape facts a model needs.
+
+    Args:
+        name: The dataset name as given to :func:`load_dataset`.
+        train: Training samples ``(image, label)``, val already removed.
+        val: Held out from the training data with the seed; what a search scores on.
+        test: For final reports only.
+        num_classes: Number of labels.
+        in_channels: Image channels.
+        image_size: Image height and width.
+    """
+
+    name: str
+    train: Dataset[Any]
+    val: Dataset[Any]
+    test: Dataset[Any]
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+    def loader(
+        self,
+        split: str = "train",
+        batch_size: int = 128,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> DataLoader[Any]:
+        """A single-process loader over one split; the same seed gives the same order.
+
+        Args:
+            split: ``train``, ``val`` or ``test``.
+            batch_size: Samples per batch.
+            shuffle: Reshuffle at every pass over the data.
+            seed: Seeds the loader's own generator (the global RNG is not used).
+            drop_last: Drop a last, incomplete batch.
+
+        Returns:
+            A ``DataLoader`` yielding ``(images, labels)`` batches.
+
+        Raises:
+            DataError: If ``split`` is not one of :data:`SPLITS`.
+        """
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+        dataset: Dataset[Any] = getattr(self, split)
+        generator = torch.Generator().manual_seed(seed)
+        if isinstance(dataset, TensorDataset):
+            # Fetch whole batches with one index op instead of collating sample by sample.
+            order = (
+                RandomSampler(dataset, generator=generator)
+                if shuffle
+                else SequentialSampler(dataset)
+            )
+            batches = BatchSampler(order, batch_size, drop_last)
+            return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=0)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=drop_last,
+            num_workers=0,
+        )
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        """Zeros shaped like a batch of inputs, e.g. for tracing or MAC counting."""
+        return torch.zeros(batch, self.in_channels, self.image_size, self.image_size)
+
+
+class _Arrays(NamedTuple):
+    """A dataset with a native train/test split, as images in [0, 1] (N, C, H, W)."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor | None  # None: carve the test split off train
+    test_y: torch.Tensor | None
+    num_classes: int
+
+
+def load_dataset(
+    name: str = "digits",
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    train_subset: int | None = None,
+) -> DataSplits:
+    """Load a dataset and split it into train, val and test.
+
+    Args:
+        name: One of :data:`DATASETS`. ``digits`` is scikit-learn's 8x8 digits (offline).
+            ``fashion-mnist`` is read from ``data_dir``, then from Debian's
+            ``/usr/share/datasets/fashion-mnist``, then downloaded. ``mnist``, ``cifar10``
+            and ``cifar100`` are read from ``data_dir`` or downloaded by torchvision.
+            ``imagefolder:PATH`` reads a torchvision ``ImageFolder`` (one folder per class),
+            resized to ``IMAGEFOLDER_SIZE``. ``fake`` is a small, learnable random set.
+        data_dir: Where the dataset files are, or are downloaded to. Default: the
+            ``datasets`` folder of the autoshrink cache.
+        seed: Seeds the val split and ``train_subset``.
+        val_fraction: Fraction of the training data held out as val.
+        train_subset: Keep only this many (seeded, class-stratified) training samples,
+            e.g. for CPU-bound benchmarks. Val and test are unaffected.
+
+    Returns:
+        The three splits and the shape facts.
+
+    Raises:
+        DataError: On an unknown name, bad fractions, or data that can neither be found
+            nor downloaded.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if train_subset is not None and train_subset < 1:
+        raise DataError(f"train_subset must be a positive count, got {train_subset}")
+    root = Path(data_dir).expanduser() if data_dir is not None else None
+    key = name.strip().lower()
+    if key.startswith("imagefolder:"):
+        return _imagefolder(name, name.split(":", 1)[1], seed, val_fraction, train_subset)
+    readers: dict[str, Callable[[Path | None], _Arrays]] = {
+        "digits": _digits,
+        "fake": _fake,
+        "fashion-mnist": lambda d: _mnist_like("fashion-mnist", d),
+        "mnist": lambda d: _mnist_like("mnist", d),
+        "cifar10": lambda d: _cifar("cifar10", d),
+        "cifar100": lambda d: _cifar("cifar100", d),
+    }
+    if key not in readers:
+        raise DataError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+    arrays = readers[key](root)
+    return _tensor_splits(key, arrays, seed, val_fraction, train_subset)
+
+
+def _split(labels: np.ndarray, size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, class-stratified split of ``range(len(labels))`` into (rest, picked).
+
+    ``size`` is the fraction or the count of samples picked.
+    """
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(labels))
+    try:
+        rest, picked = train_test_split(index, test_size=size, random_state=seed, stratify=labels)
+    except ValueError:  # a class too small to stratify: fall back to a plain seeded split
+        rest, picked = train_test_split(index, test_size=size, random_state=seed)
+    return np.sort(rest), np.sort(picked)
+
+
+def _train_val(
+    labels: np.ndarray, seed: int, val_fraction: float, train_subset: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (into ``labels``) of the train and val parts of a training pool."""
+    train, val = _split(labels, val_fraction, seed)
+    if train_subset is not None and train_subset < len(train):
+        _, picked = _split(labels[train], train_subset, seed)
+        train = train[picked]
+    return train, val
+
+
+def _tensor_splits(
+    name: str, arrays: _Arrays, seed: int, val_fraction: float, train_subset: int | None
+) -> DataSplits:
+    x, y = arrays.train_x, arrays.train_y
+    if arrays.test_x is None or arrays.test_y is None:
+        pool, test = _split(y.numpy(), TEST_FRACTION, TEST_SPLIT_SEED)
+        test_x, test_y = x[test], y[test]
+        x, y = x[pool], y[pool]
+    else:
+        test_x, test_y = arrays.test_x, arrays.test_y
+    train, val = _train_val(y.numpy(), seed, val_fraction, train_subset)
+    norm = _normalizer(name)
+    train_t, val_t = torch.from_numpy(train), torch.from_numpy(val)
+    return DataSplits(
+        name=name,
+        train=TensorDataset(norm(x[train_t]), y[train_t]),
+        val=TensorDataset(norm(x[val_t]), y[val_t]),
+        test=TensorDataset(norm(test_x), test_y),
+        num_classes=arrays.num_classes,
+        in_channels=int(x.shape[1]),
+        image_size=int(x.shape[-1]),
+    )
+
+
+def _normalizer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name not in STATS:  # e.g. ``fake``: already zero-mean, unit-variance
+        return lambda x: x.float().contiguous()
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in STATS[name])
+    return lambda x: ((x.float() - mean) / std).contiguous()
+
+
+def _digits(_: Path | None) -> _Arrays:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.from_numpy(digits.images / 16.0).float().unsqueeze(1)
+    y = torch.from_numpy(digits.target).long()
+    return _Arrays(x, y, None, None, 10)
+
+
+def _fake(_: Path | None, n_train: int = 384, n_test: int = 96) -> _Arrays:
+    # A class-dependent pattern under noise: learnable, so smoke tests can see progress.
+    gen = torch.Generator().manual_seed(1234)
+    prototypes = torch.randn(10, 3, 32, 32, generator=gen)
+    y = torch.randint(0, 10, (n_train + n_test,), generator=gen)
+    x = 0.5 * prototypes[y] + torch.randn(len(y), 3, 32, 32, generator=gen)
+    return _Arrays(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10)
+
+
+def _default_root() -> Path:
+    from autoshrink.compression.baselines import cache_dir  # baselines imports this module
+
+    return cache_dir() / "datasets"
+
+
+@contextlib.contextmanager
+def _network_timeout(seconds: float = _DOWNLOAD_TIMEOUT_S) -> Iterator[None]:
+    # torchvision opens URLs without a timeout: a silent firewall would hang us forever.
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds if old is None else old)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _download(name: str, looked: Sequence[Path], fetch: Callable[[], _Arrays]) -> _Arrays:
+    where = ", ".join(str(p) for p in looked)
+    logger.info("%s not found in %s; downloading", name, where)
+    try:
+        with _network_timeout():
+            return fetch()
+    except Exception as exc:  # any network or integrity failure ends the same way
+        reason = " ".join(str(exc).split())[:200]
+        raise DataError(
+            f"{name} not found in {where} and download failed ({type(exc).__name__}: "
+            f"{reason}); put the files in --data-dir or retry with a network"
+        ) from exc
+
+
+def _has_idx_files(folder: Path) -> bool:
+    return all((folder / f).is_file() or (folder / f"{f}.gz").is_file() for f in _IDX_FILES)
+
+
+def _stage_idx_files(src: Path, raw: Path) -> None:
+    """Put (decompressed) IDX files where torchvision's MNIST readers expect them."""
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in _IDX_FILES:
+        source = src / f if (src / f).is_file() else src / f"{f}.gz"
+        dst = raw / f
+        if dst.is_file() and dst.stat().st_mtime >= source.stat().st_mtime:
+            continue
+        tmp = raw / f".{f}.{os.getpid()}.tmp"
+        if source.suffix == ".gz":
+            with gzip.open(source, "rb") as fin, tmp.open("wb") as fout:
+                shutil.copyfileobj(fin, fout)
+        else:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, dst)  # atomic: a concurrent reader never sees half a file
+
+
+def _mnist_like(name: str, data_dir: Path | None) -> _Arrays:
+    from torchvision import datasets
+
+    cls = datasets.FashionMNIST if name == "fashion-mnist" else datasets.MNIST
+
+    def read(root: Path, download: bool = False) -> _Arrays:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+        return _Arrays(
+            train.data.unsqueeze(1).float() / 255.0,
+            train.targets.long(),
+            test.data.unsqueeze(1).float() / 255.0,
+            test.targets.long(),
+            len(cls.classes),
+        )
+
+    download_root = data_dir or _default_root()
+    looked = [p for p in (data_dir, SYSTEM_DIRS.get(name)) if p is not None]
+    for folder in dict.fromkeys([*looked, download_root]):
+        # torchvision's own layout (ROOT/FashionMNIST/raw/...), e.g. an earlier download.
+        if (folder / cls.__name__ / "raw").is_dir():
+            with contextlib.suppress(RuntimeError):
+                return read(folder)
+        if folder in looked and _has_idx_files(folder):  # bare IDX files, as Debian has them
+            logger.info("reading %s from %s", name, folder)
+            # Decompressed copies go to the cache, one folder per source folder.
+            source_key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+            staged = _default_root() / "staged" / f"{name}-{source_key}"
+            _stage_idx_files(folder, staged / cls.__name__ / "raw")
+            return read(staged)
+    return _download(name, looked or [download_root], lambda: read(download_root, True))
+
+
+def _hwc_to_chw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _cifar(name: str, data_dir: Path | None) -> _Arrays:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    root = data_dir or _default_root()
+
+    def read(download: bool = False) -> _Arrays:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+        return _Arrays(
+            _hwc_to_chw(train.data),
+            torch.tensor(train.targets),
+            _hwc_to_chw(test.data),
+            torch.tensor(test.targets),
+            len(train.classes),
+        )
+
+    try:
+        return read()
+    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+        return _download(name, [root], lambda: read(download=True))
+
+
+def _imagefolder(
+    name: str, path_str: str, seed: int, val_fraction: float, train_subset: int | None
+) -> DataSplits:
+    from torchvision import datasets, transforms
+
+    path = Path(path_str).expanduser()
+    if not path.is_dir():
+        raise DataError(f"image folder not found: {path}")
+    mean, std = STATS["imagefolder"]
+    transform = transforms.Compose(
+        [
+            transforms.Resize((IMAGEFOLDER_SIZE, IMAGEFOLDER_SIZE)),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+    try:
+        # The default loader converts every image to RGB, so there are always 3 channels.
+        folder = datasets.ImageFolder(str(path), transform=transform)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"cannot read image folder {path}: {exc}") from exc
+    labels = np.asarray(folder.targets)
+    pool, test = _split(labels, TEST_FRACTION, TEST_SPLIT_SEED)
+    train, val = _train_val(labels[pool], seed, val_fraction, train_subset)
+    return DataSplits(
+        name=name,
+        train=Subset(folder, pool[train].tolist()),
+        val=Subset(folder, pool[val].tolist()),
+        test=Subset(folder, test.tolist()),
+        num_classes=len(folder.classes),
+        in_channels=3,
+        image_size=IMAGEFOLDER_SIZE,
+    )

@@ -1,0 +1,167 @@
+"""``autoshrink train``: train (or fetch from the cache) a baseline model to compress."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.progress import TextColumn
+from rich.table import Table
+from torch import nn
+
+from autoshrink.compression.baselines import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DATASET,
+    DEFAULT_LR,
+    DEFAULT_MODEL,
+    baseline,
+    baseline_path,
+    default_epochs,
+    read_result,
+)
+from autoshrink.compression.data import DATASETS, load_dataset
+from autoshrink.compression.errors import CheckpointError
+from autoshrink.compression.models import ZOO_MODELS, ModelSpec, build_model
+from autoshrink.scripts.console import console, make_progress
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``train`` subcommand."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "train",
+        help="train a baseline model (cached: a second run is instant)",
+        description=(
+            "Train a model on a dataset and save its state dict. The result is cached in "
+            "$AUTOSHRINK_CACHE (else $XDG_CACHE_HOME/autoshrink, else ~/.cache/autoshrink), "
+            "keyed by model, dataset, epochs, seed, learning rate and batch size, so the same "
+            "command run again loads it instead of training."
+        ),
+    )
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"a zoo model ({', '.join(ZOO_MODELS)}), a torchvision model name, or "
+        "path/to/file.py:factory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=DEFAULT_DATASET,
+        help=f"one of {', '.join(DATASETS)} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder that holds the dataset files, or receives their download "
+        "(default: the cache's datasets folder)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="training epochs (default: per dataset: "
+        f"{default_epochs('digits')} for digits, {default_epochs('fashion-mnist')} for "
+        "fashion-mnist)",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=DEFAULT_LR, help="peak SGD learning rate (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help="samples per step (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the weights, the val split and the batch order (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="also write the state dict here, as .pt or .safetensors "
+        "(default: only the cache file is written)",
+    )
+    parser.add_argument(
+        "--retrain", action="store_true", help="train even if a cached result exists"
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train or load the baseline, copy it to ``--out`` and print a summary."""
+    splits = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)
+    spec = ModelSpec(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels)
+    build_model(spec)  # an unknown model fails here, in one line, before any progress bar
+    epochs = args.epochs if args.epochs is not None else default_epochs(args.dataset)
+    options: dict[str, Any] = {
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "splits": splits,
+        "retrain": args.retrain,
+    }
+    cached = baseline_path(spec, args.dataset, epochs, args.seed, args.lr, args.batch_size)
+    if cached.is_file() and not args.retrain:
+        model, path = baseline(spec, args.dataset, epochs, args.seed, **options)
+        console.print("[green]cached:[/] trained before, loaded (--retrain to train again)")
+    else:
+        with make_progress(TextColumn("val acc {task.fields[val]}")) as progress:
+            task = progress.add_task(f"training {args.model}", total=epochs, val="-")
+
+            def on_epoch(epoch: int, val_accuracy: float) -> None:
+                progress.update(task, completed=epoch, val=f"{val_accuracy:.2%}")
+
+            model, path = baseline(
+                spec, args.dataset, epochs, args.seed, on_epoch=on_epoch, **options
+            )
+    if args.out is not None:
+        _save_copy(model, path, args.out)
+    _summary(args, epochs, path)
+    return 0
+
+
+def _summary(args: argparse.Namespace, epochs: int, path: Path) -> None:
+    table = Table(title="baseline", show_header=False)
+    table.add_row("model", args.model)
+    table.add_row("dataset", args.dataset)
+    table.add_row("epochs", str(epochs))
+    result = read_result(path)
+    if result is not None:
+        table.add_row("val accuracy", f"{result.val_accuracy:.2%}")
+        table.add_row("test accuracy", f"{result.test_accuracy:.2%}")
+        table.add_row("train time", f"{result.seconds:.1f} s")
+    console.print(table)
+    # Paths go outside the table, which would cut them: they are there to be copied.
+    if args.out is not None:
+        console.print(f"saved to {args.out}", soft_wrap=True, highlight=False)
+    console.print(f"cached at {path}", soft_wrap=True, highlight=False)
+
+
+def _save_copy(model: nn.Module, cached: Path, out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+        else:
+            shutil.copyfile(cached, out)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {out}: {exc.strerror or exc}") from exc
