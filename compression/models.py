@@ -17,6 +17,7 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -142,10 +143,9 @@ class SmallCNN(nn.Module):
 
 def _zoo() -> dict[str, Callable[[int, int], nn.Module]]:
     zoo: dict[str, Callable[[int, int], nn.Module]] = {
-        name: (lambda nc, ic, d=depth: CifarResNet(d, nc, ic))
-        for name, depth in CIFAR_RESNET_DEPTHS.items()
+        name: partial(CifarResNet, depth) for name, depth in CIFAR_RESNET_DEPTHS.items()
     }
-    zoo["smallcnn"] = lambda nc, ic: SmallCNN(nc, ic)
+    zoo["smallcnn"] = SmallCNN
     return zoo
 
 
@@ -199,7 +199,7 @@ def _load_user_factory(ref: str) -> Callable[..., nn.Module]:
     factory = getattr(module, fn_name, None)
     if not callable(factory):
         raise UnsupportedModelError(f"{path} has no callable named {fn_name!r}")
-    return factory  # type: ignore[no-any-return]
+    return factory
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
