@@ -1,0 +1,62 @@
+"""Independent counters on real models: the ground truth the cost model is tested against.
+
+>>> from torch import nn
+>>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 16, 10))
+>>> count_macs(model, torch.zeros(1, 3, 4, 4)), count_params(model)
+(4736, 1514)
+>>> count_bytes(model, {"0": 4}) < count_bytes(model)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from autoshrink.compression.cost import FLOAT_BITS, tensor_bytes
+from autoshrink.compression.errors import PolicyError
+from autoshrink.compression.units import LAYER_TYPES
+
+
+def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass: ``FlopCounterMode`` flops // 2."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(example_input)
+    return int(counter.get_total_flops()) // 2
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameter elements (shared parameters once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_bytes(model: nn.Module, bits: Mapping[str, int] | None = None) -> int:
+    """Payload bytes by :func:`~autoshrink.compression.cost.tensor_bytes`, from the tensors.
+
+    Every parameter and floating-point buffer counts; integer buffers (such as BatchNorm's
+    ``num_batches_tracked``) do not.
+
+    Args:
+        model: The model.
+        bits: Weight bits per conv/linear layer name (missing: 32, i.e. float).
+
+    Raises:
+        PolicyError: If a name in ``bits`` is not a conv/linear layer of ``model``.
+    """
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
+    quantized: dict[int, tuple[int, int]] = {}
+    for name, b in (bits or {}).items():
+        if name not in layers:
+            raise PolicyError(f"no conv or linear layer named {name!r} in the model")
+        weight = layers[name].weight
+        quantized[id(weight)] = (int(b), int(weight.shape[0]))
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if not t.is_floating_point():
+            continue
+        b, out = quantized.get(id(t), (FLOAT_BITS, 0))
+        total += tensor_bytes(t.numel(), b, out)
+    return total

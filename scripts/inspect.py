@@ -1,0 +1,152 @@
+"""``autoshrink inspect``: the prunable units of a model, their features and the totals.
+
+The input shape comes from ``--input-shape`` or from a dataset (``--dataset``, digits by
+default); MACs are counted for exactly that shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.scripts.console import console
+
+if TYPE_CHECKING:
+    from autoshrink.compression.units import UnitGraph
+
+DEFAULT_MODEL = "resnet20"
+DEFAULT_DATASET = "digits"
+
+
+class InputShapeError(AutoshrinkError):
+    """``--input-shape`` is not a list of positive integers."""
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``inspect`` and its flags."""
+    p = subparsers.add_parser(
+        "inspect",
+        help="list a model's prunable units (channel groups) with MACs and params",
+        description=(
+            "Trace a model with Torch-Pruning's DepGraph and list its prunable units: the "
+            "groups of layers that must keep the same channels. Totals are MACs, parameters "
+            "and bytes at float precision."
+        ),
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name ({DEFAULT_MODEL})")
+    p.add_argument("--checkpoint", default=None, help="state dict to load into the model")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--input-shape", default=None, help="input batch shape, e.g. 1,3,224,224")
+    shape.add_argument(
+        "--dataset", default=None, help=f"take the input shape from a dataset ({DEFAULT_DATASET})"
+    )
+    p.add_argument("--data-dir", default=None, help="where the dataset files are")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier width (dataset's)")
+    p.add_argument("--round-to", type=int, default=1, help="channel granularity (1)")
+    p.add_argument("--json", action="store_true", help="print only JSON")
+    p.set_defaults(func=run)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,3,32,32"`` -> ``(1, 3, 32, 32)``.
+
+    Raises:
+        InputShapeError: Unless it is at least two comma-separated positive integers.
+    """
+    parts = [s.strip() for s in text.replace("x", ",").split(",")] if text else []
+    try:
+        shape = tuple(int(s) for s in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) < 2 or min(shape) < 1:
+        raise InputShapeError(
+            f"malformed --input-shape {text!r}: expected positive integers such as 1,3,224,224"
+        )
+    return shape
+
+
+def _shape_and_classes(args: argparse.Namespace) -> tuple[tuple[int, ...], int]:
+    if args.input_shape is not None:
+        return parse_shape(args.input_shape), args.num_classes or 10
+    from autoshrink.compression.data import load_dataset
+
+    data = load_dataset(args.dataset or DEFAULT_DATASET, data_dir=args.data_dir)
+    return tuple(data.example_input(1).shape), args.num_classes or data.num_classes
+
+
+def inspect_model(args: argparse.Namespace) -> tuple[dict[str, Any], UnitGraph]:
+    """Build the model and its units; return the JSON report and the unit graph."""
+    import torch
+
+    from autoshrink.compression.cost import cost
+    from autoshrink.compression.models import ModelSpec, build_model, load_weights
+    from autoshrink.compression.units import build_units
+
+    shape, num_classes = _shape_and_classes(args)
+    if num_classes < 1:
+        raise AutoshrinkError(f"--num-classes must be positive, got {num_classes}")
+    model = build_model(ModelSpec(args.model, num_classes=num_classes, in_channels=shape[1]))
+    if args.checkpoint is not None:
+        load_weights(model, args.checkpoint)
+    graph = build_units(model, torch.zeros(shape), round_to=args.round_to)
+    total = cost(graph)
+    units = [{**asdict(u), "layers": list(u.layers)} for u in graph.units]
+    report = {
+        "units": units,
+        "total": {"macs": total.macs, "params": total.params, "bytes": total.bytes},
+    }
+    return report, graph
+
+
+def _human(n: int) -> str:
+    for unit, size in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the units as a table (or JSON)."""
+    report, graph = inspect_model(args)
+    if args.json:
+        sys.stdout.write(json.dumps(report) + "\n")  # plain JSON for pipes, no rich markup
+        return 0
+    shape = "x".join(map(str, graph.input_shape))
+    table = Table(
+        title=f"{args.model} on {shape}: {len(report['units'])} prunable units",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("name", overflow="fold")
+    for col in ("kind", "c_in", "c_out", "k", "s", "groups", "fmap", "MACs", "params"):
+        table.add_column(col, justify="left" if col == "kind" else "right", no_wrap=True)
+    for u in report["units"]:
+        table.add_row(
+            u["name"],
+            f"{u['kind']}+dw" if u["depthwise"] else u["kind"],
+            *(str(u[k]) for k in ("c_in", "c_out", "kernel", "stride", "groups", "fmap")),
+            _human(u["macs"]),
+            _human(u["params"]),
+        )
+    # A terminal folds long names to fit; a pipe or a file gets full-width lines instead.
+    widest = max((len(u["name"]) for u in report["units"]), default=4)
+    out = console
+    if not console.is_terminal and widest + 66 > console.width:
+        out = Console(width=widest + 66, highlight=False, no_color=console.no_color)
+    out.print(table)
+    t = report["total"]
+    console.print(
+        f"total: {t['macs']:,} MACs, {t['params']:,} params, {t['bytes']:,} bytes at float",
+        highlight=False,
+    )
+    fixed = [layer.name for layer in graph.layers if layer.unit is None]
+    console.print(f"fixed layers: {', '.join(fixed) or 'none'}", highlight=False)
+    return 0

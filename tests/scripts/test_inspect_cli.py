@@ -1,0 +1,97 @@
+"""``autoshrink inspect``: the JSON schema, the table, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoshrink.compression.counting import count_bytes, count_macs, count_params
+from autoshrink.compression.models import ModelSpec, build_model
+from autoshrink.compression.units import build_units
+from autoshrink.scripts.cli import main
+
+UNIT_KEYS = {"name", "kind", "c_in", "c_out", "kernel", "stride", "groups", "fmap", "macs"}
+
+
+def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    assert main(["inspect", "--json", *argv]) == 0
+    out = capsys.readouterr().out
+    return json.loads(out)  # the whole of stdout is one JSON document
+
+
+def test_default_is_resnet20_on_digits_with_exact_totals(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = _json(capsys)
+    assert set(report) == {"units", "total"}
+    assert set(report["total"]) == {"macs", "params", "bytes"}
+    model = build_model(ModelSpec("resnet20", num_classes=10, in_channels=1))
+    x = torch.zeros(1, 1, 8, 8)  # digits: 8x8 grey images
+    assert report["total"] == {
+        "macs": count_macs(model, x),
+        "params": count_params(model),
+        "bytes": count_bytes(model),
+    }
+    graph = build_units(model, x)
+    assert [u["name"] for u in report["units"]] == list(graph.unit_names)
+    for row in report["units"]:
+        assert UNIT_KEYS | {"params"} <= set(row)
+        assert row["kind"] in ("conv", "linear")
+        assert isinstance(row["macs"], int) and isinstance(row["params"], int)
+
+
+def test_input_shape_and_round_to(capsys: pytest.CaptureFixture[str]) -> None:
+    report = _json(
+        capsys, "--model", "mobilenet_v2", "--input-shape", "1,3,32,32", "--round-to", "8"
+    )
+    assert any(row["depthwise"] for row in report["units"])
+    assert {row["round_to"] for row in report["units"]} == {8}
+    model = build_model(ModelSpec("mobilenet_v2", num_classes=10, in_channels=3))
+    assert report["total"]["macs"] == count_macs(model, torch.zeros(1, 3, 32, 32))
+
+
+def test_table_lists_units_and_totals(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", "--model", "smallcnn", "--input-shape", "1,3,16,16"]) == 0
+    out = capsys.readouterr().out
+    for name in ("features.0.0", "features.3.0", "total:", "fixed layers: classifier"):
+        assert name in out
+
+
+def _error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert main(["inspect", *argv]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--model", "resnet21"], "unknown model 'resnet21'"),
+        (["--input-shape", "1,3,x"], "malformed --input-shape '1,3,x'"),
+        (["--input-shape", "0,3,32,32"], "malformed --input-shape '0,3,32,32'"),
+        (["--input-shape", "32"], "malformed --input-shape '32'"),
+        (["--checkpoint", "/no/such/file.pt"], "checkpoint not found"),
+        (["--model", "shufflenet_v2_x0_5", "--input-shape", "1,3,32,32"], "stage2.0"),
+        (["--dataset", "nosuch"], "nosuch"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    assert needle in _error_line(capsys, *argv)
+
+
+def test_checkpoint_of_another_architecture(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "resnet20.pt"
+    torch.save(build_model(ModelSpec("resnet20", in_channels=1)).state_dict(), path)
+    line = _error_line(capsys, "--model", "resnet32", "--checkpoint", str(path))
+    assert "another architecture" in line
+    assert main(["inspect", "--json", "--checkpoint", str(path)]) == 0  # the right one loads
