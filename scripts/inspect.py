@@ -51,6 +51,14 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--data-dir", default=None, help="where the dataset files are")
     p.add_argument("--num-classes", type=int, default=None, help="classifier width (dataset's)")
     p.add_argument("--round-to", type=int, default=1, help="channel granularity (1)")
+    p.add_argument(
+        "--keep",
+        type=float,
+        default=None,
+        metavar="R",
+        help="what-if: keep this fraction (0, 1] of every unit's channels; adds the kept "
+        "channels and the pruned totals, from the exact cost model",
+    )
     p.add_argument("--json", action="store_true", help="print only JSON")
     p.set_defaults(func=run)
 
@@ -88,8 +96,11 @@ def inspect_model(args: argparse.Namespace) -> tuple[dict[str, Any], UnitGraph]:
 
     from autoshrink.compression.cost import cost
     from autoshrink.compression.models import ModelSpec, build_model, load_weights
+    from autoshrink.compression.policy import check_keep
     from autoshrink.compression.units import build_units
 
+    if args.keep is not None:
+        check_keep(args.keep, "--keep")
     shape, num_classes = _shape_and_classes(args)
     if num_classes < 1:
         raise AutoshrinkError(f"--num-classes must be positive, got {num_classes}")
@@ -99,10 +110,15 @@ def inspect_model(args: argparse.Namespace) -> tuple[dict[str, Any], UnitGraph]:
     graph = build_units(model, torch.zeros(shape), round_to=args.round_to)
     total = cost(graph)
     units = [{**asdict(u), "layers": list(u.layers)} for u in graph.units]
-    report = {
+    report: dict[str, Any] = {
         "units": units,
         "total": {"macs": total.macs, "params": total.params, "bytes": total.bytes},
     }
+    if args.keep is not None:
+        for u, row in zip(graph.units, units, strict=True):
+            row["kept"] = u.kept(args.keep)
+        pruned = cost(graph, keep=dict.fromkeys(graph.unit_names, args.keep))
+        report["pruned"] = {"keep": args.keep, **asdict(pruned)}
     return report, graph
 
 
@@ -126,7 +142,10 @@ def run(args: argparse.Namespace) -> int:
         pad_edge=False,
     )
     table.add_column("name", overflow="fold")
-    for col in ("kind", "c_in", "c_out", "k", "s", "groups", "fmap", "MACs", "params"):
+    cols = ["kind", "c_in", "c_out", "k", "s", "groups", "fmap", "MACs", "params"]
+    if args.keep is not None:
+        cols.append("kept")
+    for col in cols:
         table.add_column(col, justify="left" if col == "kind" else "right", no_wrap=True)
     for u in report["units"]:
         table.add_row(
@@ -135,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             *(str(u[k]) for k in ("c_in", "c_out", "kernel", "stride", "groups", "fmap")),
             _human(u["macs"]),
             _human(u["params"]),
+            *([str(u["kept"])] if args.keep is not None else []),
         )
     # A terminal folds long names to fit; a pipe or a file gets full-width lines instead.
     widest = max((len(u["name"]) for u in report["units"]), default=4)
@@ -147,6 +167,14 @@ def run(args: argparse.Namespace) -> int:
         f"total: {t['macs']:,} MACs, {t['params']:,} params, {t['bytes']:,} bytes at float",
         highlight=False,
     )
+    if "pruned" in report:
+        p, t = report["pruned"], report["total"]
+        console.print(
+            f"at keep {p['keep']}: {p['macs']:,} MACs ({p['macs'] / t['macs']:.1%}), "
+            f"{p['params']:,} params ({p['params'] / t['params']:.1%}), "
+            f"{p['bytes']:,} bytes",
+            highlight=False,
+        )
     fixed = [layer.name for layer in graph.layers if layer.unit is None]
     console.print(f"fixed layers: {', '.join(fixed) or 'none'}", highlight=False)
     return 0

@@ -79,6 +79,10 @@ def _error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
         (["--checkpoint", "/no/such/file.pt"], "checkpoint not found"),
         (["--model", "shufflenet_v2_x0_5", "--input-shape", "1,3,32,32"], "stage2.0"),
         (["--dataset", "nosuch"], "nosuch"),
+        (["--keep", "1.5"], "(0, 1], got 1.5"),
+        (["--keep", "0"], "(0, 1], got 0.0"),
+        (["--keep", "-0.2"], "(0, 1], got -0.2"),
+        (["--keep", "nan"], "(0, 1], got nan"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -95,3 +99,16 @@ def test_checkpoint_of_another_architecture(
     line = _error_line(capsys, "--model", "resnet32", "--checkpoint", str(path))
     assert "another architecture" in line
     assert main(["inspect", "--json", "--checkpoint", str(path)]) == 0  # the right one loads
+
+
+def test_keep_what_if_matches_the_pruned_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from autoshrink.compression.prune import prune
+
+    report = _json(capsys, "--keep", "0.5")
+    model = build_model(ModelSpec("resnet20", num_classes=10, in_channels=1))
+    x = torch.zeros(1, 1, 8, 8)
+    graph = build_units(model, x)
+    small = prune(model, graph, dict.fromkeys(graph.unit_names, 0.5))
+    assert report["pruned"]["macs"] == count_macs(small, x)
+    assert report["pruned"]["params"] == count_params(small)
+    assert [row["kept"] for row in report["units"]] == [u.kept(0.5) for u in graph.units]
