@@ -1,1 +1,55 @@
-"""autoshrink.env: the Gymnasium side of the search."""
+"""autoshrink.env: the Gymnasium side of the search.
+
+Importing this package registers ``autoshrink/Compress-v0``:
+
+>>> import gymnasium as gym
+>>> import autoshrink.env
+>>> "autoshrink/Compress-v0" in gym.registry
+True
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import gymnasium as gym
+
+from autoshrink.env.config import Budget, EnvConfig, parse_budget
+
+if TYPE_CHECKING:
+    from autoshrink.env.compression_env import CompressionEnv
+    from autoshrink.env.evaluator import Evaluation, Evaluator
+    from autoshrink.env.wrappers import DiscretizeAction
+
+ENV_ID = "autoshrink/Compress-v0"
+
+if ENV_ID not in gym.registry:
+    gym.register(id=ENV_ID, entry_point="autoshrink.env.compression_env:CompressionEnv")
+
+_LAZY = {
+    "CompressionEnv": "autoshrink.env.compression_env",
+    "Evaluator": "autoshrink.env.evaluator",
+    "Evaluation": "autoshrink.env.evaluator",
+    "DiscretizeAction": "autoshrink.env.wrappers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # The env and evaluator import the whole engine; load them when first used.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ENV_ID",
+    "Budget",
+    "CompressionEnv",
+    "DiscretizeAction",
+    "EnvConfig",
+    "Evaluation",
+    "Evaluator",
+    "parse_budget",
+]

@@ -1,0 +1,218 @@
+"""The budget guarantee: a feasibility clamp on realised (rounded) channels and bits.
+
+This is AMC's action wall, generalised to several budgets, to bits and to rounding. Units
+are decided in order. Before unit ``t`` is decided, assume every later unit goes to its
+minimum (``min_keep`` rounded by the unit's own rule, the smallest bit-width). The agent's
+proposal for unit ``t`` is taken if the whole policy (decided prefix, this unit, minimal
+suffix) meets every budget. Otherwise the clamp keeps the proposed bits and takes the
+largest channel count that fits (binary search over the unit's realisable counts: cost is
+monotone in channels); if even the fewest channels do not fit, it lowers the bits, trying
+the largest feasible channel count at each lower bit-width in turn.
+
+Invariant: *decided prefix + minimal suffix is feasible*. It holds before the first unit
+because construction refuses a budget tighter than the all-minimum policy
+(:class:`~autoshrink.compression.errors.BudgetInfeasibleError`, stating the smallest
+reachable value), and each clamped decision keeps it, since the unit's own minimum is
+always among the candidates. So *any* action sequence ends with a feasible policy. Costs
+are computed with the exact cost model on realised channel counts, so the guarantee holds
+on the model actually pruned, not on a ratio before rounding. Latency is the one estimate:
+it is guaranteed on the measured lookup table's prediction (see
+:mod:`autoshrink.env.latency`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from autoshrink.compression.cost import cost_from_channels
+from autoshrink.compression.errors import BudgetInfeasibleError
+from autoshrink.env.config import format_amount
+
+if TYPE_CHECKING:
+    from autoshrink.compression.units import UnitGraph
+
+FLOAT_BITS = 32
+#: Budget metric -> what it is called in results (``info`` keys).
+RESULT_KEYS: dict[str, str] = {
+    "flops": "macs",
+    "params": "params",
+    "size": "bytes",
+    "latency": "latency",
+}
+
+LatencyEstimate = Callable[[Mapping[str, int]], float]
+
+
+def realisable_channels(unit: object, min_keep: float) -> list[int]:
+    """Sorted distinct channel counts ``unit.kept(k)`` can produce for ``k`` in [min_keep, 1]."""
+    c_out: int = unit.c_out  # type: ignore[attr-defined]
+    kept: Callable[[float], int] = unit.kept  # type: ignore[attr-defined]
+    low = kept(min_keep)
+    counts = {kept(c / c_out) for c in range(1, c_out + 1)} | {low, kept(1.0)}
+    return sorted(c for c in counts if c >= low)
+
+
+def keep_for(unit: object, channels: int) -> float:
+    """A keep-ratio that realises exactly ``channels`` through ``unit.kept``.
+
+    Raises:
+        ValueError: If no ratio realises that count (it is not one the unit can produce).
+    """
+    c_out: int = unit.c_out  # type: ignore[attr-defined]
+    kept: Callable[[float], int] = unit.kept  # type: ignore[attr-defined]
+    base = channels / c_out
+    # Float division can land a hair below the rounding edge: nudge within one ulp-ish.
+    for keep in (base, base + 1e-9, base - 1e-9, base + 0.5 / c_out, base - 0.5 / c_out):
+        keep = min(max(keep, 1e-9), 1.0)
+        if kept(keep) == channels:
+            return keep
+    raise ValueError(f"no keep-ratio realises {channels} of {c_out} channels")
+
+
+class BudgetClamp:
+    """Exact costs and the feasibility clamp over one unit graph.
+
+    Args:
+        graph: The model's units (and layers) in decision order.
+        limits: Absolute bound per budget metric (``flops`` in MACs, ``params``, ``size`` in
+            bytes, ``latency`` in seconds).
+        baseline: The uncompressed model's value of each metric, for messages and ratios.
+        min_keep: Smallest keep-ratio an action may choose (1.0 when channels are fixed).
+        bit_choices: Bits a unit may take; ``(32,)`` when bits are not searched.
+        pinned: Per-layer bit overrides that no action changes (first and last layer).
+        latency: Latency estimate from realised channels, required for a latency budget.
+
+    Raises:
+        BudgetInfeasibleError: If some budget is tighter than the all-minimum policy.
+    """
+
+    def __init__(
+        self,
+        graph: UnitGraph,
+        limits: Mapping[str, float],
+        baseline: Mapping[str, float],
+        min_keep: float = 0.2,
+        bit_choices: Sequence[int] = (FLOAT_BITS,),
+        pinned: Mapping[str, int] | None = None,
+        latency: LatencyEstimate | None = None,
+    ) -> None:
+        if "latency" in limits and latency is None:
+            raise ValueError("a latency budget needs a latency estimate")
+        self.graph = graph
+        self.units = list(graph.units)
+        self.names = [u.name for u in self.units]
+        self.limits = dict(limits)
+        self.baseline = dict(baseline)
+        self.bit_choices = tuple(sorted(bit_choices))
+        self.pinned = dict(pinned or {})
+        self.latency = latency
+        self.choices = [realisable_channels(u, min_keep) for u in self.units]
+        self.min_channels = [c[0] for c in self.choices]
+        self.max_channels = [u.c_out for u in self.units]
+        self.min_bits = [self.bit_choices[0]] * len(self.units)
+        self.max_bits = [self.bit_choices[-1]] * len(self.units)
+        self._unit_layers = [
+            [name for name in u.layers if name not in self.pinned] for u in self.units
+        ]
+        self._base_bits = {layer.name: FLOAT_BITS for layer in graph.layers}
+        self._base_bits.update({k: v for k, v in self.pinned.items() if k in self._base_bits})
+        self.minimum = self.measure(self.min_channels, self.min_bits)
+        self._check_reachable()
+
+    # --- costs -------------------------------------------------------------------------
+    def bits_by_layer(self, bits: Sequence[int]) -> dict[str, int]:
+        """Weight bits per layer when unit ``i`` takes ``bits[i]`` (pins win)."""
+        out = dict(self._base_bits)
+        for layers, b in zip(self._unit_layers, bits, strict=True):
+            for name in layers:
+                out[name] = b
+        return out
+
+    def measure(self, channels: Sequence[int], bits: Sequence[int]) -> dict[str, float]:
+        """Every metric (``flops``, ``params``, ``size`` and, with a table, ``latency``)."""
+        kept = dict(zip(self.names, channels, strict=True))
+        cost = cost_from_channels(self.graph, kept, self.bits_by_layer(bits))
+        out = {"flops": float(cost.macs), "params": float(cost.params), "size": float(cost.bytes)}
+        if self.latency is not None:
+            out["latency"] = float(self.latency(kept))
+        return out
+
+    def feasible(self, channels: Sequence[int], bits: Sequence[int]) -> bool:
+        """Whether the full policy meets every budget."""
+        if not self.limits:
+            return True
+        values = self.measure(channels, bits)
+        return all(values[m] <= limit for m, limit in self.limits.items())
+
+    def overruns(self, values: Mapping[str, float]) -> dict[str, float]:
+        """Relative overrun ``max(0, value / limit - 1)`` per budget."""
+        return {m: max(0.0, values[m] / lim - 1.0) for m, lim in self.limits.items()}
+
+    def span(
+        self, t: int, channels: Sequence[int], bits: Sequence[int]
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Metrics with units ``t..`` all minimal, and all maximal; units before ``t`` as given."""
+        low = self.measure([*channels[:t], *self.min_channels[t:]], [*bits[:t], *self.min_bits[t:]])
+        high = self.measure(
+            [*channels[:t], *self.max_channels[t:]], [*bits[:t], *self.max_bits[t:]]
+        )
+        return low, high
+
+    # --- the clamp ---------------------------------------------------------------------
+    def clamp(
+        self, t: int, channels: Sequence[int], bits: Sequence[int], proposal: tuple[int, int]
+    ) -> tuple[int, int]:
+        """The realised ``(channels, bits)`` of unit ``t`` given the decided prefix.
+
+        Args:
+            t: Index of the unit being decided.
+            channels: Realised channel counts; only entries before ``t`` are read.
+            bits: Realised bits; only entries before ``t`` are read.
+            proposal: The decoded action: a channel count the unit can realise, and bits.
+
+        Returns:
+            The proposal if the policy can still meet every budget, else the largest
+            feasible channel count at the proposed bits, else at the highest lower bits.
+        """
+        want_c, want_b = proposal
+        prefix_c, prefix_b = list(channels[:t]), list(bits[:t])
+        suffix_c, suffix_b = self.min_channels[t + 1 :], self.min_bits[t + 1 :]
+
+        def ok(c: int, b: int) -> bool:
+            return self.feasible([*prefix_c, c, *suffix_c], [*prefix_b, b, *suffix_b])
+
+        if ok(want_c, want_b):
+            return want_c, want_b
+        cands = self.choices[t]
+        top = bisect.bisect_right(cands, want_c)  # candidates <= the proposal
+        for b in [want_b, *(x for x in reversed(self.bit_choices) if x < want_b)]:
+            if not ok(cands[0], b):
+                continue
+            lo, hi = 0, top - 1  # ok(cands[lo]) holds; find the last ok index
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if ok(cands[mid], b):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            return cands[lo], b
+        raise RuntimeError(  # unreachable while the invariant holds
+            f"budget clamp invariant broken at unit {self.names[t]}"
+        )
+
+    def _check_reachable(self) -> None:
+        low_bits = self.bit_choices[0]
+        bits = f" and {low_bits} bits" if low_bits < FLOAT_BITS else ""
+        for metric, limit in self.limits.items():
+            smallest = self.minimum[metric]
+            if smallest > limit:
+                base = self.baseline.get(metric)
+                ratio = f" ({smallest / base:.2%} of the original)" if base else ""
+                asked = f" ({limit / base:.2%})" if base else ""
+                raise BudgetInfeasibleError(
+                    f"{metric} budget {format_amount(metric, limit)}{asked} cannot be met: "
+                    f"the smallest reachable is {format_amount(metric, smallest)}{ratio}, "
+                    f"with every unit at its fewest channels{bits}"
+                )

@@ -1,0 +1,355 @@
+"""EnvConfig: everything that defines a compression environment, as one small dataclass.
+
+Budgets are :class:`Budget` values: a ratio of the uncompressed model (``0.5`` = half) or an
+absolute amount (``1.5M`` MACs, ``300KB``, ``4ms``). :func:`parse_budget` reads the forms a
+command line gives:
+
+>>> parse_budget("flops", "0.25")
+Budget(metric='flops', value=0.25, relative=True)
+>>> parse_budget("size", "300KB").value
+300000.0
+>>> parse_budget("latency", "4ms").value
+0.004
+
+The config round-trips through versioned JSON, like a policy:
+
+>>> EnvConfig.from_dict(EnvConfig(flops=0.5).to_dict()) == EnvConfig(flops=0.5)
+True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+from autoshrink.compression.errors import AutoshrinkError
+
+CONFIG_TYPE = "autoshrink.EnvConfig"
+CONFIG_VERSION = 1
+METRICS: tuple[str, ...] = ("flops", "params", "size", "latency")
+MODES: tuple[str, ...] = ("prune", "quant", "joint")
+REWARDS: tuple[str, ...] = ("accuracy", "acc_flops", "penalty")
+Mode = Literal["prune", "quant", "joint"]
+
+# Metric -> (suffix -> multiplier). Sizes are SI (KB = 1000 bytes) and binary (KiB = 1024).
+_COUNT = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+_UNITS: dict[str, dict[str, float]] = {
+    "flops": _COUNT,
+    "params": _COUNT,
+    "size": {
+        "": 1.0,
+        "b": 1.0,
+        "kb": 1e3,
+        "mb": 1e6,
+        "gb": 1e9,
+        "kib": 1024.0,
+        "mib": 1024.0**2,
+        "gib": 1024.0**3,
+    },
+    "latency": {"s": 1.0, "ms": 1e-3, "us": 1e-6},
+}
+_NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z%]*)\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget: an upper bound on MACs ("flops"), params, bytes ("size") or latency.
+
+    Args:
+        metric: ``flops`` (counted as MACs, as in AMC), ``params``, ``size`` (bytes of the
+            compressed payload) or ``latency`` (seconds, from the measured lookup table).
+        value: The bound: a ratio in (0, 1] of the uncompressed model when ``relative``,
+            else an absolute amount (MACs, parameters, bytes or seconds).
+        relative: Whether ``value`` is a ratio of the baseline.
+    """
+
+    metric: str
+    value: float
+    relative: bool = True
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise AutoshrinkError(f"unknown budget {self.metric!r}: use one of {METRICS}")
+        value = float(self.value)
+        if not math.isfinite(value) or value <= 0:
+            raise AutoshrinkError(f"{self.metric} budget must be positive, got {self.value!r}")
+        if self.relative and value > 1:
+            raise AutoshrinkError(
+                f"{self.metric} budget ratio must lie in (0, 1], got {value:g}; "
+                "give an absolute value with a unit suffix instead"
+            )
+        object.__setattr__(self, "value", value)
+
+    def limit(self, baseline: float) -> float:
+        """The absolute bound, given the uncompressed model's value of the metric."""
+        return self.value * baseline if self.relative else self.value
+
+    def __str__(self) -> str:
+        if self.relative:
+            return f"{self.metric} <= {self.value:.4g} of baseline"
+        return f"{self.metric} <= {format_amount(self.metric, self.value)}"
+
+
+def format_amount(metric: str, value: float) -> str:
+    """Human form of an absolute amount: ``1.23M MACs``, ``300KB``, ``4.1ms``."""
+    if metric == "latency":
+        return f"{value * 1e3:.4g}ms"
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            amount = f"{value / scale:.4g}{suffix}"
+            break
+    else:
+        amount = f"{value:.4g}"
+    return {"flops": f"{amount} MACs", "params": f"{amount} params", "size": f"{amount}B"}[metric]
+
+
+def parse_budget(metric: str, text: str | float | Budget) -> Budget:
+    """Parse a budget as given on a command line.
+
+    A bare number up to 1 (or a percentage) is a ratio of the uncompressed model; a number
+    above 1 or with a unit suffix is absolute. Suffixes: ``K M G T`` for flops (MACs) and
+    params; ``B KB MB GB KiB MiB GiB`` for size; ``s ms us`` for latency (which needs one).
+
+    Args:
+        metric: One of ``flops``, ``params``, ``size``, ``latency``.
+        text: ``"0.2"``, ``"20%"``, ``"1.5M"``, ``"300KB"``, ``"4ms"``, a number or a Budget.
+
+    Returns:
+        The budget.
+
+    Raises:
+        AutoshrinkError: On an unknown metric, an unparsable value or a wrong suffix.
+    """
+    if isinstance(text, Budget):
+        if text.metric != metric:
+            raise AutoshrinkError(f"a {text.metric} budget was given for {metric}")
+        return text
+    if metric not in METRICS:
+        raise AutoshrinkError(f"unknown budget {metric!r}: use one of {METRICS}")
+    if isinstance(text, bool):
+        raise AutoshrinkError(f"{metric} budget must be a number, got {text!r}")
+    if isinstance(text, int | float):
+        value = float(text)
+        return Budget(metric, value, relative=value <= 1)
+    match = _NUMBER.match(str(text))
+    if match is None:
+        raise AutoshrinkError(f"cannot read {metric} budget {text!r}: {_hint(metric)}")
+    value, suffix = float(match.group(1)), match.group(2).lower()
+    if suffix == "%":
+        return Budget(metric, value / 100.0, relative=True)
+    if suffix == "" and value <= 1:
+        return Budget(metric, value, relative=True)
+    units = _UNITS[metric]
+    if suffix not in units:
+        raise AutoshrinkError(
+            f"unknown unit {suffix!r} in {metric} budget {text!r}: {_hint(metric)}"
+        )
+    return Budget(metric, value * units[suffix], relative=False)
+
+
+def _hint(metric: str) -> str:
+    example = {"flops": "1.5M", "params": "200K", "size": "300KB", "latency": "4ms"}[metric]
+    return f"use a ratio like 0.2, a percentage like 20%, or an absolute value like {example}"
+
+
+BudgetLike = Budget | float | str | None
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """The settings of a :class:`~autoshrink.env.compression_env.CompressionEnv`.
+
+    Args:
+        model: Model name (see ``autoshrink.compression.models``).
+        dataset: Dataset name; ``digits`` is embedded and offline.
+        data_dir: Where datasets live, for those that are not embedded.
+        checkpoint: Trained weights; None trains (or loads from cache) the baseline.
+        baseline_epochs: Epochs for that baseline; None = the zoo default.
+        mode: ``prune`` (keep-ratio per unit), ``quant`` (bits per unit) or ``joint`` (both).
+        flops: Budget on MACs; a Budget, a ratio, or a string for :func:`parse_budget`.
+        params: Budget on parameters.
+        size: Budget on bytes of the compressed payload.
+        latency: Budget on latency, on the measured per-unit lookup table's estimate.
+        hard: Clamp every action so the episode's policy always meets every budget (True),
+            or let actions through and penalise overruns in the reward (False).
+        min_keep: Smallest keep-ratio an action can choose, as AMC's 0.2.
+        bit_choices: Weight bit-widths an action can choose, from 2..8.
+        first_last_bits: Bits pinned on the first and last layers in quant/joint mode (HAQ
+            pins 8); None leaves them to their units (the last layer then stays float).
+        reward: ``accuracy``, ``acc_flops`` (-error*log(MACs)) or ``penalty`` (accuracy minus
+            budget overruns); None picks ``accuracy`` when hard, ``penalty`` when soft.
+        penalty_weight: Weight of the summed relative overruns in the ``penalty`` reward.
+        recalibrate_bn: Re-estimate BatchNorm statistics after compression.
+        bn_batches: Train batches used for that recalibration.
+        finetune_steps: Fine-tune steps per evaluation (0 = none).
+        finetune_lr: Learning rate of that fine-tune.
+        distill: Distil from the uncompressed model while fine-tuning.
+        eval_batches: Validation batches scored per episode; None = the whole val split.
+        batch_size: Batch size of every loader the evaluator uses.
+        importance: Channel importance criterion for pruning.
+        round_to: Channel granularity of every unit.
+        latency_batch: Batch size at which the latency table is measured.
+        seed: Seed of data order, fine-tuning and the baseline.
+    """
+
+    model: str = "resnet20"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    checkpoint: str | None = None
+    baseline_epochs: int | None = None
+    mode: Mode = "joint"
+    flops: BudgetLike = None
+    params: BudgetLike = None
+    size: BudgetLike = None
+    latency: BudgetLike = None
+    hard: bool = True
+    min_keep: float = 0.2
+    bit_choices: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    first_last_bits: int | None = 8
+    reward: str | None = None
+    penalty_weight: float = 1.0
+    recalibrate_bn: bool = True
+    bn_batches: int = 4
+    finetune_steps: int = 20
+    finetune_lr: float = 0.01
+    distill: bool = False
+    eval_batches: int | None = None
+    batch_size: int = 64
+    importance: str = "l1"
+    round_to: int = 1
+    latency_batch: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for metric in METRICS:
+            raw: BudgetLike = getattr(self, metric)
+            if raw is not None:
+                object.__setattr__(self, metric, parse_budget(metric, raw))
+        object.__setattr__(self, "bit_choices", tuple(sorted(set(self.bit_choices))))
+        if self.reward is None:
+            object.__setattr__(self, "reward", _default_reward(self))
+        _validate(self)
+
+    @property
+    def budgets(self) -> dict[str, Budget]:
+        """The active budgets by metric; the mode's defaults when none is given.
+
+        Defaults: prune ``flops<=0.5``; quant ``size<=0.15``; joint ``flops<=0.5`` and
+        ``size<=0.1``. Give a ratio of 1 to search without a constraint.
+        """
+        given = {m: b for m in METRICS if (b := getattr(self, m)) is not None}
+        if given:
+            return given
+        defaults = {"prune": {"flops": 0.5}, "quant": {"size": 0.15}}.get(
+            self.mode, {"flops": 0.5, "size": 0.1}
+        )
+        return {m: Budget(m, v) for m, v in defaults.items()}
+
+    def replace(self, **changes: Any) -> EnvConfig:
+        """Return a validated copy with ``changes`` applied (budgets may be strings)."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise AutoshrinkError(f"unknown environment setting(s): {sorted(unknown)}")
+        if "hard" in changes and "reward" not in changes and self.reward == _default_reward(self):
+            changes["reward"] = None  # the reward was derived from `hard`: derive it again
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The versioned JSON-ready form ``{"type", "version", "data"}``."""
+        data = asdict(self)
+        data["bit_choices"] = list(self.bit_choices)
+        return {"type": CONFIG_TYPE, "version": CONFIG_VERSION, "data": data}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """Serialise to a JSON string."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> EnvConfig:
+        """Parse :meth:`to_json` output; malformed JSON raises AutoshrinkError."""
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise AutoshrinkError(f"malformed environment config JSON: {exc}") from exc
+
+    @classmethod
+    def from_dict(cls, obj: object) -> EnvConfig:
+        """Build a config from :meth:`to_dict` output, checking type, version and keys."""
+        if not isinstance(obj, dict) or obj.get("type") != CONFIG_TYPE:
+            found = obj.get("type") if isinstance(obj, dict) else type(obj).__name__
+            raise AutoshrinkError(f"not an environment config (type {found!r})")
+        version = obj.get("version")
+        if not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
+            raise AutoshrinkError(f"unsupported environment config version {version!r}")
+        data = dict(obj.get("data") or {})
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise AutoshrinkError(f"unknown environment setting(s): {sorted(unknown)}")
+        for metric in METRICS:
+            if isinstance(data.get(metric), dict):
+                data[metric] = Budget(**data[metric])
+        if "bit_choices" in data:
+            data["bit_choices"] = tuple(data["bit_choices"])
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise AutoshrinkError(f"bad environment config: {exc}") from exc
+
+
+def _default_reward(cfg: EnvConfig) -> str:
+    return "accuracy" if cfg.hard else "penalty"
+
+
+def _validate(cfg: EnvConfig) -> None:
+    problems: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    need(cfg.mode in MODES, f"mode must be one of {MODES}, got {cfg.mode!r}")
+    need(cfg.reward in REWARDS, f"reward must be one of {REWARDS}, got {cfg.reward!r}")
+    need(
+        cfg.hard or cfg.reward == "penalty",
+        f"soft budgets (hard=False) need reward='penalty', got {cfg.reward!r}",
+    )
+    need(
+        isinstance(cfg.min_keep, int | float) and 0 < cfg.min_keep <= 1,
+        f"min_keep must lie in (0, 1], got {cfg.min_keep!r}",
+    )
+    need(
+        bool(cfg.bit_choices) and all(is_int(b) and 2 <= b <= 8 for b in cfg.bit_choices),
+        f"bit_choices must be a non-empty set of 2..8, got {cfg.bit_choices!r}",
+    )
+    need(
+        cfg.first_last_bits is None or cfg.first_last_bits in (2, 3, 4, 5, 6, 7, 8, 32),
+        f"first_last_bits must be 2..8, 32 or None, got {cfg.first_last_bits!r}",
+    )
+    for name in ("bn_batches", "finetune_steps"):
+        value = getattr(cfg, name)
+        need(is_int(value) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
+    for name in ("batch_size", "round_to", "latency_batch"):
+        value = getattr(cfg, name)
+        need(is_int(value) and value >= 1, f"{name} must be an integer >= 1, got {value!r}")
+    for name in ("eval_batches", "baseline_epochs"):
+        value = getattr(cfg, name)
+        need(value is None or (is_int(value) and value >= 1), f"{name} must be None or >= 1")
+    need(cfg.finetune_lr > 0, f"finetune_lr must be positive, got {cfg.finetune_lr!r}")
+    need(cfg.penalty_weight >= 0, f"penalty_weight must be >= 0, got {cfg.penalty_weight!r}")
+    need(is_int(cfg.seed), f"seed must be an integer, got {cfg.seed!r}")
+    from autoshrink.compression.importance import IMPORTANCES
+
+    need(
+        cfg.importance in IMPORTANCES,
+        f"importance must be one of {IMPORTANCES}, got {cfg.importance!r}",
+    )
+    need(bool(cfg.model), "model must be named")
+    need(bool(cfg.dataset), "dataset must be named")
+    if problems:
+        raise AutoshrinkError("invalid environment config: " + "; ".join(problems))

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from autoshrink.compression.units import Unit
+from autoshrink.env import latency as lat
+from autoshrink.env.latency import LatencyTable, latency_table, measure_table
+
+
+def _unit(name: str, c_out: int) -> Unit:
+    return Unit(name, 0, "conv", False, 3, c_out, 3, 1, 1, 16, 100, 10, (name,))
+
+
+class _Pruned(nn.Module):
+    def __init__(self, kept: Mapping[str, int]) -> None:
+        super().__init__()
+        self.kept = dict(kept)
+
+
+def _fake(graph: Any) -> tuple[Any, Any, list[int]]:
+    calls = [0]
+
+    def prune(model: nn.Module, g: Any, kept: Mapping[str, int]) -> nn.Module:
+        return _Pruned(kept)
+
+    def timer(model: nn.Module, x: torch.Tensor) -> float:
+        calls[0] += 1
+        if isinstance(model, _Pruned):
+            # a noisy but mostly linear cost: unit "b" is non-monotone at its lowest level
+            return (
+                1.0
+                + sum(0.01 * c for c in model.kept.values())
+                + (0.2 if model.kept.get("b") == 4 else 0.0)
+            )
+        return 1.0 + 0.01 * sum(u.c_out for u in graph.units)
+
+    return prune, timer, calls
+
+
+def test_measured_table_is_monotone_and_exact_at_full() -> None:
+    graph = SimpleNamespace(units=[_unit("a", 16), _unit("b", 32)])
+    prune, timer, _ = _fake(graph)
+    table = measure_table(nn.Identity(), graph, torch.zeros(1), prune, timer=timer)
+    full = {"a": 16, "b": 32}
+    assert table(full) == pytest.approx(table.base)
+    for name, c_out in full.items():
+        xs, ys = table.channels[name], table.seconds[name]
+        assert xs[-1] == c_out and xs == sorted(xs)
+        assert all(y0 <= y1 for y0, y1 in itertools.pairwise(ys))
+    # the additive estimate decreases monotonically when any unit loses channels
+    for a, b in itertools.product(range(1, 17), range(1, 33)):
+        est = table({"a": a, "b": b})
+        assert est <= table({"a": min(a + 1, 16), "b": b}) + 1e-12
+        assert est <= table({"a": a, "b": min(b + 1, 32)}) + 1e-12
+    # unit a is linear: interpolation between the measured levels is exact
+    assert table({"a": 6, "b": 32}) == pytest.approx(table.base - 0.01 * 10)
+
+
+def test_table_round_trips_and_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    graph = SimpleNamespace(units=[_unit("a", 16)])
+    prune, timer, calls = _fake(graph)
+    monkeypatch.setattr(lat, "time_forward", lambda m, x, repeats=20: timer(m, x))
+    model = nn.Conv2d(1, 16, 3)
+    first = latency_table(model, graph, torch.zeros(1, 1, 8, 8), prune, cache=tmp_path)
+    n = calls[0]
+    assert n > 1
+    second = latency_table(model, graph, torch.zeros(1, 1, 8, 8), prune, cache=tmp_path)
+    assert calls[0] == n  # loaded, not measured again
+    assert second == first
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1
+    assert LatencyTable.from_dict(json.loads(files[0].read_text())) == first
+    # another input shape is another table
+    latency_table(model, graph, torch.zeros(1, 1, 16, 16), prune, cache=tmp_path)
+    assert calls[0] > n
+
+
+def test_time_forward_is_positive() -> None:
+    assert lat.time_forward(nn.Linear(4, 4), torch.zeros(1, 4), repeats=3) > 0
