@@ -1,0 +1,266 @@
+"""Agents by alias: SB3 algorithms with AMC-like defaults, and non-learning baselines.
+
+Every alias builds an object with SB3's ``learn``/``save`` interface, so one search loop and
+one set of callbacks serve them all. Learning agents are plain SB3 algorithms configured
+only through their extension points: constructor kwargs, ``policy_kwargs``, an
+:class:`~stable_baselines3.common.noise.ActionNoise` and callbacks.
+
+==========  =====================================================================
+alias       agent
+==========  =====================================================================
+``ddpg``    DDPG as in AMC: γ = 1, 2×300 nets, τ = 0.01, actor lr 1e-4 and critic lr
+            1e-3, batch 64, random warm-up, decaying truncated-normal noise,
+            one gradient step per transition after each episode
+``td3``     TD3 with the same settings (twin critics, delayed actor)
+``sac``     SAC with the same nets, rates and warm-up (its own entropy exploration)
+``ppo``     PPO on the Box actions, rollouts of 4 episodes
+``random``  random search: uniformly random actions every episode
+``uniform`` one keep-ratio and one bit-width for all units, bisected to the budget
+``global``  Torch-Pruning-style global channel ranking down to the budget
+==========  =====================================================================
+
+SB3 gives one learning rate to all optimizers of a policy. The actor's own rate (AMC uses
+1e-4 against the critic's 1e-3) goes through a policy subclass whose actor optimizer scales
+the scheduled rate by ``actor_lr / critic_lr``; ``learn()`` is untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import gymnasium as gym
+import torch as th
+from stable_baselines3 import DDPG, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.type_aliases import Schedule
+from stable_baselines3.sac.policies import SACPolicy
+from stable_baselines3.td3.policies import TD3Policy
+
+from autoshrink.agent.noise import TruncatedNormalActionNoise, bind_noise
+
+if TYPE_CHECKING:
+    from autoshrink.agent.baselines import ScriptedSearch
+    from autoshrink.agent.config import AgentConfig
+
+DEFAULT_NET_ARCH: list[int] = [300, 300]
+PPO_EPISODES_PER_ROLLOUT = 4
+
+
+#: An SB3 algorithm, or a baseline with the same learn/save interface.
+Agent: TypeAlias = "BaseAlgorithm | ScriptedSearch"
+
+
+# --- separate actor learning rate through a policy subclass -------------------------------
+@functools.cache
+def _lr_scaled(cls: type[th.optim.Optimizer]) -> type[th.optim.Optimizer]:
+    """A subclass of ``cls`` whose step multiplies each group's lr by its ``lr_scale``."""
+
+    def step(self: th.optim.Optimizer, closure: Callable[[], float] | None = None) -> Any:
+        scales = [group.get("lr_scale", 1.0) for group in self.param_groups]
+        for group, scale in zip(self.param_groups, scales, strict=True):
+            group["lr"] = group["lr"] * scale
+        try:
+            return cls.step(self, closure)
+        finally:
+            for group, scale in zip(self.param_groups, scales, strict=True):
+                group["lr"] = group["lr"] / scale
+
+    return type(f"LRScaled{cls.__name__}", (cls,), {"step": step})
+
+
+def _scale_actor_optimizer(policy: Any, lr_schedule: Schedule, scale: float) -> None:
+    if scale == 1.0:
+        return
+    optimizer_class: Any = _lr_scaled(policy.optimizer_class)
+    policy.actor.optimizer = optimizer_class(
+        policy.actor.parameters(), lr=lr_schedule(1), **policy.optimizer_kwargs
+    )
+    for group in policy.actor.optimizer.param_groups:
+        group["lr_scale"] = scale
+
+
+class SplitLRTD3Policy(TD3Policy):
+    """TD3Policy (DDPG and TD3) whose actor learns at ``actor_lr_scale`` × the critic's rate."""
+
+    def __init__(self, *args: Any, actor_lr_scale: float = 1.0, **kwargs: Any) -> None:
+        self.actor_lr_scale = float(actor_lr_scale)
+        super().__init__(*args, **kwargs)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)
+        _scale_actor_optimizer(self, lr_schedule, self.actor_lr_scale)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), "actor_lr_scale": self.actor_lr_scale}
+
+
+class SplitLRSACPolicy(SACPolicy):
+    """SACPolicy whose actor learns at ``actor_lr_scale`` × the critic's rate."""
+
+    def __init__(self, *args: Any, actor_lr_scale: float = 1.0, **kwargs: Any) -> None:
+        self.actor_lr_scale = float(actor_lr_scale)
+        super().__init__(*args, **kwargs)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)
+        _scale_actor_optimizer(self, lr_schedule, self.actor_lr_scale)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), "actor_lr_scale": self.actor_lr_scale}
+
+
+# --- builders ------------------------------------------------------------------------------
+def _policy_kwargs(config: AgentConfig, split_lr: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"net_arch": list(DEFAULT_NET_ARCH)}
+    kwargs.update(config.policy_kwargs or {})
+    if split_lr:
+        kwargs.setdefault("actor_lr_scale", config.actor_lr / config.critic_lr)
+    return kwargs
+
+
+def _off_policy_kwargs(config: AgentConfig, n_units: int) -> dict[str, Any]:
+    return {
+        "learning_rate": config.critic_lr,
+        "buffer_size": config.buffer_size or 100 * n_units,
+        "learning_starts": config.warmup_episodes * n_units,
+        "batch_size": config.batch_size,
+        "tau": config.tau,
+        "gamma": config.gamma,
+        # AMC: after each episode, one gradient step per transition collected.
+        "train_freq": (1, "episode"),
+        "gradient_steps": -1,
+        "seed": config.seed,
+        "device": config.device,
+        "verbose": 0,
+    }
+
+
+def make_noise(config: AgentConfig, env: gym.Env) -> TruncatedNormalActionNoise:
+    """AMC's decaying truncated-normal noise for ``env``'s Box action space."""
+    space = env.action_space
+    assert isinstance(space, gym.spaces.Box)
+    width = float((space.high - space.low).max())
+    return TruncatedNormalActionNoise(
+        n_actions=int(space.shape[0]),
+        sigma=config.noise_sigma,
+        decay=config.noise_decay,
+        warmup_episodes=config.warmup_episodes,
+        action_width=width,
+        seed=config.seed + 7919,
+    )
+
+
+def _build_td3_like(cls: type[OffPolicyAlgorithm], extra: dict[str, Any]) -> Callable[..., Agent]:
+    def build(env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
+        kwargs = {**_off_policy_kwargs(config, n_units), **extra, **config.algorithm_kwargs}
+        kwargs.setdefault("policy_kwargs", _policy_kwargs(config, split_lr=True))
+        model = cls(SplitLRTD3Policy, env, **kwargs)
+        bind_noise(model, make_noise(config, env))
+        return model
+
+    return build
+
+
+def _build_sac(env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
+    kwargs = {**_off_policy_kwargs(config, n_units), **config.algorithm_kwargs}
+    kwargs.setdefault("policy_kwargs", _policy_kwargs(config, split_lr=True))
+    return SAC(SplitLRSACPolicy, env, **kwargs)
+
+
+def _build_ppo(env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
+    n_steps = n_units * PPO_EPISODES_PER_ROLLOUT
+    kwargs: dict[str, Any] = {
+        "learning_rate": config.actor_lr,
+        "n_steps": n_steps,
+        "batch_size": min(config.batch_size, n_steps),
+        "gamma": config.gamma,
+        "gae_lambda": 0.95,
+        "ent_coef": 0.0,
+        "policy_kwargs": _policy_kwargs(config, split_lr=False),
+        "seed": config.seed,
+        "device": config.device,
+        "verbose": 0,
+    }
+    kwargs.update(config.algorithm_kwargs)
+    return PPO("MlpPolicy", env, **kwargs)
+
+
+def _baseline(name: str) -> Callable[..., Agent]:
+    def build(env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
+        from autoshrink.agent import baselines
+
+        return baselines.BASELINES[name](env, config, n_units)
+
+    return build
+
+
+def _load_sb3(cls: type[BaseAlgorithm]) -> Callable[..., Agent]:
+    def load(path: Path, env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
+        model = cls.load(path, env=env, device=config.device)
+        if isinstance(model, TD3):  # DDPG is a TD3: re-attach the (unpickled) noise
+            noise = model.action_noise
+            if isinstance(noise, TruncatedNormalActionNoise):
+                bind_noise(model, noise)
+        return model
+
+    return load
+
+
+def _load_baseline(path: Path, env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
+    from autoshrink.agent import baselines
+
+    return baselines.load_baseline(path, env, config, n_units)
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """One alias: how to build the agent, how to load it back, and whether it learns."""
+
+    name: str
+    build: Callable[[gym.Env, AgentConfig, int], Agent]
+    load: Callable[[Path, gym.Env, AgentConfig, int], Agent]
+    learning: bool
+    off_policy: bool
+    description: str
+
+
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    spec.name: spec
+    for spec in (
+        AlgorithmSpec(
+            "ddpg",
+            _build_td3_like(DDPG, {}),
+            _load_sb3(DDPG),
+            True,
+            True,
+            "DDPG with AMC's settings (default)",
+        ),
+        AlgorithmSpec(
+            "td3", _build_td3_like(TD3, {}), _load_sb3(TD3), True, True, "TD3, AMC's settings"
+        ),
+        AlgorithmSpec("sac", _build_sac, _load_sb3(SAC), True, True, "SAC, AMC's nets and rates"),
+        AlgorithmSpec("ppo", _build_ppo, _load_sb3(PPO), True, False, "PPO on the Box actions"),
+        AlgorithmSpec("random", _baseline("random"), _load_baseline, False, False, "random search"),
+        AlgorithmSpec(
+            "uniform", _baseline("uniform"), _load_baseline, False, False, "uniform, bisected"
+        ),
+        AlgorithmSpec(
+            "global", _baseline("global"), _load_baseline, False, False, "global ranking"
+        ),
+    )
+}
+
+
+def get_algorithm(name: str) -> AlgorithmSpec:
+    """The spec of alias ``name`` (AgentConfig has already checked that it exists)."""
+    return ALGORITHMS[name]
+
+
+def build_agent(env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
+    """Build the agent of ``config.algorithm`` for ``env``, whose episodes last ``n_units``."""
+    return ALGORITHMS[config.algorithm].build(env, config, n_units)

@@ -1,0 +1,349 @@
+"""Non-learning baselines behind the agents' interface, with the same number of evaluations.
+
+Each baseline is a :class:`ScriptedSearch`: it duck-types the part of SB3's
+``BaseAlgorithm`` that the search loop and the callbacks use (``learn``, ``save``,
+``num_timesteps``, ``get_env``, ``logger``), and plays whole episodes of actions through the
+env, so its policies are realised by the same clamp, scored by the same evaluator and logged
+by the same callbacks as an agent's. Every baseline runs exactly ``config.episodes``
+episodes; a deterministic baseline with fewer distinct candidates cycles through them (the
+env scores a repeated policy from its cache).
+
+- ``random``: uniformly random actions: random search.
+- ``uniform``: one keep-ratio and one bit-width for every unit. For each bit-width, the
+  largest uniform keep action meeting the budgets is found by bisection on the exact cost
+  model; the candidates are those (keep, bits) pairs.
+- ``global``: channels of all units ranked together by their importance, normalised by each
+  unit's mean (Torch-Pruning's global pruning); a global threshold, bisected to the budget,
+  sets every unit's kept channels. One candidate per bit-width, like ``uniform``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+
+from autoshrink.compression.errors import AutoshrinkError, CheckpointError
+
+if TYPE_CHECKING:
+    from autoshrink.agent.config import AgentConfig
+
+logger = logging.getLogger(__name__)
+
+SAVE_TYPE = "autoshrink.ScriptedSearch"
+_BISECT_STEPS = 40
+
+
+class ScriptedSearch:
+    """A non-learning agent that plays a scripted action sequence per episode.
+
+    Args:
+        env: The env (a VecEnv of one env, or a plain env that is wrapped).
+        config: The agent config (``seed`` and ``algorithm`` are used).
+        n_units: Steps per episode.
+    """
+
+    name = "scripted"
+
+    def __init__(self, env: gym.Env | VecEnv, config: AgentConfig, n_units: int) -> None:
+        self.env: VecEnv = env if isinstance(env, VecEnv) else DummyVecEnv([lambda: env])
+        self.config = config
+        self.n_units = n_units
+        self.seed = config.seed
+        self.num_timesteps = 0
+        self._episode_num = 0
+        self._last_obs: Any = None
+        self.logger = Logger(folder=None, output_formats=[])
+        self.rng = np.random.default_rng(config.seed)
+
+    # --- what subclasses define ----------------------------------------------------------
+    def episode_actions(self, episode: int) -> np.ndarray:
+        """The actions of episode ``episode``, one row per step."""
+        raise NotImplementedError
+
+    # --- SB3's BaseAlgorithm subset ------------------------------------------------------
+    def get_env(self) -> VecEnv:
+        """The (vectorised) env."""
+        return self.env
+
+    def set_logger(self, logger: Logger) -> None:
+        """Use ``logger`` (SB3's interface; the baselines log nothing of their own)."""
+        self.logger = logger
+
+    def learn(
+        self,
+        total_timesteps: int,
+        callback: BaseCallback | Sequence[BaseCallback] | None = None,
+        reset_num_timesteps: bool = True,
+        **_: Any,
+    ) -> ScriptedSearch:
+        """Play episodes until ``total_timesteps`` more steps are done, as SB3's learn does."""
+        if reset_num_timesteps:
+            self.num_timesteps, self._episode_num = 0, 0
+        end = self.num_timesteps + total_timesteps
+        cb = CallbackList(list(callback)) if isinstance(callback, Sequence) else callback
+        cb = cb or CallbackList([])
+        cb.init_callback(self)  # type: ignore[arg-type]
+        set_random_seed(self.seed)
+        if self._last_obs is None:
+            self.env.seed(self.seed)
+            self._last_obs = self.env.reset()
+        cb.on_training_start(locals(), globals())
+        go_on = True
+        while go_on and self.num_timesteps < end:
+            cb.on_rollout_start()
+            actions = np.asarray(self.episode_actions(self._episode_num), dtype=np.float32)
+            t, done = 0, False
+            while not done and self.num_timesteps < end:
+                action = actions[min(t, len(actions) - 1)][None]
+                self._last_obs, rewards, dones, infos = self.env.step(action)
+                self.num_timesteps += 1
+                t, done = t + 1, bool(dones[0])
+                if done:
+                    self._episode_num += 1
+                cb.update_locals(locals())
+                if not cb.on_step():
+                    go_on = False
+                    break
+            cb.on_rollout_end()
+        cb.on_training_end()
+        return self
+
+    def save(self, path: str | Path) -> None:
+        """Write the baseline's state (counters and generator) as a small zip."""
+        path = Path(path)
+        state = {
+            "type": SAVE_TYPE,
+            "algorithm": self.config.algorithm,
+            "num_timesteps": self.num_timesteps,
+            "episode_num": self._episode_num,
+            "rng": self.rng.bit_generator.state,
+        }
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("baseline.json", json.dumps(state))
+
+    def load_state(self, path: str | Path) -> None:
+        """Restore what :meth:`save` wrote."""
+        try:
+            with zipfile.ZipFile(path) as zf:
+                state = json.loads(zf.read("baseline.json"))
+        except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"cannot read baseline state {path}: {exc}") from exc
+        if state.get("type") != SAVE_TYPE or state.get("algorithm") != self.config.algorithm:
+            raise CheckpointError(f"{path} is not a saved {self.config.algorithm} baseline")
+        self.num_timesteps = int(state["num_timesteps"])
+        self._episode_num = int(state["episode_num"])
+        self.rng.bit_generator.state = state["rng"]
+
+
+class RandomSearch(ScriptedSearch):
+    """Uniformly random actions in every episode."""
+
+    name = "random"
+
+    def episode_actions(self, episode: int) -> np.ndarray:  # noqa: D102
+        space = self.env.action_space
+        assert isinstance(space, gym.spaces.Box)
+        return self.rng.uniform(space.low, space.high, size=(self.n_units, *space.shape))
+
+
+class _CandidateSearch(ScriptedSearch):
+    """Cycles through a list of candidate action sequences, computed on first use."""
+
+    def __init__(self, env: gym.Env | VecEnv, config: AgentConfig, n_units: int) -> None:
+        super().__init__(env, config, n_units)
+        self._candidates: list[np.ndarray] | None = None
+
+    def candidates(self, view: EnvView) -> list[np.ndarray]:
+        """Distinct action sequences to evaluate, best guess first."""
+        raise NotImplementedError
+
+    def episode_actions(self, episode: int) -> np.ndarray:
+        if self._candidates is None:
+            inner = self.env.envs[0] if isinstance(self.env, DummyVecEnv) else self.env
+            view = EnvView(inner)  # type: ignore[arg-type]
+            self._candidates = self.candidates(view)
+            logger.info("%s: %d candidate policies", self.name, len(self._candidates))
+        return self._candidates[episode % len(self._candidates)]
+
+
+class UniformSearch(_CandidateSearch):
+    """The same keep-ratio and bits for every unit, bisected to the budgets."""
+
+    name = "uniform"
+
+    def candidates(self, view: EnvView) -> list[np.ndarray]:  # noqa: D102
+        out = []
+        for bits in view.bit_options():
+
+            def channels(a: float) -> list[int]:
+                if "keep" not in view.dims:
+                    return view.max_channels()
+                keep = view.decode_keep(a)
+                return [u.kept(keep) for u in view.units]
+
+            a = _largest_feasible(lambda a: view.feasible(channels(a), bits), 0.0, 1.0)  # noqa: B023
+            if a is not None:
+                out.append(view.uniform_actions(a, bits))
+        return out or [view.actions(view.min_channels(), view.bit_options()[-1])]
+
+
+class GlobalSearch(_CandidateSearch):
+    """Global channel ranking by normalised importance, thresholded to the budgets."""
+
+    name = "global"
+
+    def candidates(self, view: EnvView) -> list[np.ndarray]:  # noqa: D102
+        scores = view.channel_scores()
+        order = np.sort(np.concatenate(scores))[::-1]
+        lows = view.min_channels()
+
+        def channels(n_top: int) -> list[int]:
+            tau = order[n_top - 1] if n_top > 0 else np.inf
+            counts = [max(int((s >= tau).sum()), lo) for s, lo in zip(scores, lows, strict=True)]
+            return [view.round_up(i, c) for i, c in enumerate(counts)]
+
+        out = []
+        for bits in view.bit_options():
+            n = _largest_feasible_int(lambda n: view.feasible(channels(n), bits), len(order))  # noqa: B023
+            if n is not None:
+                out.append(view.actions(channels(n), bits))
+        return out or [view.actions(view.min_channels(), view.bit_options()[-1])]
+
+
+def _largest_feasible(ok: Any, lo: float, hi: float) -> float | None:
+    """Largest x in [lo, hi] with ok(x), for ok monotone (true, then false); None if none."""
+    if ok(hi):
+        return hi
+    if not ok(lo):
+        return None
+    for _ in range(_BISECT_STEPS):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+def _largest_feasible_int(ok: Any, hi: int) -> int | None:
+    """Largest n in [0, hi] with ok(n), for ok monotone; None if not even ok(0)."""
+    if not ok(0):
+        return None
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+    return lo
+
+
+class EnvView:
+    """What the deterministic baselines read of a CompressionEnv: units, clamp, decoding.
+
+    Args:
+        env: A :class:`~autoshrink.env.compression_env.CompressionEnv`, possibly wrapped.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        inner: Any = env.unwrapped
+        for attr in ("clamp", "config", "units", "action_dims"):
+            if not hasattr(inner, attr):
+                raise AutoshrinkError(
+                    f"the uniform and global baselines need a CompressionEnv "
+                    f"({type(inner).__name__} has no {attr!r})"
+                )
+        self.env: Any = inner
+        self.clamp = inner.clamp
+        self.config = inner.config
+        self.units = list(inner.units)
+        self.dims: tuple[str, ...] = tuple(inner.action_dims)
+        self.min_keep = float(self.config.min_keep)
+        self.bit_choices: tuple[int, ...] = tuple(self.config.bit_choices)
+
+    def bit_options(self) -> list[int]:
+        """Bit-widths a whole-model candidate may use, highest first (32 alone if unsearched)."""
+        return sorted(self.clamp.bit_choices, reverse=True)
+
+    def decode_keep(self, a: float) -> float:
+        """The keep-ratio the env decodes from keep action ``a`` (see ``decode_action``)."""
+        return self.min_keep + a * (1.0 - self.min_keep)
+
+    def min_channels(self) -> list[int]:
+        """Every unit at its fewest channels."""
+        return list(self.clamp.min_channels)
+
+    def max_channels(self) -> list[int]:
+        """Every unit whole."""
+        return list(self.clamp.max_channels)
+
+    def round_up(self, i: int, channels: int) -> int:
+        """The smallest channel count unit ``i`` can realise that is at least ``channels``."""
+        choices = self.clamp.choices[i]
+        return next((c for c in choices if c >= channels), choices[-1])
+
+    def feasible(self, channels: Sequence[int], bits: int) -> bool:
+        """Whether every unit at ``channels`` with ``bits`` meets every budget."""
+        return bool(self.clamp.feasible(list(channels), [bits] * len(self.units)))
+
+    def actions(self, channels: Sequence[int], bits: int) -> np.ndarray:
+        """The action rows that make the env realise ``channels`` and ``bits`` unclamped."""
+        from autoshrink.env.budget import keep_for
+
+        rows = np.zeros((len(self.units), len(self.dims)), dtype=np.float64)
+        span = 1.0 - self.min_keep
+        for i, (unit, c) in enumerate(zip(self.units, channels, strict=True)):
+            for j, dim in enumerate(self.dims):
+                if dim == "keep":
+                    a = 1.0 if span <= 0 else (keep_for(unit, c) - self.min_keep) / span
+                    rows[i, j] = min(max(a, 0.0), 1.0)
+                else:
+                    rows[i, j] = self._bits_action(bits)
+        return rows
+
+    def uniform_actions(self, a: float, bits: int) -> np.ndarray:
+        """The same action row for every unit: keep action ``a`` and ``bits``."""
+        row = [a if dim == "keep" else self._bits_action(bits) for dim in self.dims]
+        return np.tile(np.asarray(row, dtype=np.float64), (len(self.units), 1))
+
+    def _bits_action(self, bits: int) -> float:
+        """The centre of ``bits``' bin in HAQ's equal-width bins."""
+        return (self.bit_choices.index(bits) + 0.5) / len(self.bit_choices)
+
+    def channel_scores(self) -> list[np.ndarray]:
+        """Each unit's channel importance (the env's criterion), divided by the unit's mean.
+
+        Dividing by the mean is Torch-Pruning's default normaliser for global pruning: it
+        makes scores of layers with different weight scales comparable.
+        """
+        from autoshrink.compression.importance import channel_scores
+
+        importance = self.config.importance
+        if importance in ("taylor", "hessian"):  # needs gradients: rank by magnitude instead
+            importance = "l1"
+        raw = channel_scores(self.env.graph, self.env.model, importance)
+        out = []
+        for unit in self.units:
+            s = raw[unit.name].double().numpy()
+            out.append(s / s.mean() if s.mean() > 0 else np.ones_like(s))
+        return out
+
+
+BASELINES: dict[str, type[ScriptedSearch]] = {
+    "random": RandomSearch,
+    "uniform": UniformSearch,
+    "global": GlobalSearch,
+}
+
+
+def load_baseline(path: Path, env: gym.Env, config: AgentConfig, n_units: int) -> ScriptedSearch:
+    """Rebuild a baseline for ``env`` and restore its saved counters."""
+    agent = BASELINES[config.algorithm](env, config, n_units)
+    agent.load_state(path)
+    return agent

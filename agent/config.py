@@ -1,0 +1,185 @@
+"""AgentConfig: which agent searches, for how long, and with what exploration.
+
+The config is a small frozen dataclass that round-trips through versioned JSON
+(``{"type": ..., "version": ..., "data": ...}``), the same envelope as ``policy.json``.
+Loading checks the type and the version first, then every field, and lists all problems.
+
+>>> cfg = AgentConfig(algorithm="ddpg", episodes=40, warmup_episodes=10)
+>>> AgentConfig.from_json(cfg.to_json()) == cfg
+True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from autoshrink.compression.errors import AutoshrinkError
+
+CONFIG_TYPE = "autoshrink.AgentConfig"
+CONFIG_VERSION = 1
+
+
+class AgentConfigError(AutoshrinkError):
+    """An agent configuration is malformed or out of range."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """How a search is run.
+
+    The defaults are AMC's DDPG settings, scaled down in episode count (AMC runs 100 warm-up
+    and 800 episodes in total, which takes days on a CPU).
+
+    Args:
+        algorithm: Alias from :data:`autoshrink.agent.algorithms.ALGORITHMS`: ``ddpg`` (the
+            default), ``td3``, ``sac``, ``ppo``, or a non-learning baseline: ``random``,
+            ``uniform``, ``global``.
+        episodes: Episodes in total, warm-up included. Every agent, baselines included, gets
+            exactly this many evaluations.
+        warmup_episodes: Episodes of uniformly random actions before learning starts
+            (``learning_starts`` = warmup_episodes × units). Off-policy agents only.
+        noise_sigma: Std of the truncated-normal exploration noise, in action units (the
+            action space is [0, 1]); DDPG and TD3 only.
+        noise_decay: Per-episode decay of ``noise_sigma`` after warm-up
+            (σ = noise_sigma · noise_decay^(episode − warmup_episodes)).
+        actor_lr: Learning rate of the actor (also PPO's single rate).
+        critic_lr: Learning rate of the critic(s) (and SAC's entropy coefficient).
+        batch_size: Minibatch size of gradient steps.
+        buffer_size: Replay buffer size in transitions; None = 100 × units (AMC).
+        tau: Polyak coefficient of the target networks.
+        gamma: Discount. 1 because the reward arrives only at the end of an episode.
+        seed: Seeds SB3, numpy, torch, the env and the exploration noise.
+        policy_kwargs: SB3 ``policy_kwargs``; None = two hidden layers of 300 (AMC).
+        algorithm_kwargs: Extra keyword arguments for the SB3 constructor, passed last.
+        device: Torch device of the agent's networks.
+    """
+
+    algorithm: str = "ddpg"
+    episodes: int = 120
+    warmup_episodes: int = 30
+    noise_sigma: float = 0.5
+    noise_decay: float = 0.95
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    batch_size: int = 64
+    buffer_size: int | None = None
+    tau: float = 0.01
+    gamma: float = 1.0
+    seed: int = 0
+    policy_kwargs: dict[str, Any] | None = None
+    algorithm_kwargs: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise AgentConfigError("bad agent config: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every reason this config is invalid (empty when it is valid)."""
+        from autoshrink.agent.algorithms import ALGORITHMS
+
+        out: list[str] = []
+        if self.algorithm not in ALGORITHMS:
+            out.append(f"unknown algorithm {self.algorithm!r} (choose from {sorted(ALGORITHMS)})")
+        for name in ("episodes", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                out.append(f"{name} must be a positive integer, got {value!r}")
+        if not _is_int(self.warmup_episodes) or self.warmup_episodes < 0:
+            out.append(f"warmup_episodes must be >= 0, got {self.warmup_episodes!r}")
+        if self.buffer_size is not None and (not _is_int(self.buffer_size) or self.buffer_size < 1):
+            out.append(f"buffer_size must be a positive integer or null, got {self.buffer_size!r}")
+        if not _is_int(self.seed):
+            out.append(f"seed must be an integer, got {self.seed!r}")
+        checks = {
+            "noise_sigma": (0.0, math.inf, True),
+            "noise_decay": (0.0, 1.0, False),
+            "actor_lr": (0.0, math.inf, False),
+            "critic_lr": (0.0, math.inf, False),
+            "tau": (0.0, 1.0, False),
+            "gamma": (0.0, 1.0, False),
+        }
+        for name, (lo, hi, lo_ok) in checks.items():
+            value = getattr(self, name)
+            ok = _is_num(value) and (value >= lo if lo_ok else value > lo) and value <= hi
+            if not ok:
+                out.append(f"{name} must lie in {'[' if lo_ok else '('}{lo}, {hi}], got {value!r}")
+        if self.policy_kwargs is not None and not isinstance(self.policy_kwargs, dict):
+            out.append("policy_kwargs must be an object or null")
+        if not isinstance(self.algorithm_kwargs, dict):
+            out.append("algorithm_kwargs must be an object")
+        return out
+
+    # --- JSON ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Return the versioned JSON-ready form ``{"type", "version", "data"}``."""
+        return {"type": CONFIG_TYPE, "version": CONFIG_VERSION, "data": asdict(self)}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """Serialise to a JSON string (policy_kwargs must be JSON-ready)."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the config as JSON to ``path`` and return the path."""
+        path = Path(path)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, obj: object) -> AgentConfig:
+        """Build a config from :meth:`to_dict` output, checking type, version and fields.
+
+        Raises:
+            AgentConfigError: On a foreign type, a future version, unknown keys or bad values.
+        """
+        if not isinstance(obj, dict) or obj.get("type") != CONFIG_TYPE:
+            found = obj.get("type") if isinstance(obj, dict) else type(obj).__name__
+            raise AgentConfigError(f"not an agent config (type {found!r}, want {CONFIG_TYPE!r})")
+        version = obj.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise AgentConfigError(f"agent config has an invalid format version {version!r}")
+        if version > CONFIG_VERSION:
+            raise AgentConfigError(
+                f"agent config format version {version} is newer than this autoshrink "
+                f"supports ({CONFIG_VERSION}); upgrade autoshrink"
+            )
+        data = obj.get("data")
+        if not isinstance(data, dict):
+            raise AgentConfigError("agent config has no 'data' object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise AgentConfigError(f"agent config has unknown keys {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> AgentConfig:
+        """Parse a JSON string; malformed JSON raises AgentConfigError with its position."""
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise AgentConfigError(f"malformed agent config JSON: {exc}") from exc
+        return cls.from_dict(obj)
+
+    @classmethod
+    def load(cls, path: str | Path) -> AgentConfig:
+        """Read a config file written by :meth:`save`."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise AgentConfigError(f"cannot read agent config {path}: {exc.strerror}") from exc
+        return cls.from_json(text)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

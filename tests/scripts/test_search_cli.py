@@ -1,0 +1,90 @@
+"""`autoshrink search` end to end on a tiny model, and the no-argument default run (slow)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from safetensors import safe_open
+
+from autoshrink.compression.artifact import load_artifact, read_header
+from autoshrink.compression.counting import count_macs, count_params
+from autoshrink.scripts.cli import main
+from tests.agent.conftest import smallcnn_checkpoint  # noqa: F401 (a fixture)
+
+
+def payload(path) -> int:
+    with safe_open(str(path), framework="pt") as fh:
+        return sum(fh.get_tensor(k).numel() * fh.get_tensor(k).element_size() for k in fh.keys())
+
+
+def check_run_folder(out) -> dict:
+    result = json.loads((out / "result.json").read_text())
+    assert result["budgets_met"] is True
+    for name in ("policy.json", "episodes.jsonl", "agent.zip", result["artifact"]):
+        assert (out / name).is_file(), name
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    # an independent count of the shipped artifact agrees with result.json
+    path = out / result["artifact"]
+    model = load_artifact(path)
+    import torch
+
+    x = torch.zeros(read_header(path).input_shape)
+    comp = result["compressed"]
+    assert count_macs(model, x) == comp["macs"]
+    assert count_params(model) == comp["params"]
+    assert payload(path) == comp["bytes"]
+    for metric, budget in result["budgets"].items():
+        key = {"flops": "macs", "params": "params", "size": "bytes"}[metric]
+        assert comp[key] <= budget["limit"]
+        if budget["relative"]:
+            assert comp[key] <= budget["value"] * result["baseline"][key]
+    return result
+
+
+def test_search_cli_writes_a_verified_run_folder(tmp_path, smallcnn_checkpoint, capsys):  # noqa: F811
+    out = tmp_path / "run"
+    argv = ["search", "--model", "smallcnn", "--checkpoint", str(smallcnn_checkpoint)]
+    argv += ["--episodes", "4", "--final-epochs", "1", "--size", "0.08", "--flops", "0.4"]
+    assert main([*argv, "--out", str(out)]) == 0
+    result = check_run_folder(out)
+    assert result["episodes"] == 4 and result["agent"] == "ddpg"
+    assert result["budgets"]["size"]["value"] == 0.08
+    table = capsys.readouterr().out
+    assert "test accuracy" in table and "MACs" in table and "latency" in table
+    # resuming a finished search re-finishes it without new episodes
+    lines = (out / "episodes.jsonl").read_text()
+    assert main(["search", "--resume", "--out", str(out), "--final-epochs", "1", "--json"]) == 0
+    assert (out / "episodes.jsonl").read_text() == lines
+    assert json.loads(capsys.readouterr().out)["episodes"] == 4
+    # without --resume an existing run folder is refused, in one line
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "already holds a search" in capsys.readouterr().err
+
+
+def test_search_cli_refuses_bad_budgets_and_resume_without_out(
+    tmp_path,
+    smallcnn_checkpoint,  # noqa: F811
+    capsys,
+):
+    base = ["search", "--model", "smallcnn", "--checkpoint", str(smallcnn_checkpoint)]
+    assert main([*base, "--flops", "0.0001", "--out", str(tmp_path / "x")]) == 2
+    assert "cannot be met" in capsys.readouterr().err
+    assert main(["search", "--resume"]) == 2
+
+
+@pytest.mark.slow
+def test_default_search_finishes_in_three_minutes(tmp_path, monkeypatch):
+    """`autoshrink search` with no arguments (the baseline is trained first, not timed)."""
+    from autoshrink.compression.baselines import baseline
+    from autoshrink.compression.models import ModelSpec
+
+    baseline(ModelSpec("resnet20", 10, 1), "digits")
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    assert main(["search"]) == 0
+    elapsed = time.perf_counter() - start
+    (out,) = (tmp_path / "runs").iterdir()
+    check_run_folder(out)
+    assert elapsed <= 180, f"default search took {elapsed:.0f}s"
