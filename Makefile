@@ -18,8 +18,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/autoshrink train
-	$(VENV)/bin/autoshrink inspect
+	$(VENV)/bin/autoshrink search
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -27,7 +26,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy agent env compression scripts
 
 test: lint
-	$(VENV)/bin/pytest -n 2
+	$(VENV)/bin/pytest -n 2 -q
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

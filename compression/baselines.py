@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from autoshrink.compression.data import DataSplits, load_dataset
@@ -163,6 +164,28 @@ def baseline(
     """
     epochs = default_epochs(dataset) if epochs is None else epochs
     path = baseline_path(spec, dataset, epochs, seed, lr, batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Concurrent processes (batch workers, test workers) wanting the same baseline wait for
+    # the first one to train it instead of all training it.
+    with FileLock(str(path.with_suffix(".lock"))):
+        return _baseline_locked(
+            spec, dataset, epochs, seed, data_dir, on_epoch, lr, batch_size, splits, retrain, path
+        )
+
+
+def _baseline_locked(
+    spec: ModelSpec,
+    dataset: str,
+    epochs: int,
+    seed: int,
+    data_dir: str | Path | None,
+    on_epoch: Callable[[int, float], None] | None,
+    lr: float,
+    batch_size: int,
+    splits: DataSplits | None,
+    retrain: bool,
+    path: Path,
+) -> tuple[nn.Module, Path]:
     if path.is_file() and not retrain:
         try:
             model = load_weights(build_model(spec), path).eval()
@@ -184,7 +207,6 @@ def baseline(
     result = train_model(
         model, splits, epochs, lr=lr, batch_size=batch_size, seed=seed, on_epoch=on_epoch
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"spec": spec.to_dict(), "dataset": dataset, "seed": seed, "lr": lr}
     meta |= {"batch_size": batch_size, "result": asdict(result)}
     _write_atomic(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=2)))

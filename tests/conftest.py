@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,8 +12,16 @@ import torch
 
 @pytest.fixture(scope="session")
 def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache folder per test session, so baselines train at most once per session."""
-    return tmp_path_factory.mktemp("autoshrink-cache")
+    """One cache folder per test run, shared by the xdist workers.
+
+    Baselines are trained at most once per run: ``baselines.baseline`` holds a file lock
+    while it trains, so a second worker waits for the first and then loads its result.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "autoshrink-cache"
+    root.mkdir(exist_ok=True)
+    return root
 
 
 @pytest.fixture(autouse=True)
