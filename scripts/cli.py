@@ -13,7 +13,14 @@ from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.scripts.console import err_console
 
 # One module per subcommand; each defines ``add_parser(subparsers)`` and ``run(args) -> int``.
-SUBCOMMANDS: tuple[str, ...] = ("train", "inspect", "search", "evaluate")
+SUBCOMMANDS: tuple[str, ...] = (
+    "train",
+    "inspect",
+    "search",
+    "apply",
+    "evaluate",
+    "export",
+)
 
 
 def _version() -> str:

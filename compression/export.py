@@ -1,0 +1,318 @@
+"""Export a compressed model for deployment: ONNX (checked in onnxruntime) or TorchScript.
+
+:func:`export` takes an artifact (or a model), writes one file and checks it: the exported
+file is run on a seeded batch of two inputs (so a fixed batch size would show) and its
+outputs are compared with the PyTorch model's. A file that does not match is not left
+behind.
+
+Formats and what they hold:
+
+- ``onnx``: float32 graph with the artifact's dequantized weights (the values the artifact
+  computes with). The dynamo exporter (``torch.export``, needs ``onnxscript``) is tried
+  first and the TorchScript-based one is the fallback (``exporter="auto"``). The batch
+  dimension is dynamic. Activation quantizers (if the artifact has any) export as the same
+  arithmetic in plain operators (``Mul``, ``Round``, ``Clip``): ``torch.export`` cannot
+  trace ``fake_quantize_per_tensor_affine``, and ONNX's ``QuantizeLinear`` covers 8 bits
+  only (the legacy exporter uses it for 8-bit ones).
+- ``onnx`` with ``int8=True``: the real int8 path of :mod:`autoshrink.compression.int8`
+  (every layer at 8 bits or more; calibrated on ``calibration`` batches) exported as a QDQ
+  ONNX graph: int8 weights and uint8 activations behind ``QuantizeLinear`` /
+  ``DequantizeLinear``, which onnxruntime fuses into integer kernels. Only the
+  TorchScript-based exporter can trace torch's quantized tensors, so it is used here.
+  Below 8 bits there is no int8 path (no kernels): :func:`to_int8` refuses such policies.
+- ``torchscript``: ``torch.jit.trace`` of the model, saved with ``torch.jit.save``.
+
+Tolerances (every ``|exported - torch|`` must stay within ``atol + rtol * |torch|``):
+
+- float ONNX and TorchScript: ``atol = rtol = 1e-4``. onnxruntime sums convolutions in
+  another order; measured differences are 2e-7 to 5e-6, growing with the outputs'
+  magnitude. TorchScript's are 0.
+- int8 QDQ ONNX, against the torch int8 model: ``atol = 1e-4 + 8 * s``, ``rtol = 0``, where
+  ``s = (max - min) / 127`` of the outputs is the step of their int8 grid. onnxruntime's and
+  fbgemm's integer kernels round requantization differently, and one-step differences grow
+  through residual adds: measured 1 to 5 steps, with top-1 agreeing on 99.2 to 100 % of the
+  digits test set.
+
+Measured values are in ``docs/benchmarks.md`` (Transfer).
+
+>>> info = export("runs/r1/model.safetensors", "onnx", "model.onnx")  # doctest: +SKIP
+>>> info.max_abs_diff <= info.atol  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.quantize import (
+    ActFakeQuant,
+    activation_quant_state,
+    bake_,
+    remove_activation_quant_,
+)
+
+logger = logging.getLogger(__name__)
+
+FORMATS: tuple[str, ...] = ("onnx", "torchscript")
+EXPORTERS: tuple[str, ...] = ("auto", "dynamo", "legacy")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+FLOAT_TOL = 1e-4
+#: int8: allowed steps of the int8 output grid (onnxruntime's and fbgemm's integer kernels
+#: round requantization differently; one-step differences grow through residual adds).
+INT8_STEPS = 8.0
+LEGACY_OPSET = 17
+#: Activation quantizers at these bits or more export as QuantizeLinear/DequantizeLinear;
+#: torch.export cannot trace ``fake_quantize_per_tensor_affine`` at all.
+LEGACY_NATIVE_BITS = 8
+DYNAMO_NATIVE_BITS = 33
+CHECK_BATCH = 2
+_EXTRA = "pip install 'autoshrink[onnx]'"
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What :func:`export` wrote and how well it matched.
+
+    Attributes:
+        path: The file written.
+        format: ``onnx`` or ``torchscript``.
+        exporter: ``dynamo``, ``legacy`` (TorchScript-based ONNX) or ``jit.trace``.
+        int8: Whether the file holds the real int8 (QDQ) graph.
+        max_abs_diff: Largest absolute difference from the PyTorch model on the check batch.
+        atol: Absolute tolerance the check allowed.
+        rtol: Relative tolerance the check allowed.
+        file_bytes: Size of the file.
+    """
+
+    path: Path
+    format: str
+    exporter: str
+    int8: bool
+    max_abs_diff: float
+    atol: float
+    rtol: float
+    file_bytes: int
+
+
+class _PlainActQuant(ActFakeQuant):
+    """ActFakeQuant's arithmetic in plain operators, which ONNX can express at any bits."""
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Fake-quantize the first input as ``fake_quantize_per_tensor_affine`` does."""
+        inv = float(np.float32(1.0) / np.float32(self.scale))
+        levels = (1 << self.bits) - 1
+        q = torch.clamp(torch.round(args[0] * inv) + self.zero_point, 0, levels)
+        return ((q - self.zero_point) * self.scale, *args[1:])
+
+
+def _onnx_ready(model: nn.Module, native_bits: int) -> nn.Module:
+    """A copy whose activation quantizers below ``native_bits`` use plain operators."""
+    state = activation_quant_state(model)
+    if all(bits >= native_bits for bits, _, _ in state.values()):
+        return model
+    model = copy.deepcopy(model)
+    remove_activation_quant_(model)
+    for name, (bits, lo, hi) in state.items():
+        plain = bits < native_bits
+        hook = _PlainActQuant(bits, lo, hi) if plain else ActFakeQuant(bits, lo, hi)
+        model.get_submodule(name).register_forward_pre_hook(hook)
+    return model
+
+
+def _source(
+    source: str | Path | nn.Module, example_input: torch.Tensor | None
+) -> tuple[nn.Module, torch.Tensor, dict[str, int] | None]:
+    if isinstance(source, nn.Module):
+        if example_input is None:
+            raise AutoshrinkError("exporting a model needs an example_input")
+        model = copy.deepcopy(source).cpu().eval()
+        if any(parametrize.is_parametrized(m) for m in model.modules()):
+            bake_(model)
+        return model, example_input.cpu(), None
+    from autoshrink.compression.artifact import load_artifact, read_header
+
+    header = read_header(source)
+    example = example_input if example_input is not None else torch.zeros(header.input_shape)
+    return load_artifact(source), example, dict(header.weight_bits)
+
+
+def _check_batch(example: torch.Tensor, calibration: list[torch.Tensor]) -> torch.Tensor:
+    if calibration:
+        return calibration[0]
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn((CHECK_BATCH, *example.shape[1:]), generator=gen, dtype=example.dtype)
+
+
+def _inputs(batches: Iterable[Any], n: int) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    for batch in batches:
+        if len(out) >= n:
+            break
+        out.append(batch[0] if isinstance(batch, tuple | list) else batch)
+    if not out:
+        raise AutoshrinkError("the int8 export needs calibration batches; none were given")
+    return out
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: Path, exporter: str) -> str:
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise AutoshrinkError(f"ONNX export needs the onnx extra: {_EXTRA}") from exc
+    names: dict[str, Any] = {"input_names": ["input"], "output_names": ["logits"]}
+    if exporter in ("auto", "dynamo"):
+        try:
+            batch = torch.export.Dim("batch")
+            with _quiet():
+                torch.onnx.export(
+                    _onnx_ready(model, native_bits=DYNAMO_NATIVE_BITS),
+                    (example,),
+                    str(tmp),
+                    dynamo=True,
+                    dynamic_shapes=({0: batch},),
+                    external_data=False,
+                    verbose=False,
+                    **names,
+                )
+            return "dynamo"
+        except Exception as exc:  # the dynamo exporter fails in many ways
+            if exporter == "dynamo":
+                raise AutoshrinkError(f"the dynamo ONNX exporter failed: {exc}") from exc
+            logger.warning("dynamo ONNX export failed (%s); using the legacy exporter", exc)
+    with _quiet():
+        torch.onnx.export(
+            _onnx_ready(model, native_bits=LEGACY_NATIVE_BITS),
+            (example,),
+            str(tmp),
+            dynamo=False,
+            opset_version=LEGACY_OPSET,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            **names,
+        )
+    return "legacy"
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise AutoshrinkError(f"checking an ONNX export needs onnxruntime: {_EXTRA}") from exc
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.asarray(session.run(None, {name: x.numpy()})[0])
+
+
+def export(
+    source: str | Path | nn.Module,
+    format: str = "onnx",
+    out: str | Path | None = None,
+    example_input: torch.Tensor | None = None,
+    *,
+    int8: bool = False,
+    calibration: Iterable[Any] | None = None,
+    calib_batches: int = 8,
+    exporter: str = "auto",
+) -> ExportInfo:
+    """Export an artifact (or a model) to ONNX or TorchScript, and check its outputs.
+
+    Args:
+        source: An artifact path (from ``save_artifact``) or a model.
+        format: ``onnx`` or ``torchscript``.
+        out: The file to write; next to the artifact with the format's suffix when None.
+        example_input: An input batch to trace with; the artifact's input shape (zeros)
+            when None. Required for a model.
+        int8: Export the real int8 path as QDQ ONNX (every layer at 8 bits or more).
+        calibration: Batches (or ``(inputs, targets)`` pairs) that calibrate the int8
+            activation ranges; the check runs on the first of them.
+        calib_batches: How many calibration batches to use.
+        exporter: ``auto`` (dynamo, else legacy), ``dynamo`` or ``legacy`` (ONNX only).
+
+    Returns:
+        The path, exporter, the largest output difference and the tolerance it met.
+
+    Raises:
+        AutoshrinkError: On an unknown format, a missing extra, or outputs that differ
+            beyond the tolerance (then no file is left).
+        PolicyError: If ``int8`` is asked of a layer below 8 bits.
+        CheckpointError: If the artifact cannot be read.
+    """
+    if format not in FORMATS:
+        raise AutoshrinkError(f"unknown export format {format!r}: use one of {FORMATS}")
+    if exporter not in EXPORTERS:
+        raise AutoshrinkError(f"unknown exporter {exporter!r}: use one of {EXPORTERS}")
+    if int8 and format != "onnx":
+        raise AutoshrinkError("the int8 path exports as QDQ ONNX only: use format='onnx'")
+    if out is None:
+        if isinstance(source, nn.Module):
+            raise AutoshrinkError("exporting a model needs an output path")
+        out = Path(source).with_suffix(SUFFIXES[format])
+    out = Path(out)
+    model, example, bits = _source(source, example_input)
+    batches = _inputs(calibration or [], calib_batches) if int8 else []
+    if int8:
+        from autoshrink.compression.int8 import to_int8
+
+        with _quiet():
+            model = to_int8(model, batches, len(batches), bits_by_layer=bits)
+        exporter = "legacy"  # torch.export cannot trace quantized tensors
+    x = _check_batch(example, batches)
+    with torch.no_grad():
+        reference = model(x).detach().numpy()
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        if format == "onnx":
+            used = _export_onnx(model, example, tmp, exporter)
+            got = _run_onnx(tmp, x)
+        else:
+            with _quiet(), torch.no_grad():
+                torch.jit.save(torch.jit.trace(model, example, check_trace=False), str(tmp))
+                got = torch.jit.load(str(tmp))(x).detach().numpy()
+            used = "jit.trace"
+        step = float(reference.max() - reference.min()) / 127.0  # the int8 output grid
+        atol = FLOAT_TOL + (INT8_STEPS * step if int8 else 0.0)
+        rtol = 0.0 if int8 else FLOAT_TOL
+        if got.shape != reference.shape:
+            raise AutoshrinkError(
+                f"the {format} export returns shape {got.shape}, the model {reference.shape}"
+            )
+        diff = float(np.abs(got - reference).max())
+        if not np.all(np.abs(got - reference) <= atol + rtol * np.abs(reference)):
+            raise AutoshrinkError(
+                f"the {format} export's outputs differ from the model's by up to {diff:.3g} "
+                f"(tolerance {atol:.3g} + {rtol:.3g}*|y|); nothing was written"
+            )
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    logger.info("exported %s (%s) to %s, max |diff| %.3g", format, used, out, diff)
+    return ExportInfo(out, format, used, int8, diff, atol, rtol, out.stat().st_size)
+
+
+__all__ = ["EXPORTERS", "FORMATS", "ExportInfo", "export"]

@@ -1,0 +1,249 @@
+"""``autoshrink apply``: a saved policy or a trained agent on a model, finished like search.
+
+Three sources, one outcome (a run folder with ``policy.json``, ``result.json`` and the
+artifact, as search writes):
+
+- ``--policy P``: the policy as it is, on any model whose unit names and widths match
+  (another checkpoint of the same architecture). Its budgets are the given flags (a policy
+  over them is refused) or else those recorded in the policy.
+- ``--policy P --map depth``: the policy stretched over a network of another depth by the
+  relative position of its units (ResNet-20 -> ResNet-56). With budget flags it is proposed
+  through the env's clamp, so the budgets hold on the new model.
+- ``--agent runs/x/agent.zip``: the agent played once, deterministically, on the new
+  model's env (AMC's transfer); the env settings come from the agent's run folder, budget
+  flags replace its budgets, and the clamp guarantees them.
+
+Everything that can be checked without training is checked before any work, and before
+anything is written: the policy file (JSON, type, version, values), the unit names and
+channel counts, the checkpoint, the agent file and its mode, and the budgets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from autoshrink.compression.errors import AutoshrinkError, PolicyError
+from autoshrink.scripts.console import console, err_console, make_progress
+
+DEFAULT_FINETUNE_EPOCHS = 3
+#: Policy meta budget keys (result names) -> budget metrics. Latency limits are measured
+#: on the machine that searched, so they are not carried over.
+_META_BUDGETS = {"macs": "flops", "params": "params", "bytes": "size"}
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``apply`` and its flags."""
+    from autoshrink.compression.policy_map import MAPS
+
+    p = subparsers.add_parser(
+        "apply",
+        help="apply a saved policy or a trained agent to a model, and ship its model",
+        description=(
+            "Apply a policy.json (or roll a trained agent.zip out once) on a model, fine-tune "
+            "the result and write a run folder as search does (policy.json, result.json, the "
+            "artifact). The policy is validated before any work: mismatches are listed in "
+            "one error and nothing is written."
+        ),
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--policy", default=None, help="a policy.json to apply")
+    source.add_argument("--agent", default=None, help="a trained agent.zip to roll out")
+    p.add_argument("--map", choices=MAPS, default=None, help="stretch --policy over depth")
+    p.add_argument("--model", required=True, help="model name or file.py:factory")
+    p.add_argument("--checkpoint", default=None, help="trained weights (default: cached)")
+    p.add_argument("--dataset", default=None, help="dataset (the policy's or agent's)")
+    p.add_argument("--data-dir", default=None, help="where the dataset files are")
+    p.add_argument("--flops", default=None, help="MACs budget, e.g. 0.5 or 1.2M")
+    p.add_argument("--params", default=None, help="parameter budget, e.g. 0.3 or 100K")
+    p.add_argument("--size", default=None, help="size budget in bytes, e.g. 0.1 or 300KB")
+    p.add_argument("--latency", default=None, help="latency budget, e.g. 0.6 or 4ms")
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=DEFAULT_FINETUNE_EPOCHS,
+        help=f"fine-tune epochs of the final model ({DEFAULT_FINETUNE_EPOCHS})",
+    )
+    p.add_argument("--distill", action="store_true", help="distil the final fine-tune")
+    p.add_argument("--seed", type=int, default=0, help="seed of data and fine-tune (0)")
+    p.add_argument("--out", required=True, help="run folder to write (must be new or empty)")
+    p.add_argument("--json", action="store_true", help="print result.json instead of a table")
+    p.set_defaults(func=run)
+
+
+def _given_budgets(args: argparse.Namespace) -> dict[str, Any]:
+    from autoshrink.env.config import parse_budget
+
+    names = ("flops", "params", "size", "latency")
+    return {m: parse_budget(m, getattr(args, m)) for m in names if getattr(args, m) is not None}
+
+
+def _policy_mode(policy: Any, graph: Any) -> tuple[str, int | None]:
+    """The env mode and pinned first/last bits that reproduce ``policy``'s layer bits."""
+    from autoshrink.compression.policy import FLOAT_BITS
+    from autoshrink.compression.quantize import first_and_last_layers
+
+    pruned = any(u.keep < 1.0 for u in policy.units.values())
+    quantized = bool(policy.layers) or any(u.bits < FLOAT_BITS for u in policy.units.values())
+    mode = "joint" if pruned and quantized else "quant" if quantized else "prune"
+    if not policy.layers:
+        return mode, None
+    pins = set(first_and_last_layers(graph))
+    values = set(policy.layers.values())
+    if set(policy.layers) != pins or len(values) != 1:
+        raise PolicyError(
+            f"per-layer bit overrides {sorted(policy.layers)} are not supported by apply: "
+            f"only one bit-width pinned on the first and last layers {sorted(pins)}"
+        )
+    return mode, values.pop()
+
+
+def _check_budgets(policy: Any, graph: Any, budgets: dict[str, Any]) -> None:
+    """Refuse, before any work, a policy whose exact costs exceed the given budgets."""
+    from autoshrink.compression.cost import cost_from_channels
+    from autoshrink.compression.policy import FLOAT_BITS, kept_channels, layer_bits
+
+    full = cost_from_channels(
+        graph,
+        {u.name: u.c_out for u in graph.units},
+        {layer.name: FLOAT_BITS for layer in graph.layers},
+    )
+    mine = cost_from_channels(graph, kept_channels(policy, graph), layer_bits(policy, graph))
+    pairs = {"flops": (mine.macs, full.macs), "params": (mine.params, full.params)}
+    pairs["size"] = (mine.bytes, full.bytes)
+    over = [
+        f"{m} {pairs[m][0]:,} > {b.limit(pairs[m][1]):,.0f}"
+        for m, b in budgets.items()
+        if m in pairs and pairs[m][0] > b.limit(pairs[m][1])
+    ]
+    if over:
+        raise PolicyError(
+            "the policy does not meet the budgets: " + "; ".join(over) + " (give no budget "
+            "flags to apply it as it is, or --map depth to fit it through the budget clamp)"
+        )
+
+
+def _prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Every check that needs no training; returns what the run needs. Writes nothing."""
+    from autoshrink.compression.data import load_dataset
+    from autoshrink.compression.models import ModelSpec, build_model, load_weights
+    from autoshrink.compression.policy import Policy, validate
+    from autoshrink.compression.units import build_units
+    from autoshrink.env.config import Budget, EnvConfig
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AutoshrinkError(f"{out} is not empty: choose a new folder for --out")
+    if args.map and args.policy is None:
+        raise AutoshrinkError("--map stretches a --policy; an agent transfers without it")
+    if args.finetune_epochs < 0:
+        raise AutoshrinkError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    budgets = _given_budgets(args)
+    plan: dict[str, Any] = {"budgets_given": bool(budgets)}
+    if args.agent is not None:
+        from autoshrink.agent.transfer import agent_algorithm, agent_spaces
+
+        plan["algorithm"] = agent_algorithm(args.agent)
+        saved = Path(args.agent).parent / "config.json"
+        base = EnvConfig()
+        if saved.is_file():
+            base = EnvConfig.from_dict(json.loads(saved.read_text())["env"])
+        source_model = base.model
+        cfg = base.replace(checkpoint=None)
+        if budgets:
+            cfg = cfg.replace(
+                **{**dict.fromkeys(("flops", "params", "size", "latency")), **budgets}
+            )
+        _, act = agent_spaces(args.agent)
+        if act != ((2,) if cfg.mode == "joint" else (1,)):
+            raise PolicyError(f"{args.agent} acts on {act} actions, not {cfg.mode} mode's")
+        plan["source"] = {"agent": str(args.agent), "algorithm": plan["algorithm"]}
+        plan["source"]["transferred_from"] = source_model
+    else:
+        policy = Policy.load(args.policy)
+        cfg = EnvConfig(dataset=policy.meta.get("dataset", "digits"), finetune_steps=0)
+        plan["source"] = {"policy": str(args.policy)}
+    cfg = cfg.replace(
+        model=args.model,
+        dataset=args.dataset or cfg.dataset,
+        data_dir=args.data_dir,
+        checkpoint=args.checkpoint,
+        seed=args.seed,
+    )
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
+    model = build_model(ModelSpec(cfg.model, data.num_classes, data.in_channels))
+    if args.checkpoint is not None:
+        plan["model"] = load_weights(model, args.checkpoint)
+    if args.policy is not None:
+        graph = build_units(model, data.example_input(1), round_to=policy.round_to)
+        if args.map:
+            from autoshrink.compression.policy_map import map_depth
+
+            plan["source"].update(map=args.map, mapped_from=policy.meta.get("model"))
+            policy = map_depth(policy, graph)
+        validate(policy, graph)
+        mode, pinned = _policy_mode(policy, graph)
+        if not budgets and not args.map:
+            limits = policy.meta.get("budgets") or {}
+            budgets = {
+                _META_BUDGETS[k]: Budget(_META_BUDGETS[k], float(v), relative=False)
+                for k, v in limits.items()
+                if k in _META_BUDGETS
+            }
+        if not args.map:
+            _check_budgets(policy, graph, budgets)
+        cfg = cfg.replace(mode=mode, first_last_bits=pinned, round_to=policy.round_to)
+        cfg = cfg.replace(**(budgets or {"flops": Budget("flops", 1.0)}))
+        plan["policy"] = policy
+    plan.update(config=cfg, data=data)
+    return plan
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, build the env, get the policy, fine-tune, write the run folder."""
+    from autoshrink.agent.final import FinalConfig, finish_search
+    from autoshrink.agent.run_folder import RunFolder, write_json
+    from autoshrink.agent.search import SearchResult
+    from autoshrink.agent.transfer import replay, transfer
+    from autoshrink.env.compression_env import CompressionEnv
+    from autoshrink.scripts.search import comparison_table
+
+    out = Path(args.out)
+    plan = _prepare(args, out)
+    final = FinalConfig(epochs=args.finetune_epochs, distill=args.distill)
+    cfg = plan["config"]
+    with err_console.status(f"preparing {cfg.model} on {cfg.dataset} (trains once)"):
+        env = CompressionEnv(cfg, model=plan.get("model"), data=plan["data"])
+    if args.agent is not None:
+        result = transfer(args.agent, env, out, algorithm=plan["algorithm"], seed=args.seed)
+    elif args.map and plan["budgets_given"]:
+        result = replay(env, plan["policy"], out, seed=args.seed)
+        result.algorithm = f"policy+{args.map}-map"
+    else:
+        name = f"policy+{args.map}-map" if args.map else "policy"
+        result = SearchResult(plan["policy"], None, {}, None, 0, 0.0, name, out)
+    if result.best_policy is None:
+        raise AutoshrinkError("no policy came out of the rollout")
+    folder = RunFolder(out).create()
+    result.best_policy.save(folder.policy)
+    progress = make_progress()
+    with progress:
+        task = progress.add_task("final fine-tune", total=None)
+        report = finish_search(
+            env,
+            result,
+            final,
+            seed=args.seed,
+            on_step=lambda step, loss: progress.update(task, completed=step),
+        )
+        progress.update(task, total=1, completed=1)
+    report["source"] = plan["source"]
+    write_json(folder.result, report)
+    if args.json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        console.print(comparison_table(report))
+        console.print(f"run folder: {out}", highlight=False)
+    return 0
