@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -42,3 +43,14 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "keep-ratio" in capsys.readouterr().out
+
+
+def test_package_level_names_resolve_to_the_engine() -> None:
+    import autoshrink.compression as c
+    from autoshrink.compression.apply import apply_policy
+    from autoshrink.compression.units import build_units
+
+    assert c.apply_policy is apply_policy
+    assert c.build_units is build_units
+    for name in c.__all__:
+        assert not isinstance(getattr(c, name), types.ModuleType), name
