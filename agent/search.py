@@ -8,6 +8,10 @@ A search killed at any moment continues with ``resume=True``: the agent, its rep
 its noise and the search state come back from the last checkpoint (written after every
 episode), the episode log is cut back to what that checkpoint knows, and the search runs
 the remaining episodes. At most the episode in flight is lost.
+
+Nothing a resume reads is a pickle: the agent comes back through the spec's ``load``
+(:mod:`autoshrink.agent.algorithms`), the replay buffer from ``replay_buffer.npz``
+(:func:`~autoshrink.agent.run_folder.load_replay_buffer`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.utils import set_random_seed
 
-from autoshrink.agent.algorithms import ALGORITHMS, Agent, build_agent
+from autoshrink.agent.algorithms import ALGORITHMS, Agent, build_agent, save_agent
 from autoshrink.agent.callbacks import (
     AgentThreadsCallback,
     CheckpointCallback,
@@ -40,6 +44,8 @@ from autoshrink.agent.run_folder import (
     EpisodeRecord,
     RunFolder,
     SearchState,
+    load_replay_buffer,
+    save_replay_buffer,
     write_json,
 )
 from autoshrink.compression.errors import AutoshrinkError
@@ -141,7 +147,8 @@ def run_search(
         set_random_seed(config.seed + state.episodes)
         agent = spec.load(ckpt_dir / "agent.zip", env, config, n_units)
         if isinstance(agent, OffPolicyAlgorithm):
-            agent.load_replay_buffer(ckpt_dir / "replay_buffer.pkl")
+            assert agent.replay_buffer is not None
+            load_replay_buffer(agent.replay_buffer, ckpt_dir)
         dropped = folder.truncate_episodes(state.episodes)
         logger.info(
             "resuming %s at episode %d (%d unlogged lines dropped)",
@@ -168,7 +175,7 @@ def run_search(
             callback=[*cbs, *callbacks],
             reset_num_timesteps=checkpoint is None,
         )
-    agent.save(folder.agent)
+    save_agent(agent, folder.agent)
     best = Policy.from_dict(state.best_policy) if state.best_policy else None
     if best is not None:
         best = best.with_meta(agent=config.algorithm, episode=state.best_episode)
@@ -193,10 +200,11 @@ def _callbacks(
     config: AgentConfig,
     progress: Progress | None,
 ) -> list[BaseCallback]:
-    def save_agent(where: Path) -> None:
-        agent.save(where / "agent.zip")
+    def save_files(where: Path) -> None:
+        save_agent(agent, where / "agent.zip")
         if isinstance(agent, OffPolicyAlgorithm):
-            agent.save_replay_buffer(where / "replay_buffer.pkl")
+            assert agent.replay_buffer is not None
+            save_replay_buffer(agent.replay_buffer, where)
 
     def extra() -> dict[str, Any]:
         sigma = getattr(getattr(agent, "action_noise", None), "current_sigma", None)
@@ -205,7 +213,7 @@ def _callbacks(
     cbs: list[BaseCallback] = [
         EpisodeLogCallback(book, folder.episodes, extra),
         TensorBoardCallback(book, folder.tensorboard, purge_step=book.state.episodes),
-        CheckpointCallback(book, folder, save_agent, deferred=off_policy),
+        CheckpointCallback(book, folder, save_files, deferred=off_policy),
     ]
     if progress is not None:
         cbs.append(ProgressCallback(book, progress))

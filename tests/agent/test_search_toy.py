@@ -92,12 +92,13 @@ def test_resume_restores_learning_state(tmp_path):
         run_search(ToyCompressionEnv(), tiny("ddpg", episodes=8), out, callbacks=[Interrupt(5)])
     ckpt_dir, state = RunFolder(out).latest_checkpoint()
     assert state.episodes == 4  # the 5th was in flight (not yet fully stored) at the kill
-    from stable_baselines3 import DDPG
+    from autoshrink.agent.run_folder import load_replay_buffer
 
-    model = DDPG.load(ckpt_dir / "agent.zip")
+    env = ToyCompressionEnv()
+    model = ALGORITHMS["ddpg"].load(ckpt_dir / "agent.zip", env, tiny("ddpg"), env.n_units)
     assert model.num_timesteps == 4 * 4
     assert model.action_noise.episodes == 4
-    model.load_replay_buffer(ckpt_dir / "replay_buffer.pkl")
+    load_replay_buffer(model.replay_buffer, ckpt_dir)
     assert model.replay_buffer.size() == 16
     run_search(ToyCompressionEnv(), tiny("ddpg", episodes=8), out, resume=True)
     assert len(lines(out)) == 8
