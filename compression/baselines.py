@@ -86,13 +86,16 @@ def baseline_path(
     seed: int = 0,
     lr: float = DEFAULT_LR,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    variant: str = "",
 ) -> Path:
     """Where the baseline with these settings is (or will be) cached.
 
     The file name reads ``MODEL-DATASET-eEPOCHS-sSEED-HASH.pt``; the hash covers every
-    setting, so names that had to be shortened or sanitised cannot collide.
+    setting, so names that had to be shortened or sanitised cannot collide. ``variant``
+    (``DataSplits.variant``) keeps a model trained on a training subset or another val
+    fraction apart from one trained on the default splits.
     """
-    key = {
+    key: dict[str, Any] = {
         "spec": spec.to_dict(),
         "dataset": dataset,
         "epochs": epochs,
@@ -100,6 +103,8 @@ def baseline_path(
         "lr": lr,
         "batch_size": batch_size,
     }
+    if variant:
+        key["variant"] = variant
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     slug = "-".join(
         re.sub(r"[^A-Za-z0-9_.]+", "_", part)[-40:]
@@ -163,7 +168,8 @@ def baseline(
         UnsupportedModelError: If ``spec`` names no buildable model.
     """
     epochs = default_epochs(dataset) if epochs is None else epochs
-    path = baseline_path(spec, dataset, epochs, seed, lr, batch_size)
+    variant = splits.variant if splits is not None else ""
+    path = baseline_path(spec, dataset, epochs, seed, lr, batch_size, variant)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Concurrent processes (batch workers, test workers) wanting the same baseline wait for
     # the first one to train it instead of all training it.

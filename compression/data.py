@@ -26,7 +26,7 @@ import os
 import shutil
 import socket
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -94,6 +94,8 @@ class DataSplits:
         num_classes: Number of labels.
         in_channels: Image channels.
         image_size: Image height and width.
+        variant: The split settings that differ from the defaults (``""`` when none), e.g.
+            ``"val0.2-sub10000"``; caches of things trained on these splits key on it.
     """
 
     name: str
@@ -103,6 +105,7 @@ class DataSplits:
     num_classes: int
     in_channels: int
     image_size: int
+    variant: str = ""
 
     def loader(
         self,
@@ -200,8 +203,10 @@ def load_dataset(
         raise DataError(f"train_subset must be a positive count, got {train_subset}")
     root = Path(data_dir).expanduser() if data_dir is not None else None
     key = name.strip().lower()
+    variant = split_variant(val_fraction, train_subset)
     if key.startswith("imagefolder:"):
-        return _imagefolder(name, name.split(":", 1)[1], seed, val_fraction, train_subset)
+        splits = _imagefolder(name, name.split(":", 1)[1], seed, val_fraction, train_subset)
+        return replace(splits, variant=variant)
     readers: dict[str, Callable[[Path | None], _Arrays]] = {
         "digits": _digits,
         "fake": _fake,
@@ -213,7 +218,15 @@ def load_dataset(
     if key not in readers:
         raise DataError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
     arrays = readers[key](root)
-    return _tensor_splits(key, arrays, seed, val_fraction, train_subset)
+    return replace(_tensor_splits(key, arrays, seed, val_fraction, train_subset), variant=variant)
+
+
+def split_variant(val_fraction: float = 0.1, train_subset: int | None = None) -> str:
+    """Name the split settings that differ from :func:`load_dataset`'s defaults."""
+    parts = [] if val_fraction == 0.1 else [f"val{val_fraction:g}"]
+    if train_subset is not None:
+        parts.append(f"sub{train_subset}")
+    return "-".join(parts)
 
 
 def _split(labels: np.ndarray, size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -90,7 +90,7 @@ class Evaluator:
         importance: str = "l1",
         recalibrate_bn: bool = True,
         bn_batches: int = 4,
-        finetune_steps: int = 0,
+        finetune_steps: int = 100,
         finetune_lr: float = 0.01,
         distill: bool = False,
         eval_batches: int | None = None,

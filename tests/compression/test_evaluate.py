@@ -231,6 +231,20 @@ def test_baseline_is_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
         baseline(spec, "digits", epochs=1, seed=1)  # another key: must train
 
 
+def test_baseline_on_a_training_subset_has_its_own_cache_entry(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AUTOSHRINK_CACHE", str(tmp_path))
+    spec = ModelSpec("smallcnn", num_classes=10, in_channels=1)
+    full = load_dataset("digits")
+    subset = load_dataset("digits", train_subset=200)
+    assert (full.variant, subset.variant) == ("", "sub200")
+    _, full_path = baseline(spec, "digits", epochs=1, splits=full)
+    assert baseline(spec, "digits", epochs=1)[1] == full_path  # default splits: same entry
+    _, sub_path = baseline(spec, "digits", epochs=1, splits=subset)
+    assert sub_path != full_path and sub_path.is_file()
+
+
 def test_baseline_checks_the_spec_against_the_data(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
