@@ -1,0 +1,384 @@
+"""Reward fidelity: how well the env's episode reward ranks policies by their real accuracy.
+
+For a set of seeded random policies, realised through the env's hard-budget clamp, the
+script computes the reward the env gives under several evaluation settings (BatchNorm
+recalibration or not, 0 or N fine-tune steps) and the "truth": the test accuracy of the
+same policy after a longer fine-tune. It reports the Spearman rank correlation of each
+setting's reward with the truth, and the evaluation time per episode.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_fidelity.py [--policies 20] [--train-subset 10000]
+        [--val-size 2048] [--baseline-epochs 5] [--truth-epochs 2] [--truth-lr 0.02]
+        [--mode prune --flops 0.2 | --mode joint --size 0.1] [--json out.json]
+
+Setup:
+
+* ResNet-20 on Fashion-MNIST. Training uses a seeded, class-stratified subset of
+  ``--train-subset`` images (for CPU); the env scores on a fixed, seeded subset of
+  ``--val-size`` images of the val split; the truth is measured on the whole test split
+  (10,000 images).
+* The baseline comes from ``compression.baselines.baseline`` (cached). Its cache key does
+  not cover the train subset, so it is cached in its own folder,
+  ``<cache>/bench-fidelity/train<N>``, and never mixes with a full-data baseline.
+* Policy ``i`` proposes actions uniform on ``[0, h_i]`` with ``h_i`` uniform on
+  ``[0.3, 1]`` (seeded): high ``h`` proposes large keep-ratios that the clamp cuts back late
+  in the network, low ``h`` proposes small ones everywhere. In joint mode the bits action
+  is uniform on ``[0, 1]``. Every env replays the same actions, and the script checks that
+  it realises the same policy.
+* Each setting is a fresh ``CompressionEnv`` built from one ``EnvConfig`` with the
+  setting's ``recalibrate_bn``, ``bn_batches``, ``finetune_steps`` and ``finetune_lr``;
+  the reward is the env's own (``accuracy``). Time per episode is the evaluator's
+  ``eval_seconds + prep_seconds`` (wall) and the process CPU time of the episode.
+* Truth: the policy applied (``apply_policy``; in joint mode pruned, fake-quantized,
+  fine-tuned and baked like the evaluator does), fine-tuned for ``--truth-epochs`` epochs
+  of the train subset (batch 128, cosine from ``--truth-lr``), then scored on test. With
+  the default ``--truth-seed`` (= ``--seed``) its data order starts with the same images,
+  in the same order, as the env's fine-tune (same seeded permutation), which may inflate
+  the correlation of the fine-tuned settings a little; ``--truth-seed 1`` avoids that.
+* Correlations: Spearman (and Pearson, which Distiller reported) of each reward with the
+  truth, with a seeded bootstrap 95 % interval over policies. "Regret" is the best truth
+  minus the truth of the policy the reward ranks first. The MACs ratio of each policy is
+  listed as a free predictor, to show what a reward must beat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import pearsonr, spearmanr
+from torch.utils.data import TensorDataset
+
+from autoshrink.compression import baselines
+from autoshrink.compression.apply import apply_policy
+from autoshrink.compression.data import DataSplits, load_dataset
+from autoshrink.compression.evaluate import accuracy, finetune
+from autoshrink.compression.models import ModelSpec
+from autoshrink.compression.policy import FLOAT_BITS, Policy, kept_channels, layer_bits
+from autoshrink.compression.prune import prune_channels
+from autoshrink.compression.quantize import bake_, fake_quantize_
+from autoshrink.env.compression_env import CompressionEnv
+from autoshrink.env.config import EnvConfig
+
+# label -> evaluation settings. (a) no recalibration, (b) recalibration only, (c) + N steps.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "a: no BN recal, 0 steps": dict(recalibrate_bn=False, bn_batches=4, finetune_steps=0),
+    "b: BN recal 4 batches, 0 steps": dict(recalibrate_bn=True, bn_batches=4, finetune_steps=0),
+    "b: BN recal 16 batches, 0 steps": dict(recalibrate_bn=True, bn_batches=16, finetune_steps=0),
+    "c: recal 4 + 20 steps, lr 0.01": dict(
+        recalibrate_bn=True, bn_batches=4, finetune_steps=20, finetune_lr=0.01
+    ),
+    "c: recal 4 + 20 steps, lr 0.05": dict(
+        recalibrate_bn=True, bn_batches=4, finetune_steps=20, finetune_lr=0.05
+    ),
+    "c: recal 4 + 100 steps, lr 0.01": dict(
+        recalibrate_bn=True, bn_batches=4, finetune_steps=100, finetune_lr=0.01
+    ),
+}
+
+
+def log(message: str) -> None:
+    """Progress, on stderr (the table goes to stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def cache_folder(path: Path) -> Iterator[None]:
+    """Point ``$AUTOSHRINK_CACHE`` at ``path`` for the duration (baselines of a subset)."""
+    old = os.environ.get("AUTOSHRINK_CACHE")
+    os.environ["AUTOSHRINK_CACHE"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["AUTOSHRINK_CACHE"]
+        else:
+            os.environ["AUTOSHRINK_CACHE"] = old
+
+
+def with_val_subset(splits: DataSplits, size: int, seed: int) -> DataSplits:
+    """The same splits with val cut to a fixed, seeded subset of ``size`` images."""
+    val = splits.val
+    assert isinstance(val, TensorDataset)
+    n = len(val)
+    if size >= n:
+        return splits
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+    x, y = val.tensors
+    return dataclasses.replace(splits, val=TensorDataset(x[pick], y[pick]))
+
+
+def sample_actions(
+    n_policies: int, n_units: int, dims: int, seed: int
+) -> list[tuple[float, np.ndarray]]:
+    """Per policy: its level ``h`` and actions (keep uniform on [0, h], bits on [0, 1])."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_policies):
+        h = float(rng.uniform(0.3, 1.0))
+        actions = rng.random((n_units, dims))
+        actions[:, 0] *= h
+        out.append((h, actions.astype(np.float32)))
+    return out
+
+
+def run_setting(
+    env: CompressionEnv, actions: list[tuple[float, np.ndarray]]
+) -> list[dict[str, Any]]:
+    """Replay every policy's actions in ``env``: reward, policy and time per episode."""
+    rows = []
+    for _, acts in actions:
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        env.reset(seed=0)
+        info: dict[str, Any] = {}
+        reward = 0.0
+        for a in acts:
+            _, reward, done, _, info = env.step(a)
+        assert done
+        rows.append(
+            {
+                "reward": float(reward),
+                "accuracy": float(info["accuracy"]),
+                "macs_ratio": float(info["macs_ratio"]),
+                "bytes_ratio": float(info["bytes_ratio"]),
+                "budgets_met": bool(info["budgets_met"]),
+                "cached": bool(info["eval_cached"]),
+                "eval_s": float(info["eval_seconds"]) + float(info["prep_seconds"]),
+                "episode_wall_s": time.perf_counter() - wall0,
+                "episode_cpu_s": time.process_time() - cpu0,
+                "policy": info["policy"],
+            }
+        )
+    return rows
+
+
+def truth_accuracy(
+    model: torch.nn.Module,
+    env: CompressionEnv,
+    policy: Policy,
+    splits: DataSplits,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> float:
+    """Test accuracy of ``policy`` after ``epochs`` epochs of fine-tuning on train."""
+    graph = env.graph
+    bits = {k: b for k, b in layer_bits(policy, graph).items() if b < FLOAT_BITS}
+    scores = env.evaluator.scores  # type: ignore[attr-defined]
+    if bits:  # quantization-aware, as the evaluator does: prune, fake-quantize, tune, bake
+        small = prune_channels(model, graph, kept_channels(policy, graph), scores=scores)
+        fake_quantize_(small, bits)
+    else:
+        small = apply_policy(model, graph, policy, scores=scores)
+    train = splits.loader("train", batch_size=batch_size, shuffle=True, seed=seed)
+    finetune(small, train, steps=epochs * len(train), lr=lr, seed=seed)
+    if bits:
+        bake_(small)
+    return accuracy(small, splits.loader("test", batch_size=256))
+
+
+def correlate(x: list[float], y: list[float], seed: int, n_boot: int = 2000) -> dict[str, float]:
+    """Spearman and Pearson of ``x`` with ``y``, and a bootstrap 95 % interval of Spearman."""
+    xa, ya = np.asarray(x), np.asarray(y)
+    if np.ptp(xa) == 0:
+        return {"spearman": float("nan"), "pearson": float("nan"), "lo": np.nan, "hi": np.nan}
+    rho = float(spearmanr(xa, ya).statistic)
+    r = float(pearsonr(xa, ya).statistic)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(xa), len(xa))
+        if np.ptp(xa[idx]) > 0 and np.ptp(ya[idx]) > 0:
+            boots.append(spearmanr(xa[idx], ya[idx]).statistic)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"spearman": rho, "pearson": r, "lo": float(lo), "hi": float(hi)}
+
+
+def main() -> None:
+    """Measure, print a markdown table, and optionally write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policies", type=int, default=20)
+    parser.add_argument("--mode", choices=("prune", "joint"), default="prune")
+    parser.add_argument("--flops", default="0.2", help="FLOPs (MACs) budget; 'none' for none")
+    parser.add_argument("--size", default=None, help="size budget, e.g. 0.1 (joint mode)")
+    parser.add_argument("--train-subset", type=int, default=10000)
+    parser.add_argument("--val-size", type=int, default=2048)
+    parser.add_argument("--baseline-epochs", type=int, default=5)
+    parser.add_argument("--truth-epochs", type=int, default=2)
+    parser.add_argument("--truth-lr", type=float, default=0.02)
+    parser.add_argument("--truth-batch", type=int, default=128)
+    parser.add_argument(
+        "--settings", default="all", help="comma-separated setting numbers (0-based) or all"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--truth-seed",
+        type=int,
+        default=None,
+        help="seed of the truth fine-tune's data order; default --seed, which makes its "
+        "first batches the same images the env's fine-tune sees",
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+
+    splits = load_dataset("fashion-mnist", seed=args.seed, train_subset=args.train_subset)
+    splits = with_val_subset(splits, args.val_size, args.seed)
+    spec = ModelSpec("resnet20", splits.num_classes, splits.in_channels)
+    folder = baselines.cache_dir() / "bench-fidelity" / f"train{args.train_subset}"
+    t0 = time.process_time()
+    with cache_folder(folder):
+        model, path = baselines.baseline(
+            spec, "fashion-mnist", epochs=args.baseline_epochs, seed=args.seed, splits=splits
+        )
+    result = baselines.read_result(path)
+    base_val = accuracy(model, splits.loader("val", batch_size=256))
+    base_test = result.test_accuracy if result else accuracy(model, splits.loader("test", 256))
+    log(
+        f"baseline {path.name}: val(subset) {base_val:.4f} test {base_test:.4f} "
+        f"({f'trained in {result.seconds:.0f}s' if result else 'no record'}; "
+        f"this call {time.process_time() - t0:.0f}s CPU)"
+    )
+
+    budgets: dict[str, Any] = {}
+    if args.flops and args.flops.lower() != "none":
+        budgets["flops"] = args.flops
+    if args.size:
+        budgets["size"] = args.size
+    base_cfg = EnvConfig(
+        model="resnet20", dataset="fashion-mnist", mode=args.mode, seed=args.seed, **budgets
+    )
+    chosen = list(SETTINGS.items())
+    if args.settings != "all":
+        chosen = [chosen[int(i)] for i in args.settings.split(",")]
+
+    rewards: dict[str, list[dict[str, Any]]] = {}
+    actions: list[tuple[float, np.ndarray]] = []
+    keys: list[Any] = []
+    env: CompressionEnv | None = None
+    for label, setting in chosen:
+        env = CompressionEnv(base_cfg.replace(**setting), model=model, data=splits)
+        if not actions:
+            dims = env.action_space.shape[0]
+            actions = sample_actions(args.policies, len(env.units), dims, args.seed)
+        t0 = time.process_time()
+        rows = run_setting(env, actions)
+        these = [env.evaluator.key(r["policy"]) for r in rows]  # type: ignore[attr-defined]
+        if keys and these != keys:
+            raise RuntimeError(f"{label}: the same actions realised different policies")
+        keys = these
+        rewards[label] = rows
+        accs = [r["reward"] for r in rows]
+        log(
+            f"{label}: reward mean {statistics.mean(accs):.4f} "
+            f"[{min(accs):.4f}, {max(accs):.4f}], {time.process_time() - t0:.0f}s CPU"
+        )
+    assert env is not None
+    policies = [r["policy"] for r in next(iter(rewards.values()))]
+    if len(set(keys)) < len(keys):
+        log(f"note: {len(keys) - len(set(keys))} duplicate realised policies")
+
+    truth = []
+    t0 = time.process_time()
+    for i, policy in enumerate(policies):
+        acc = truth_accuracy(
+            model,
+            env,
+            policy,
+            splits,
+            args.truth_epochs,
+            args.truth_lr,
+            args.truth_batch,
+            args.seed if args.truth_seed is None else args.truth_seed,
+        )
+        truth.append(acc)
+        log(f"truth {i + 1}/{len(policies)}: test {acc:.4f} ({time.process_time() - t0:.0f}s)")
+    truth_cpu = (time.process_time() - t0) / len(policies)
+
+    first = next(iter(rewards.values()))
+    macs = [r["macs_ratio"] for r in first]
+    stats: dict[str, dict[str, float]] = {}
+    for label, rows in rewards.items():
+        reward = [r["reward"] for r in rows]
+        stats[label] = correlate(reward, truth, args.seed) | {
+            "mean": statistics.mean(reward),
+            "min": min(reward),
+            "max": max(reward),
+            "regret": max(truth) - truth[int(np.argmax(reward))],
+            "eval_s": statistics.median(r["eval_s"] for r in rows),
+            "cpu_s": statistics.median(r["episode_cpu_s"] for r in rows),
+        }
+    free = correlate(macs, truth, args.seed)
+
+    cpu_total = time.process_time() - cpu_start
+    wall_total = time.perf_counter() - wall_start
+    budget_text = ", ".join(f"{k}<={v}" for k, v in budgets.items()) or "none"
+    print(
+        f"ResNet-20 / Fashion-MNIST, mode={args.mode}, budgets {budget_text}, "
+        f"{len(policies)} policies (MACs ratio {min(macs):.3f}-{max(macs):.3f}), "
+        f"train subset {args.train_subset}, val subset {args.val_size}, "
+        f"baseline {args.baseline_epochs} epochs: val {base_val:.4f}, test {base_test:.4f}. "
+        f"Truth: {args.truth_epochs} epochs fine-tune (lr {args.truth_lr}, batch "
+        f"{args.truth_batch}) -> test {statistics.mean(truth):.4f} mean "
+        f"[{min(truth):.4f}, {max(truth):.4f}], sd {statistics.stdev(truth):.4f}, "
+        f"{truth_cpu:.1f}s CPU per policy. Threads {args.threads}, "
+        f"load {os.getloadavg()[0]:.1f}; total {cpu_total:.0f}s CPU, {wall_total:.0f}s wall."
+    )
+    print()
+    print(
+        "| setting | Spearman ρ [95 % CI] | Pearson r | reward mean [min, max] | regret "
+        "| eval s/episode (wall) | CPU s/episode |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for label, s in stats.items():
+        print(
+            f"| {label} | {s['spearman']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}] "
+            f"| {s['pearson']:.2f} | {s['mean']:.3f} [{s['min']:.3f}, {s['max']:.3f}] "
+            f"| {s['regret']:.3f} | {s['eval_s']:.2f} | {s['cpu_s']:.2f} |"
+        )
+    print(
+        f"| (free predictor: MACs ratio) | {free['spearman']:.2f} "
+        f"[{free['lo']:.2f}, {free['hi']:.2f}] | {free['pearson']:.2f} | - | - | 0 | 0 |"
+    )
+    print(
+        f"| (truth: {args.truth_epochs}-epoch fine-tune, test) | 1 | 1 "
+        f"| {statistics.mean(truth):.3f} [{min(truth):.3f}, {max(truth):.3f}] | 0 | - "
+        f"| {truth_cpu:.1f} |"
+    )
+    if args.json:
+        out = {
+            "args": vars(args),
+            "baseline": {"path": str(path), "val": base_val, "test": base_test},
+            "truth": truth,
+            "macs_ratio": macs,
+            "levels": [h for h, _ in actions],
+            "stats": stats,
+            "free_macs": free,
+            "rewards": {
+                k: [{kk: v for kk, v in r.items() if kk != "policy"} for r in rows]
+                for k, rows in rewards.items()
+            },
+            "policies": [p.to_dict() for p in policies],
+            "cpu_s": cpu_total,
+            "wall_s": wall_total,
+        }
+        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
