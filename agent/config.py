@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.versioned import parse_json, read_text, unwrap, wrap
 
 CONFIG_TYPE = "autoshrink.AgentConfig"
 CONFIG_VERSION = 1
@@ -118,7 +119,7 @@ class AgentConfig:
     # --- JSON ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Return the versioned JSON-ready form ``{"type", "version", "data"}``."""
-        return {"type": CONFIG_TYPE, "version": CONFIG_VERSION, "data": asdict(self)}
+        return wrap(CONFIG_TYPE, CONFIG_VERSION, asdict(self))
 
     def to_json(self, indent: int | None = 2) -> str:
         """Serialise to a JSON string (policy_kwargs must be JSON-ready)."""
@@ -137,20 +138,7 @@ class AgentConfig:
         Raises:
             AgentConfigError: On a foreign type, a future version, unknown keys or bad values.
         """
-        if not isinstance(obj, dict) or obj.get("type") != CONFIG_TYPE:
-            found = obj.get("type") if isinstance(obj, dict) else type(obj).__name__
-            raise AgentConfigError(f"not an agent config (type {found!r}, want {CONFIG_TYPE!r})")
-        version = obj.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise AgentConfigError(f"agent config has an invalid format version {version!r}")
-        if version > CONFIG_VERSION:
-            raise AgentConfigError(
-                f"agent config format version {version} is newer than this autoshrink "
-                f"supports ({CONFIG_VERSION}); upgrade autoshrink"
-            )
-        data = obj.get("data")
-        if not isinstance(data, dict):
-            raise AgentConfigError("agent config has no 'data' object")
+        data = unwrap(obj, CONFIG_TYPE, CONFIG_VERSION, "agent config", AgentConfigError)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -160,21 +148,12 @@ class AgentConfig:
     @classmethod
     def from_json(cls, text: str) -> AgentConfig:
         """Parse a JSON string; malformed JSON raises AgentConfigError with its position."""
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise AgentConfigError(f"malformed agent config JSON: {exc}") from exc
-        return cls.from_dict(obj)
+        return cls.from_dict(parse_json(text, "agent config", AgentConfigError))
 
     @classmethod
     def load(cls, path: str | Path) -> AgentConfig:
         """Read a config file written by :meth:`save`."""
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise AgentConfigError(f"cannot read agent config {path}: {exc.strerror}") from exc
-        return cls.from_json(text)
+        return cls.from_json(read_text(Path(path), "agent config", AgentConfigError))
 
 
 def _is_int(value: object) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoshrink.compression.errors import PolicyError
+from autoshrink.compression.versioned import parse_json, read_text, unwrap, wrap
 
 if TYPE_CHECKING:
     from autoshrink.compression.units import UnitGraph
@@ -104,16 +105,8 @@ class Policy:
             name: {"keep": u.keep, "bits": u.bits, "act_bits": u.act_bits, "channels": u.channels}
             for name, u in self.units.items()
         }
-        return {
-            "type": POLICY_TYPE,
-            "version": POLICY_VERSION,
-            "data": {
-                "units": units,
-                "layers": dict(self.layers),
-                "round_to": self.round_to,
-                "meta": self.meta,
-            },
-        }
+        data = {"units": units, "layers": dict(self.layers), "round_to": self.round_to}
+        return wrap(POLICY_TYPE, POLICY_VERSION, {**data, "meta": self.meta})
 
     def to_json(self, indent: int | None = 2) -> str:
         """Serialise to a JSON string."""
@@ -133,19 +126,8 @@ class Policy:
             PolicyError: On a foreign type, a future version or any bad value; the message
                 lists every problem found.
         """
-        if not isinstance(obj, dict) or obj.get("type") != POLICY_TYPE:
-            found = obj.get("type") if isinstance(obj, dict) else type(obj).__name__
-            raise PolicyError(f"not an autoshrink policy (type {found!r}, want {POLICY_TYPE!r})")
-        version = obj.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise PolicyError(f"policy has an invalid format version {version!r}")
-        if version > POLICY_VERSION:
-            raise PolicyError(
-                f"policy format version {version} is newer than this autoshrink supports "
-                f"({POLICY_VERSION}); upgrade autoshrink"
-            )
-        data = obj.get("data")
-        if not isinstance(data, dict) or not isinstance(data.get("units"), dict):
+        data = unwrap(obj, POLICY_TYPE, POLICY_VERSION, "autoshrink policy", PolicyError)
+        if not isinstance(data.get("units"), dict):
             raise PolicyError("policy has no 'data.units' mapping")
         problems: list[str] = []
         units: dict[str, UnitPolicy] = {}
@@ -195,20 +177,13 @@ class Policy:
     @classmethod
     def from_json(cls, text: str) -> Policy:
         """Parse a JSON string; malformed JSON raises PolicyError with its position."""
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PolicyError(f"malformed policy JSON: {exc}") from exc
-        return cls.from_dict(obj)
+        return cls.from_dict(parse_json(text, "policy", PolicyError))
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
         """Read a policy file written by :meth:`save`."""
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise PolicyError(f"cannot read policy {path}: {exc.strerror or exc}") from exc
+        text = read_text(path, "policy", PolicyError)
         try:
             return cls.from_json(text)
         except PolicyError as exc:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.versioned import parse_json, unwrap, wrap
 
 CONFIG_TYPE = "autoshrink.EnvConfig"
 CONFIG_VERSION = 1
@@ -264,7 +265,7 @@ class EnvConfig:
         """The versioned JSON-ready form ``{"type", "version", "data"}``."""
         data = asdict(self)
         data["bit_choices"] = list(self.bit_choices)
-        return {"type": CONFIG_TYPE, "version": CONFIG_VERSION, "data": data}
+        return wrap(CONFIG_TYPE, CONFIG_VERSION, data)
 
     def to_json(self, indent: int | None = 2) -> str:
         """Serialise to a JSON string."""
@@ -273,21 +274,12 @@ class EnvConfig:
     @classmethod
     def from_json(cls, text: str) -> EnvConfig:
         """Parse :meth:`to_json` output; malformed JSON raises AutoshrinkError."""
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise AutoshrinkError(f"malformed environment config JSON: {exc}") from exc
+        return cls.from_dict(parse_json(text, "environment config"))
 
     @classmethod
     def from_dict(cls, obj: object) -> EnvConfig:
         """Build a config from :meth:`to_dict` output, checking type, version and keys."""
-        if not isinstance(obj, dict) or obj.get("type") != CONFIG_TYPE:
-            found = obj.get("type") if isinstance(obj, dict) else type(obj).__name__
-            raise AutoshrinkError(f"not an environment config (type {found!r})")
-        version = obj.get("version")
-        if not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
-            raise AutoshrinkError(f"unsupported environment config version {version!r}")
-        data = dict(obj.get("data") or {})
+        data = dict(unwrap(obj, CONFIG_TYPE, CONFIG_VERSION, "environment config"))
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise AutoshrinkError(f"unknown environment setting(s): {sorted(unknown)}")

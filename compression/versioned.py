@@ -1,0 +1,74 @@
+"""The versioned JSON envelope shared by policies and configs: ``{"type", "version", "data"}``.
+
+Loading checks the type against the one expected and refuses versions from the future, so a
+file from another tool or a newer autoshrink fails with one clear line, whatever it holds.
+
+>>> unwrap(wrap("autoshrink.Demo", 1, {"a": 1}), "autoshrink.Demo", 1, "autoshrink demo")
+{'a': 1}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from autoshrink.compression.errors import AutoshrinkError
+
+
+def wrap(type_name: str, version: int, data: dict[str, Any]) -> dict[str, Any]:
+    """Put ``data`` in the envelope."""
+    return {"type": type_name, "version": version, "data": data}
+
+
+def unwrap(
+    obj: object,
+    type_name: str,
+    version: int,
+    what: str,
+    error: type[AutoshrinkError] = AutoshrinkError,
+) -> dict[str, Any]:
+    """Check the envelope and return its data.
+
+    Args:
+        obj: The parsed JSON.
+        type_name: The type it must declare.
+        version: The newest format version this code reads.
+        what: How messages name the thing, e.g. ``"policy"``.
+        error: The error class to raise.
+
+    Raises:
+        AutoshrinkError: (as ``error``) on a foreign type, a bad or future version, or data
+            that is not an object.
+    """
+    if not isinstance(obj, dict) or obj.get("type") != type_name:
+        found = obj.get("type") if isinstance(obj, dict) else type(obj).__name__
+        raise error(f"not an {what} (type {found!r}, want {type_name!r})")
+    found_version = obj.get("version")
+    if not isinstance(found_version, int) or isinstance(found_version, bool) or found_version < 1:
+        raise error(f"{what} has an invalid format version {found_version!r}")
+    if found_version > version:
+        raise error(
+            f"{what} format version {found_version} is newer than this autoshrink supports "
+            f"({version}); upgrade autoshrink"
+        )
+    data = obj.get("data")
+    if not isinstance(data, dict):
+        raise error(f"{what} has no 'data' object")
+    return data
+
+
+def parse_json(text: str, what: str, error: type[AutoshrinkError] = AutoshrinkError) -> object:
+    """``json.loads`` whose failure is one line naming ``what`` and the position."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"malformed {what} JSON: {exc}") from exc
+
+
+def read_text(path: Path, what: str, error: type[AutoshrinkError] = AutoshrinkError) -> str:
+    """Read a file whose failure (missing, unreadable) is one line naming ``what``."""
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
