@@ -28,6 +28,7 @@ from typing import Any
 
 from autoshrink.compression.errors import AutoshrinkError, PolicyError
 from autoshrink.scripts.console import console, err_console, make_progress
+from autoshrink.scripts.options import add_budget_flags
 
 DEFAULT_FINETUNE_EPOCHS = 3
 #: Policy meta budget keys (result names) -> budget metrics. Latency limits are measured
@@ -57,10 +58,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--checkpoint", default=None, help="trained weights (default: cached)")
     p.add_argument("--dataset", default=None, help="dataset (the policy's or agent's)")
     p.add_argument("--data-dir", default=None, help="where the dataset files are")
-    p.add_argument("--flops", default=None, help="MACs budget, e.g. 0.5 or 1.2M")
-    p.add_argument("--params", default=None, help="parameter budget, e.g. 0.3 or 100K")
-    p.add_argument("--size", default=None, help="size budget in bytes, e.g. 0.1 or 300KB")
-    p.add_argument("--latency", default=None, help="latency budget, e.g. 0.6 or 4ms")
+    add_budget_flags(p)
     p.add_argument(
         "--finetune-epochs",
         type=int,

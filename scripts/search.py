@@ -19,6 +19,7 @@ from rich.table import Table
 
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.scripts.console import console, err_console, make_progress
+from autoshrink.scripts.options import add_budget_flags
 
 # Defaults of a run with no arguments (ResNet-20 on digits, joint mode). Measured on the
 # shared 2-core machine with the baseline cached: 122 s wall at load ~4 (76 s of CPU), of
@@ -53,10 +54,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--data-dir", default=None, help="where the dataset files are")
     p.add_argument("--checkpoint", default=None, help="trained weights (default: cached)")
     p.add_argument("--mode", choices=("prune", "quant", "joint"), default=None, help="(joint)")
-    p.add_argument("--flops", default=None, help="MACs budget, e.g. 0.5 or 1.2M")
-    p.add_argument("--params", default=None, help="parameter budget, e.g. 0.3 or 100K")
-    p.add_argument("--size", default=None, help="size budget in bytes, e.g. 0.1 or 300KB")
-    p.add_argument("--latency", default=None, help="latency budget, e.g. 0.6 or 4ms")
+    add_budget_flags(p)
     p.add_argument("--agent", choices=sorted(ALGORITHMS), default=None, help="(ddpg)")
     p.add_argument("--episodes", type=int, default=None, help=f"({DEFAULT_EPISODES})")
     p.add_argument("--warmup", type=int, default=None, help=f"random episodes ({DEFAULT_WARMUP})")
