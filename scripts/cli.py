@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
+from rich.markup import escape
+
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.scripts.console import err_console
 
@@ -20,6 +22,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "apply",
     "evaluate",
     "export",
+    "batch",
 )
 
 
@@ -70,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except AutoshrinkError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escape: messages quote things like autoshrink[ray] that rich would read as markup
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         return 2
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

@@ -54,3 +54,8 @@ def test_package_level_names_resolve_to_the_engine() -> None:
     assert c.build_units is build_units
     for name in c.__all__:
         assert not isinstance(getattr(c, name), types.ModuleType), name
+
+
+def test_error_lines_keep_square_brackets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", "--model", "nosuch[ray]"]) == 2
+    assert "nosuch[ray]" in capsys.readouterr().err

@@ -1,0 +1,226 @@
+"""One batch job, as a worker runs it: in a local pool process or in a Ray task.
+
+:func:`run_job` never raises for a job's own failure: it returns a record with
+``status`` ``ok``, ``failed`` (with the error and its traceback) or ``timeout``. The job's
+run folder is ``OUT/runs/<job id>``; a search killed in flight resumes there from its last
+checkpoint, and a job that finished but was never recorded (the driver died in between) is
+not run again: its ``result.json`` is returned. An apply job plays a searched agent once on
+its model (:func:`autoshrink.agent.transfer.transfer`) and finishes it like a search.
+
+Two workers never share a run folder (an exclusive lock on ``runs/<id>/.lock``). Workers that
+need the same not-yet-trained baseline take turns in ``compression.baselines`` (a file lock
+per cached baseline): the first trains it, the others load it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from autoshrink.agent.batch_results import FAILED, OK, TIMEOUT
+from autoshrink.agent.batch_spec import Job
+
+logger = logging.getLogger(__name__)
+
+RUNS = "runs"
+
+
+# Not an Exception, so that no `except Exception` inside a job can swallow it.
+class JobTimeout(BaseException):
+    """A job ran past its timeout; raised inside the job by a SIGALRM handler."""
+
+
+def init_worker(parent_pid: int, log_level: int = logging.WARNING) -> None:
+    """Initialise a local pool process: one torch thread, die with the driver, ignore Ctrl-C.
+
+    Ctrl-C goes to the whole process group; the driver handles it and ends the workers, so a
+    job is never recorded as failed because the user interrupted the batch.
+    """
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the driver died before the line above
+        os._exit(1)
+    torch.set_num_threads(1)
+    _preload()
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run_job(
+    job: Job, out_dir: str, timeout_s: float | None = None, cache: str | None = None
+) -> dict[str, Any]:
+    """Run ``job`` and return its record for ``results.jsonl``.
+
+    Args:
+        job: The job.
+        out_dir: The batch folder; the job writes ``runs/<id>`` there.
+        timeout_s: Seconds before the job is stopped and recorded as ``timeout``.
+        cache: ``AUTOSHRINK_CACHE`` for this process (the driver's, forwarded to Ray).
+
+    Returns:
+        The record: job id, status, settings, run folder, error, result and timings.
+    """
+    if cache:
+        os.environ["AUTOSHRINK_CACHE"] = cache
+    run_dir = Path(out_dir) / RUNS / job.id
+    record: dict[str, Any] = {
+        "job": job.id,
+        "kind": job.kind,
+        "label": job.label,
+        "source": job.source,
+        "settings": job.settings,
+        "run_dir": f"{RUNS}/{job.id}",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started_at": time.time(),
+        "error": None,
+        "result": None,
+    }
+    _preload()  # imports are not the job's time: a timeout measures the job's own work
+    start = time.perf_counter()
+    try:
+        with _deadline(timeout_s):
+            record["result"] = _run(job, run_dir)
+        record["status"] = OK
+    except JobTimeout as exc:
+        record |= {"status": TIMEOUT, "error": str(exc)}
+    except Exception as exc:
+        logger.debug("job %s failed", job.id, exc_info=True)
+        tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        error = f"{type(exc).__name__}: {exc}"
+        record |= {"status": FAILED, "error": error, "traceback": "".join(tb[-6:])}
+    record["wall_time_s"] = time.perf_counter() - start
+    record["finished_at"] = time.time()
+    return record
+
+
+def _preload() -> None:
+    import autoshrink.agent.final
+    import autoshrink.agent.search
+    import autoshrink.env.compression_env  # noqa: F401
+
+
+def _run(job: Job, run_dir: Path) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(job.cpus)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _flock(run_dir / ".lock"):
+        done = run_dir / "result.json"
+        if done.is_file():
+            logger.info("job %s finished before it was recorded; reusing %s", job.id, done)
+            result: dict[str, Any] = json.loads(done.read_text())
+            return result
+        if job.kind == "search":
+            return _search(job, run_dir)
+        return _apply(job, run_dir)
+
+
+def _search(job: Job, run_dir: Path) -> dict[str, Any]:
+    from autoshrink.agent.final import finish_search
+    from autoshrink.agent.search import run_search
+    from autoshrink.env.compression_env import CompressionEnv
+
+    env_cfg, agent_cfg = job.env_config(), job.agent_config()
+    _seed(env_cfg.seed)
+    env = CompressionEnv(env_cfg)  # the baseline trains once: baselines.py locks its cache
+    # resume=True: a search killed with the batch continues from its last checkpoint.
+    search = run_search(env, agent_cfg, run_dir, resume=True)
+    return finish_search(env, search, job.final_config(), seed=agent_cfg.seed)
+
+
+def _apply(job: Job, run_dir: Path) -> dict[str, Any]:
+    """Play a searched agent once on the job's model, as ``autoshrink apply --agent`` does."""
+    from autoshrink.agent.batch_spec import env_keys
+    from autoshrink.agent.final import finish_search
+    from autoshrink.agent.run_folder import write_json
+    from autoshrink.agent.transfer import agent_algorithm, transfer
+    from autoshrink.env.compression_env import CompressionEnv
+    from autoshrink.env.config import METRICS, EnvConfig
+
+    source = Path(job.settings["agent_from"])
+    agent = source / "agent.zip" if source.is_dir() else source
+    algorithm = agent_algorithm(agent)
+    saved = agent.parent / "config.json"
+    base = EnvConfig()
+    if saved.is_file():
+        base = EnvConfig.from_dict(json.loads(saved.read_text())["env"])
+    given = {k: v for k, v in job.settings.items() if k in env_keys()}
+    if "bit_choices" in given:
+        given["bit_choices"] = tuple(given["bit_choices"])
+    if any(m in given for m in METRICS):  # given budgets replace all of the search's
+        base = base.replace(**dict.fromkeys(METRICS))
+    cfg = base.replace(checkpoint=None).replace(**given)
+    _seed(cfg.seed)
+    env = CompressionEnv(cfg)
+    played = transfer(agent, env, run_dir, algorithm=algorithm, seed=cfg.seed)
+    if played.best_policy is None:
+        raise RuntimeError("the agent's rollout gave no policy")
+    played.best_policy.save(run_dir / "policy.json")
+    report = finish_search(env, played, job.final_config(), seed=cfg.seed)
+    report["source"] = {"agent": str(agent), "algorithm": algorithm, "transferred_from": base.model}
+    write_json(run_dir / "result.json", report)
+    return report
+
+
+def _seed(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def _deadline(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`JobTimeout` in this thread after ``seconds`` (main thread, POSIX)."""
+    usable = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    if not seconds or not usable:
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise JobTimeout(f"timed out after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (released by the OS if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (not POSIX)
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

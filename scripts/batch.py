@@ -1,0 +1,117 @@
+"""``autoshrink batch``: run many searches from a TOML spec, locally or on Ray, resumably.
+
+``autoshrink batch --example > spec.toml`` writes a small valid spec to start from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rich.markup import escape
+from rich.progress import TextColumn
+
+from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.scripts.console import console, err_console, make_progress
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``batch`` and its flags."""
+    p = subparsers.add_parser(
+        "batch",
+        help="run many searches from a TOML spec on a process pool or a Ray cluster",
+        description=(
+            "Run the jobs of a TOML spec (a list of jobs, or a grid of models x datasets x "
+            "budgets x agents x seeds) on a local process pool or on Ray. Each job's record "
+            "is appended to DIR/results.jsonl as it ends; DIR/summary.csv and "
+            "DIR/pareto.png follow. Running the same command again skips finished jobs. "
+            "'autoshrink batch --example' prints a spec to start from."
+        ),
+    )
+    p.add_argument("spec", nargs="?", metavar="SPEC", help="the batch spec (TOML)")
+    p.add_argument("--out", metavar="DIR", help="batch folder: results, summary, plot, runs/")
+    p.add_argument("--workers", type=int, metavar="N", help="jobs at once (the cores)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="(local)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster: auto or ray://host:port")
+    p.add_argument("--job-timeout", type=float, metavar="S", help="seconds per job (none)")
+    p.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
+    p.add_argument("--example", action="store_true", help="print an example spec and exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the spec, run the batch with a progress bar, and say where the results are."""
+    from autoshrink.agent.batch import BatchEvent, BatchOptions, run_batch
+    from autoshrink.agent.batch_spec import EXAMPLE_SPEC, load_spec
+
+    if args.example:
+        sys.stdout.write(EXAMPLE_SPEC)
+        return 0
+    if args.spec is None or args.out is None:
+        raise AutoshrinkError("give a spec and --out DIR (or --example for a spec to start from)")
+    spec = load_spec(args.spec)
+    options = BatchOptions(
+        backend=args.backend,
+        workers=args.workers,
+        address=args.address,
+        job_timeout_s=args.job_timeout,
+        retry_failed=args.retry_failed,
+    )
+    counts = {"ok": 0, "failed": 0, "running": 0, "skipped": 0}
+    progress = make_progress(
+        TextColumn("[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/]"),
+        TextColumn("{task.fields[running]} running"),
+    )
+    err_console.print(
+        f"{len(spec.jobs)} jobs from {spec.name} on {args.backend} -> {args.out}", highlight=False
+    )
+    with progress:
+        task = progress.add_task("batch", total=len(spec.jobs), ok=0, failed=0, running=0)
+
+        def on_event(event: BatchEvent) -> None:
+            record = event.record or {}
+            if event.kind == "start":
+                counts["running"] += 1
+            elif event.kind == "skip":
+                counts["skipped"] += 1
+                counts["ok" if record.get("status") == "ok" else "failed"] += 1
+            else:
+                counts["running"] -= 1
+                counts["ok" if record.get("status") == "ok" else "failed"] += 1
+                progress.console.print(job_line(record), highlight=False, soft_wrap=True)
+            done = counts["ok"] + counts["failed"]
+            fields = {k: counts[k] for k in ("ok", "failed", "running")}
+            progress.update(task, completed=done, **fields)
+
+        report = run_batch(spec, args.out, options, on_event)
+    if counts["skipped"]:
+        err_console.print(f"skipped {counts['skipped']} jobs recorded by an earlier run")
+    console.print(
+        f"{counts['ok']} ok, {counts['failed']} failed of {len(spec.jobs)} jobs; "
+        f"results: {report.out_dir / 'results.jsonl'}, summary: {report.summary}"
+        + (f", plot: {report.plot}" if report.plot else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 1 if counts["failed"] else 0
+
+
+def job_line(record: dict[str, Any]) -> str:
+    """One line for a finished job: accuracy and cost ratios, or the error."""
+    job, wall = escape(record["job"]), record.get("wall_time_s")
+    took = f"  {wall:.1f} s" if wall is not None else ""
+    if record.get("status") != "ok":
+        error = escape(str(record.get("error")))
+        return f"[red]{record.get('status')}[/] {job}: {error}{took}"
+    result = record.get("result") or {}
+    base, comp = result.get("baseline", {}), result.get("compressed", {})
+    parts = [f"[green]ok[/] {job}"]
+    if comp.get("accuracy") is not None:
+        parts.append(f"acc {comp['accuracy']:.2%} (base {base.get('accuracy', 0):.2%})")
+    for key, label in (("macs", "MACs"), ("bytes", "bytes")):
+        if comp.get(key) is not None and base.get(key):
+            parts.append(f"{label} {comp[key] / base[key]:.3f}x")
+    if "budgets_met" in result:
+        parts.append("budgets met" if result["budgets_met"] else "[red]budgets NOT met[/]")
+    return "  ".join(parts) + took
