@@ -11,14 +11,12 @@ True
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from autoshrink.compression.errors import AutoshrinkError
-from autoshrink.compression.versioned import parse_json, read_text, unwrap, wrap
+from autoshrink.compression.versioned import JsonFile, unwrap, wrap
 
 CONFIG_TYPE = "autoshrink.AgentConfig"
 CONFIG_VERSION = 1
@@ -29,7 +27,7 @@ class AgentConfigError(AutoshrinkError):
 
 
 @dataclass(frozen=True)
-class AgentConfig:
+class AgentConfig(JsonFile):
     """How a search is run.
 
     The defaults are AMC's DDPG settings, scaled down in episode count (AMC runs 100 warm-up
@@ -58,6 +56,9 @@ class AgentConfig:
         algorithm_kwargs: Extra keyword arguments for the SB3 constructor, passed last.
         device: Torch device of the agent's networks.
     """
+
+    json_what: ClassVar[str] = "agent config"
+    json_error: ClassVar[type[AutoshrinkError]] = AgentConfigError
 
     algorithm: str = "ddpg"
     episodes: int = 120
@@ -121,16 +122,6 @@ class AgentConfig:
         """Return the versioned JSON-ready form ``{"type", "version", "data"}``."""
         return wrap(CONFIG_TYPE, CONFIG_VERSION, asdict(self))
 
-    def to_json(self, indent: int | None = 2) -> str:
-        """Serialise to a JSON string (policy_kwargs must be JSON-ready)."""
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the config as JSON to ``path`` and return the path."""
-        path = Path(path)
-        path.write_text(self.to_json() + "\n")
-        return path
-
     @classmethod
     def from_dict(cls, obj: object) -> AgentConfig:
         """Build a config from :meth:`to_dict` output, checking type, version and fields.
@@ -144,16 +135,6 @@ class AgentConfig:
         if unknown:
             raise AgentConfigError(f"agent config has unknown keys {unknown}")
         return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str) -> AgentConfig:
-        """Parse a JSON string; malformed JSON raises AgentConfigError with its position."""
-        return cls.from_dict(parse_json(text, "agent config", AgentConfigError))
-
-    @classmethod
-    def load(cls, path: str | Path) -> AgentConfig:
-        """Read a config file written by :meth:`save`."""
-        return cls.from_json(read_text(Path(path), "agent config", AgentConfigError))
 
 
 def _is_int(value: object) -> bool:

@@ -12,15 +12,13 @@ True
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from autoshrink.compression.errors import PolicyError
-from autoshrink.compression.versioned import parse_json, read_text, unwrap, wrap
+from autoshrink.compression.errors import AutoshrinkError, PolicyError
+from autoshrink.compression.versioned import JsonFile, unwrap, wrap
 
 if TYPE_CHECKING:
     from autoshrink.compression.units import UnitGraph
@@ -74,7 +72,7 @@ class UnitPolicy:
 
 
 @dataclass(frozen=True)
-class Policy:
+class Policy(JsonFile):
     """A whole compression policy.
 
     Args:
@@ -89,6 +87,9 @@ class Policy:
     layers: dict[str, int] = field(default_factory=dict)
     round_to: int = 1
     meta: dict[str, Any] = field(default_factory=dict)
+
+    json_what: ClassVar[str] = "autoshrink policy"
+    json_error: ClassVar[type[AutoshrinkError]] = PolicyError
 
     def keep(self) -> dict[str, float]:
         """Keep-ratio per unit name."""
@@ -107,16 +108,6 @@ class Policy:
         }
         data = {"units": units, "layers": dict(self.layers), "round_to": self.round_to}
         return wrap(POLICY_TYPE, POLICY_VERSION, {**data, "meta": self.meta})
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """Serialise to a JSON string."""
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the policy as JSON to ``path`` and return the path."""
-        path = Path(path)
-        path.write_text(self.to_json() + "\n")
-        return path
 
     @classmethod
     def from_dict(cls, obj: object) -> Policy:
@@ -173,21 +164,6 @@ class Policy:
         if problems:
             raise PolicyError(_join(problems))
         return cls(units=units, layers=layers, round_to=round_to, meta=meta)
-
-    @classmethod
-    def from_json(cls, text: str) -> Policy:
-        """Parse a JSON string; malformed JSON raises PolicyError with its position."""
-        return cls.from_dict(parse_json(text, "policy", PolicyError))
-
-    @classmethod
-    def load(cls, path: str | Path) -> Policy:
-        """Read a policy file written by :meth:`save`."""
-        path = Path(path)
-        text = read_text(path, "policy", PolicyError)
-        try:
-            return cls.from_json(text)
-        except PolicyError as exc:
-            raise PolicyError(f"{path}: {exc}") from exc
 
 
 def _join(problems: Iterable[str], most: int = 8) -> str:

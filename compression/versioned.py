@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from autoshrink.compression.errors import AutoshrinkError
 
@@ -72,3 +72,50 @@ def read_text(path: Path, what: str, error: type[AutoshrinkError] = AutoshrinkEr
         return path.read_text()
     except OSError as exc:
         raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+_T = TypeVar("_T", bound="JsonFile")
+
+
+class JsonFile:
+    """``to_json``/``save``/``from_json``/``load`` for a class with ``to_dict``/``from_dict``.
+
+    Subclasses set ``json_what`` (how messages name them) and ``json_error``.
+    """
+
+    json_what: ClassVar[str] = "file"
+    json_error: ClassVar[type[AutoshrinkError]] = AutoshrinkError
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the versioned JSON-ready form (subclasses implement it)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls: type[_T], obj: object) -> _T:
+        """Build an instance from :meth:`to_dict` output (subclasses implement it)."""
+        raise NotImplementedError
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """Serialise to a JSON string."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON to ``path`` and return the path."""
+        path = Path(path)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def from_json(cls: type[_T], text: str) -> _T:
+        """Parse a JSON string; malformed JSON raises ``json_error`` with its position."""
+        return cls.from_dict(parse_json(text, cls.json_what, cls.json_error))
+
+    @classmethod
+    def load(cls: type[_T], path: str | Path) -> _T:
+        """Read a file written by :meth:`save`; errors name the file."""
+        path = Path(path)
+        text = read_text(path, cls.json_what, cls.json_error)
+        try:
+            return cls.from_json(text)
+        except cls.json_error as exc:
+            raise cls.json_error(f"{path}: {exc}") from exc

@@ -19,14 +19,13 @@ True
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from autoshrink.compression.errors import AutoshrinkError
-from autoshrink.compression.versioned import parse_json, unwrap, wrap
+from autoshrink.compression.versioned import JsonFile, unwrap, wrap
 
 CONFIG_TYPE = "autoshrink.EnvConfig"
 CONFIG_VERSION = 1
@@ -160,7 +159,7 @@ BudgetLike = Budget | float | str | None
 
 
 @dataclass(frozen=True)
-class EnvConfig:
+class EnvConfig(JsonFile):
     """The settings of a :class:`~autoshrink.env.compression_env.CompressionEnv`.
 
     Args:
@@ -198,6 +197,8 @@ class EnvConfig:
         latency_batch: Batch size at which the latency table is measured.
         seed: Seed of data order, fine-tuning and the baseline.
     """
+
+    json_what: ClassVar[str] = "environment config"
 
     model: str = "resnet20"
     dataset: str = "digits"
@@ -266,15 +267,6 @@ class EnvConfig:
         data = asdict(self)
         data["bit_choices"] = list(self.bit_choices)
         return wrap(CONFIG_TYPE, CONFIG_VERSION, data)
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """Serialise to a JSON string."""
-        return json.dumps(self.to_dict(), indent=indent)
-
-    @classmethod
-    def from_json(cls, text: str) -> EnvConfig:
-        """Parse :meth:`to_json` output; malformed JSON raises AutoshrinkError."""
-        return cls.from_dict(parse_json(text, "environment config"))
 
     @classmethod
     def from_dict(cls, obj: object) -> EnvConfig:
