@@ -171,13 +171,19 @@ def test_modes_decide_one_thing(mode: str, smallcnn: nn.Module, digits: DataSpli
 
 
 def test_latency_budget_holds_on_the_table(smallcnn: nn.Module, digits: DataSplits) -> None:
-    env = _env(smallcnn, digits, "smallcnn", mode="prune", latency=0.95)
-    assert env.latency is not None
+    # A tiny model's measured latencies are mostly noise, so the budget is placed between
+    # what this table can reach and the original, rather than at a fixed ratio.
+    loose = _env(smallcnn, digits, "smallcnn", mode="prune", latency=1.0)
+    assert loose.latency is not None
+    reachable = loose.clamp.minimum["latency"] / loose.latency.base
+    target = (reachable + 1.0) / 2
+    env = _env(smallcnn, digits, "smallcnn", mode="prune", latency=target)
+    assert env.latency == loose.latency  # loaded from the cache, not measured again
     _, _, info = _run(env, np.ones((len(env.units), 1), np.float32))
     assert info["latency"] <= env.limits["latency"]
-    assert info["latency_ratio"] <= 0.95 + 1e-9
-    again = _env(smallcnn, digits, "smallcnn", mode="prune", latency=0.95)
-    assert again.latency == env.latency  # loaded from the cache, not measured again
+    assert info["latency_ratio"] <= target + 1e-9
+    if reachable < 1.0:  # the table shows savings, so all-ones actions had to be clamped
+        assert any(u.keep < 1 for u in info["policy"].units.values())
 
 
 def test_step_after_the_end_needs_a_reset(smallcnn: nn.Module, digits: DataSplits) -> None:
