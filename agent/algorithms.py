@@ -10,7 +10,9 @@ alias       agent
 ==========  =====================================================================
 ``ddpg``    DDPG as in AMC: γ = 1, 2×300 nets, τ = 0.01, actor lr 1e-4 and critic lr
             1e-3, batch 64, random warm-up, decaying truncated-normal noise,
-            one gradient step per transition after each episode
+            every step stored with the episode's reward less a baseline
+            (:mod:`~autoshrink.agent.replay`), one gradient step per transition after
+            each episode
 ``td3``     TD3 with the same settings (twin critics, delayed actor)
 ``sac``     SAC with the same nets, rates and warm-up (its own entropy exploration)
 ``ppo``     PPO on the Box actions, rollouts of 4 episodes
@@ -56,6 +58,7 @@ from stable_baselines3.sac.policies import SACPolicy
 from stable_baselines3.td3.policies import TD3Policy
 
 from autoshrink.agent.noise import TruncatedNormalActionNoise, bind_noise
+from autoshrink.agent.replay import EpisodeRewardReplayBuffer
 from autoshrink.agent.run_folder import to_jsonable
 from autoshrink.compression.errors import CheckpointError
 
@@ -150,6 +153,7 @@ def _off_policy_kwargs(config: AgentConfig, n_units: int) -> dict[str, Any]:
         # AMC: after each episode, one gradient step per transition collected.
         "train_freq": (1, "episode"),
         "gradient_steps": -1,
+        "replay_buffer_class": EpisodeRewardReplayBuffer if config.episode_reward else None,
         "seed": config.seed,
         "device": config.device,
         "verbose": 0,

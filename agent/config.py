@@ -51,6 +51,10 @@ class AgentConfig(JsonFile):
         buffer_size: Replay buffer size in transitions; None = 100 × units (AMC).
         tau: Polyak coefficient of the target networks.
         gamma: Discount. 1 because the reward arrives only at the end of an episode.
+        episode_reward: Off-policy agents store every step of an episode with its final
+            reward, centred and scaled by the rewards in the buffer (AMC's credit assignment
+            and reward baseline, :mod:`autoshrink.agent.replay`); False stores the env's
+            sparse rewards as they come.
         seed: Seeds SB3, numpy, torch, the env and the exploration noise.
         policy_kwargs: SB3 ``policy_kwargs``; None = two hidden layers of 300 (AMC).
         algorithm_kwargs: Extra keyword arguments for the SB3 constructor, passed last.
@@ -71,6 +75,7 @@ class AgentConfig(JsonFile):
     buffer_size: int | None = None
     tau: float = 0.01
     gamma: float = 1.0
+    episode_reward: bool = True
     seed: int = 0
     policy_kwargs: dict[str, Any] | None = None
     algorithm_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -96,6 +101,8 @@ class AgentConfig(JsonFile):
             out.append(f"warmup_episodes must be >= 0, got {self.warmup_episodes!r}")
         if self.buffer_size is not None and (not _is_int(self.buffer_size) or self.buffer_size < 1):
             out.append(f"buffer_size must be a positive integer or null, got {self.buffer_size!r}")
+        if not isinstance(self.episode_reward, bool):
+            out.append(f"episode_reward must be true or false, got {self.episode_reward!r}")
         if not _is_int(self.seed):
             out.append(f"seed must be an integer, got {self.seed!r}")
         checks = {
