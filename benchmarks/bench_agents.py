@@ -28,6 +28,8 @@ Setup:
 * The baseline is trained once (data seed 0) and cached, in the same folder as
   ``bench_fidelity.py``'s (``<cache>/bench-fidelity/train<N>``), since the cache key of
   ``compression.baselines`` does not cover the train subset.
+* The final fine-tune of a run is seeded with the run's seed. ``uniform`` and ``global`` are
+  deterministic searches, so their spread over seeds is that of the fine-tune alone.
 * One env per budget, shared by every agent and seed: its evaluator is a pure function of
   the realised policy (seeded batches and fine-tune), so sharing only saves the CPU of
   re-scoring a policy another run already scored. Seeds vary the agent.
@@ -120,7 +122,9 @@ def run_one(
     calls0 = env.evaluator.calls
     search = run_search(env, config, out, resume=(out / "config.json").exists())
     final = FinalConfig(epochs=args.final_epochs, lr=args.final_lr, latency_repeats=5)
-    report = finish_search(env, search, final, seed=0)  # the same fine-tune for every agent
+    # The same fine-tune for every agent; its seed is the run's, so that the spread over
+    # seeds of a deterministic baseline (uniform, global) is the fine-tune's own.
+    report = finish_search(env, search, final, seed=seed)
     report["bench"] = {
         "evaluations": env.evaluator.calls - calls0,
         "wall_s": time.perf_counter() - wall0,

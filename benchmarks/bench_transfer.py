@@ -2,7 +2,7 @@ r"""Transfer: an agent searched on ResNet-20, played zero-shot on ResNet-32, aga
 
 For each seed the script searches the *source* model with DDPG, then compares on the
 *target* model, at the same budget and with the same final fine-tune
-(:func:`autoshrink.agent.final.finish_search`, seed 0, for every row):
+(:func:`autoshrink.agent.final.finish_search`, seeded with the run's seed, for every row):
 
 - ``transfer``: the source agent played once, deterministically, on the target's env
   (:func:`autoshrink.agent.transfer.transfer`; 1 evaluation);
@@ -23,7 +23,7 @@ Usage::
         [--dataset fashion-mnist] [--budget joint:flops=0.5+size=0.1] [--seeds 0,1,2]
         [--episodes 100] [--warmup 25] [--finetune-steps 20] [--final-epochs 2]
         [--train-subset 10000] [--val-size 2048] [--baseline-epochs 5]
-        [--out runs/bench-transfer] [--json out.json]
+        [--source-runs DIR] [--fresh-seeds 0] [--out runs/bench-transfer] [--json out.json]
 
     # a smoke test at toy scale (digits, a minute):
     .venv/bin/python benchmarks/bench_transfer.py --dataset digits --train-subset 0 \\
@@ -71,8 +71,12 @@ def finished(
     out: Path,
     args: argparse.Namespace,
     search: Callable[[CompressionEnv, Path], SearchResult],
+    seed: int,
 ) -> dict[str, Any]:
-    """Run ``search`` on ``env`` and the shared final fine-tune (or read the finished run)."""
+    """Run ``search`` on ``env`` and the shared final fine-tune (or read the finished run).
+
+    The final fine-tune is seeded with the run's seed, for every method alike.
+    """
     path = out / "result.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -83,7 +87,7 @@ def finished(
     assert result.best_policy is not None
     result.best_policy.save(out / "policy.json")
     final = FinalConfig(epochs=args.final_epochs, lr=args.final_lr, latency_repeats=5)
-    report = finish_search(env, result, final, seed=0)
+    report = finish_search(env, result, final, seed=seed)
     report["bench"] = {"evaluations": env.evaluator.calls - calls0, "search_s": search_s}
     path.write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -126,11 +130,21 @@ def main() -> None:
     p.add_argument("--val-size", type=int, default=2048)
     p.add_argument("--baseline-epochs", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--source-runs",
+        default=None,
+        help="reuse finished source searches: DIR/seed<k> (e.g. a bench_agents.py ddpg folder "
+        "of the same budget and settings)",
+    )
+    p.add_argument(
+        "--fresh-seeds", default=None, help="seeds of the fresh target search (default: --seeds)"
+    )
     p.add_argument("--out", default="runs/bench-transfer")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
+    fresh_seeds = [int(s) for s in (args.fresh_seeds or args.seeds).split(",")]
     mode, budgets = parse_budget(args.budget)
 
     splits = load_dataset(args.dataset, seed=0, train_subset=args.train_subset or None)
@@ -152,15 +166,17 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     root = Path(args.out)
     for seed in seeds:
-        src = root / "source" / f"seed{seed}"
+        src = Path(args.source_runs or root / "source") / f"seed{seed}"
         config = AgentConfig("ddpg", args.episodes, args.warmup, seed=seed)
         found = run_search(source, config, src, resume=(src / "config.json").exists())
         assert found.best_policy is not None
         mapped = map_depth(found.best_policy, target.graph)
         runs = method_runs(src / "agent.zip", mapped, seed, args.episodes, args.warmup)
         for method, search in runs.items():
+            if method == "fresh ddpg" and seed not in fresh_seeds:
+                continue
             out = root / method.replace(" ", "-") / f"seed{seed}"
-            report = finished(target, out, args, search)
+            report = finished(target, out, args, search, seed)
             comp = report["compressed"]
             rows.append({"method": method, "seed": seed, **report})
             log(
