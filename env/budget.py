@@ -23,6 +23,7 @@ it is guaranteed on the measured lookup table's prediction (see
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from autoshrink.compression.units import UnitGraph
 
 FLOAT_BITS = 32
+#: Bisection steps of :meth:`BudgetClamp.fill` (the factor to within 2^-24 of its range).
+_FILL_STEPS = 24
 #: Budget metric -> what it is called in results (``info`` keys).
 RESULT_KEYS: dict[str, str] = {
     "flops": "macs",
@@ -201,6 +204,51 @@ class BudgetClamp:
         raise RuntimeError(  # unreachable while the invariant holds
             f"budget clamp invariant broken at unit {self.names[t]}"
         )
+
+    def fill(self, channels: Sequence[int], bits: Sequence[int]) -> list[int]:
+        """Grow every unit's channels by one common factor, as far as the budgets allow.
+
+        The clamp only caps: a policy whose units chose fewer channels than they could ends
+        under its budgets, spending accuracy it was allowed to keep. ``fill`` multiplies
+        every unit's channel count by the largest factor ``s >= 1`` for which the policy
+        (each count rounded up to one the unit can realise, at most its width) still meets
+        every budget. Costs grow with channels, so ``s`` is found by bisection on the
+        exact cost model; the result stays feasible, and the proportions between units,
+        which are what the agent chose, are kept.
+
+        Args:
+            channels: A feasible policy's realised channel counts.
+            bits: Its bits per unit (unchanged).
+
+        Returns:
+            The grown channel counts (``channels`` itself when nothing can grow, or when
+            there are no budgets to fill).
+        """
+        base = list(channels)
+        if not self.limits:
+            return base
+
+        def grown(s: float) -> list[int]:
+            return [
+                self._at_least(i, min(self.max_channels[i], math.ceil(s * c - 1e-9)))
+                for i, c in enumerate(base)
+            ]
+
+        top = max(m / max(c, 1) for m, c in zip(self.max_channels, base, strict=True))
+        if self.feasible(grown(top), bits):
+            return grown(top)
+        lo, hi = 1.0, top
+        for _ in range(_FILL_STEPS):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if self.feasible(grown(mid), bits) else (lo, mid)
+        out = grown(lo)
+        return out if self.feasible(out, bits) else base
+
+    def _at_least(self, i: int, count: int) -> int:
+        """The fewest channels unit ``i`` can realise that are at least ``count``."""
+        cands = self.choices[i]
+        j = bisect.bisect_left(cands, count)
+        return cands[min(j, len(cands) - 1)]
 
     def _check_reachable(self) -> None:
         low_bits = self.bit_choices[0]

@@ -96,7 +96,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     ``CompressionEnv(config=None, *, model=None, data=None, evaluator=None, latency=None,
     **overrides)``: ``config`` is an :class:`~autoshrink.env.config.EnvConfig` (default
     settings when None) and ``overrides`` replace its fields, e.g.
-    ``gym.make("autoshrink/Compress-v0", model="smallcnn", flops="30%")``. A trained
+    ``gym.make("autoshrink/Compress-v1", model="smallcnn", flops="30%")``. A trained
     ``model`` module, ``data`` (DataSplits), ``evaluator`` (any callable from a Policy to an
     :class:`~autoshrink.env.evaluator.Evaluation`) and ``latency`` (a LatencyTable) replace
     what the config would build (a ``model`` string is the config's model name).
@@ -230,6 +230,10 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         reward = 0.0
         terminated = self._t == len(self.units)
         if terminated:
+            if cfg.hard and cfg.fill_budget and "keep" in self.action_dims:
+                before = sum(self._channels)
+                self._channels = self.clamp.fill(self._channels, self._bits)
+                info["filled_channels"] = sum(self._channels) - before
             reward = self._finish(info)
         return self._observe(), reward, terminated, False, info
 

@@ -175,6 +175,10 @@ class EnvConfig(JsonFile):
         latency: Budget on latency, on the measured per-unit lookup table's estimate.
         hard: Clamp every action so the episode's policy always meets every budget (True),
             or let actions through and penalise overruns in the reward (False).
+        fill_budget: With hard budgets, grow the episode's channels by one common factor
+            until a budget binds (:meth:`~autoshrink.env.budget.BudgetClamp.fill`), so
+            that every policy spends its budget and the agent only chooses how to share it
+            between units. False keeps the policy as the clamped actions left it (AMC).
         min_keep: Smallest keep-ratio an action can choose, as AMC's 0.2.
         bit_choices: Weight bit-widths an action can choose, from 2..8.
         first_last_bits: Bits pinned on the first and last layers in quant/joint mode (HAQ
@@ -211,6 +215,7 @@ class EnvConfig(JsonFile):
     size: BudgetLike = None
     latency: BudgetLike = None
     hard: bool = True
+    fill_budget: bool = True
     min_keep: float = 0.2
     bit_choices: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     first_last_bits: int | None = 8
@@ -305,6 +310,10 @@ def _validate(cfg: EnvConfig) -> None:
     need(
         cfg.hard or cfg.reward == "penalty",
         f"soft budgets (hard=False) need reward='penalty', got {cfg.reward!r}",
+    )
+    need(
+        isinstance(cfg.fill_budget, bool),
+        f"fill_budget must be true or false, got {cfg.fill_budget!r}",
     )
     need(
         isinstance(cfg.min_keep, int | float) and 0 < cfg.min_keep <= 1,

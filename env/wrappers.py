@@ -4,7 +4,7 @@
 such as PPO with a categorical policy:
 
 >>> import gymnasium as gym
->>> env = DiscretizeAction(gym.make("autoshrink/Compress-v0"))  # doctest: +SKIP
+>>> env = DiscretizeAction(gym.make("autoshrink/Compress-v1"))  # doctest: +SKIP
 >>> env.action_space  # doctest: +SKIP
 MultiDiscrete([9 7])
 """

@@ -123,6 +123,10 @@ def test_any_action_sequence_meets_random_budgets(arch: Arch) -> None:
             actions = rng.random((n, k))
             actions[rng.random(n) < 0.2] = 1.0  # greedy units: the clamp must bite
         channels, bits = _episode(clamp, actions, mode, min_keep)
+        if i % 2:  # the env's default end of episode: grow the channels to the budget
+            filled = clamp.fill(channels, bits)
+            assert all(f >= c for f, c in zip(filled, channels, strict=True))
+            channels = filled
         for t, unit in enumerate(clamp.units):
             assert channels[t] in realisable_channels(unit, min_keep)
             assert bits[t] in (BITS if joint else (32,))
@@ -202,3 +206,34 @@ def test_keep_for_realises_every_count(arch: Arch) -> None:
     for unit in arch.graph.units:
         for c in realisable_channels(unit, 0.05):
             assert unit.kept(keep_for(unit, c)) == c
+
+
+def test_fill_grows_an_underspent_policy_until_a_budget_binds(arch: Arch) -> None:
+    reference = _clamp(arch, {}, True, 0.2)
+    for metric in ("flops", "params", "size"):
+        lo = reference.minimum[metric]
+        limit = lo + 0.4 * (arch.baseline[metric] - lo)
+        clamp = _clamp(arch, {metric: limit}, True, 0.2)
+        bits = [8] * len(clamp.units)
+        start = list(clamp.min_channels)
+        filled = clamp.fill(start, bits)
+        assert clamp.feasible(filled, bits)
+        assert all(f >= c for f, c in zip(filled, start, strict=True))
+        spent = clamp.measure(filled, bits)[metric]
+        # the budget binds (at least 80 % of it spent: channel counts are discrete), unless
+        # every unit is whole
+        assert spent <= limit
+        assert filled == clamp.max_channels or spent >= 0.8 * limit, (arch.name, metric)
+        for t, unit in enumerate(clamp.units):
+            assert filled[t] in realisable_channels(unit, 0.2)
+
+
+def test_fill_keeps_a_policy_without_room_or_without_budgets(arch: Arch) -> None:
+    reference = _clamp(arch, {}, True, 0.2)
+    bits = [8] * len(reference.units)
+    start = list(reference.min_channels)
+    assert reference.fill(start, bits) == start  # no budgets: nothing to fill
+    tight = _clamp(arch, {"flops": reference.minimum["flops"]}, True, 0.2)
+    assert tight.fill(start, [2] * len(start)) == start
+    loose = _clamp(arch, {"flops": arch.baseline["flops"]}, False, 0.2)
+    assert loose.fill(start, [32] * len(start)) == loose.max_channels
