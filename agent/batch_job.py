@@ -5,7 +5,9 @@
 run folder is ``OUT/runs/<job id>``; a search killed in flight resumes there from its last
 checkpoint, and a job that finished but was never recorded (the driver died in between) is
 not run again: its ``result.json`` is returned. An apply job plays a searched agent once on
-its model (:func:`autoshrink.agent.transfer.transfer`) and finishes it like a search.
+its model (:func:`autoshrink.agent.transfer.transfer`), or applies a saved policy
+(:mod:`autoshrink.agent.policy_plan`, as ``autoshrink apply --policy`` does), and finishes
+it like a search.
 
 Two workers never share a run folder (an exclusive lock on ``runs/<id>/.lock``). Workers that
 need the same not-yet-trained baseline take turns in ``compression.baselines`` (a file lock
@@ -147,6 +149,48 @@ def _search(job: Job, run_dir: Path) -> dict[str, Any]:
 
 
 def _apply(job: Job, run_dir: Path) -> dict[str, Any]:
+    """Apply the job's source: a policy (``policy_from``) or a searched agent (``agent_from``)."""
+    if "policy_from" in job.settings:
+        return _apply_policy(job, run_dir)
+    return _apply_agent(job, run_dir)
+
+
+def _apply_policy(job: Job, run_dir: Path) -> dict[str, Any]:
+    """Apply a saved policy to the job's model, as ``autoshrink apply --policy`` does."""
+    from autoshrink.agent.batch_spec import env_keys
+    from autoshrink.agent.final import finish_search
+    from autoshrink.agent.policy_plan import plan_policy, policy_file
+    from autoshrink.agent.run_folder import write_json
+    from autoshrink.env.config import METRICS
+
+    given = {k: v for k, v in job.settings.items() if k in env_keys()}
+    if "bit_choices" in given:
+        given["bit_choices"] = tuple(given["bit_choices"])
+    named = {k: given.pop(k, None) for k in ("checkpoint", "dataset", "data_dir")}
+    budgets = {m: given.pop(m) for m in METRICS if m in given}
+    model, seed = given.pop("model"), given.pop("seed", 0)
+    plan = plan_policy(
+        policy_file(job.settings["policy_from"]),
+        model,
+        **named,
+        seed=seed,
+        budgets=budgets,
+        map_name=job.settings.get("map"),
+        settings=given,
+    )
+    _seed(seed)
+    env = plan.make_env()
+    result = plan.search_result(env, run_dir)
+    if result.best_policy is None:
+        raise RuntimeError("the policy's replay gave no policy")
+    result.best_policy.save(run_dir / "policy.json")
+    report = finish_search(env, result, job.final_config(), seed=seed)
+    report["source"] = {**plan.source, "map": job.settings.get("map")}
+    write_json(run_dir / "result.json", report)
+    return report
+
+
+def _apply_agent(job: Job, run_dir: Path) -> dict[str, Any]:
     """Play a searched agent once on the job's model, as ``autoshrink apply --agent`` does."""
     from autoshrink.agent.batch_spec import env_keys
     from autoshrink.agent.final import finish_search

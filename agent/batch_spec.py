@@ -8,8 +8,8 @@ Keys are :class:`~autoshrink.env.config.EnvConfig` fields (budgets as ``0.5`` or
 fine-tune (``final_epochs`` and the other ``final_*`` fields of
 :class:`~autoshrink.agent.final.FinalConfig`) and the batch's own ``kind``, ``name``,
 ``cpus`` and ``timeout``. A grid's ``budgets`` entry replaces every budget of the defaults.
-Relative paths (``checkpoint``, ``data_dir``, ``agent_from``, a ``file.py:fn`` model) are
-relative to the spec file.
+Relative paths (``checkpoint``, ``data_dir``, ``agent_from``, ``policy_from``, a
+``file.py:fn`` model) are relative to the spec file.
 
 >>> spec = parse_spec(EXAMPLE_SPEC)
 >>> len(spec.jobs), spec.jobs[0].kind
@@ -52,11 +52,18 @@ DIGITS_FINETUNE_STEPS = 0
 KINDS = ("search", "apply")
 BATCH_KEYS = ("kind", "name", "cpus", "timeout")
 AGENT_KEYS = ("agent", "episodes", "warmup", "agent_options")
-#: Apply jobs: the trained agent to play once on the job's ``model`` (AMC's transfer): a
-#: search's run folder or its agent.zip. As in
+#: Apply jobs take one source. ``agent_from``: the trained agent to play once on the job's
+#: ``model`` (AMC's transfer), a search's run folder or its agent.zip; as in
 #: ``autoshrink apply --agent``, env settings the job does not give come from that search,
-#: and budgets given replace all of its budgets.
-APPLY_KEYS = ("agent_from",)
+#: and budgets given replace all of its budgets. ``policy_from``: a policy.json (or the run
+#: folder holding one) applied as ``autoshrink apply --policy`` does, with ``map = "depth"``
+#: as ``--map depth``.
+APPLY_SOURCES = ("agent_from", "policy_from")
+APPLY_KEYS = (*APPLY_SOURCES, "map")
+_NEEDS_SOURCE = (
+    "an apply job needs agent_from (a search run folder) or policy_from (a policy.json or "
+    "its run folder), and model"
+)
 
 EXAMPLE_SPEC = """\
 # autoshrink batch spec: 4 quick searches of ResNet-20 on the embedded digits set.
@@ -143,6 +150,11 @@ class Job:
         budgets = " ".join(f"{m}<={s[m]}" for m in BUDGET_KEYS if m in s) or "default budgets"
         if self.kind == "search":
             who = s["agent"]
+        elif "policy_from" in s:
+            path = Path(s["policy_from"])
+            name = path.parent.name if path.suffix == ".json" and path.parent.name else path.name
+            who = f"apply policy {name}" + (f" {s['map']}-map" if s.get("map") else "")
+            budgets = budgets.replace("default", "its")
         else:
             who, budgets = f"apply {Path(s['agent_from']).name}", budgets.replace("default", "its")
         return f"{s['model']}/{s.get('dataset', '-')} {who} s{s['seed']} {budgets}"
@@ -277,8 +289,7 @@ def _build_job(raw: RawJob, problem: Problem, base_dir: str | Path | None) -> Jo
         s.setdefault("episodes", DEFAULT_EPISODES)
         if _is_int(s["episodes"]):
             s.setdefault("warmup", min(DEFAULT_WARMUP, s["episodes"] // 3))
-    elif not isinstance(s.get("agent_from"), str) or not isinstance(s.get("model"), str):
-        problem(raw.table(), "an apply job needs agent_from (a search run folder) and model")
+    elif not _check_apply(raw, s, problem):
         return None
     if base_dir is not None:  # workers (Ray's above all) may run in another folder
         _resolve_paths(s, Path(base_dir))
@@ -307,9 +318,35 @@ def _build_job(raw: RawJob, problem: Problem, base_dir: str | Path | None) -> Jo
     return job
 
 
+def _check_apply(raw: RawJob, s: dict[str, Any], problem: Problem) -> bool:
+    """Whether an apply job names its model and exactly one source, and ``map`` fits it."""
+    from autoshrink.agent.policy_plan import POLICY_DECIDES
+    from autoshrink.compression.policy_map import MAPS
+
+    given = [k for k in APPLY_SOURCES if k in s]
+    if len(given) > 1:
+        problem(blame(raw, "policy_from"), "give agent_from or policy_from, not both")
+        return False
+    if not given or not isinstance(s[given[0]], str) or not isinstance(s.get("model"), str):
+        problem(raw.table(), _NEEDS_SOURCE)
+        return False
+    ok = True
+    if "map" in s and "policy_from" not in s:
+        problem(blame(raw, "map"), "map stretches a policy_from; an agent transfers without it")
+        ok = False
+    elif "map" in s and s["map"] not in MAPS:
+        problem(blame(raw, "map"), f"must be one of {MAPS}, got {s['map']!r}")
+        ok = False
+    for key in POLICY_DECIDES if "policy_from" in s else ():
+        if key in s:
+            problem(blame(raw, key), f"{key} is set by the policy of a policy_from job")
+            ok = False
+    return ok
+
+
 def _resolve_paths(settings: dict[str, Any], base: Path) -> None:
     """Make file settings absolute, relative to the spec's folder (``base``)."""
-    for key in ("agent_from", "checkpoint", "data_dir"):
+    for key in ("agent_from", "policy_from", "checkpoint", "data_dir"):
         if isinstance(settings.get(key), str):
             settings[key] = str((base / settings[key]).expanduser().resolve())
     model = settings.get("model")

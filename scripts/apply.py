@@ -15,7 +15,8 @@ artifact, as search writes):
 
 Everything that can be checked without training is checked before any work, and before
 anything is written: the policy file (JSON, type, version, values), the unit names and
-channel counts, the checkpoint, the agent file and its mode, and the budgets.
+channel counts, the checkpoint, the agent file and its mode, and the budgets. The policy's
+checks and plan live in :mod:`autoshrink.agent.policy_plan`, which batch apply jobs share.
 """
 
 from __future__ import annotations
@@ -31,9 +32,6 @@ from autoshrink.scripts.console import console, err_console, make_progress
 from autoshrink.scripts.options import add_budget_flags
 
 DEFAULT_FINETUNE_EPOCHS = 3
-#: Policy meta budget keys (result names) -> budget metrics. Latency limits are measured
-#: on the machine that searched, so they are not carried over.
-_META_BUDGETS = {"macs": "flops", "params": "params", "bytes": "size"}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -79,58 +77,11 @@ def _given_budgets(args: argparse.Namespace) -> dict[str, Any]:
     return {m: parse_budget(m, getattr(args, m)) for m in names if getattr(args, m) is not None}
 
 
-def _policy_mode(policy: Any, graph: Any) -> tuple[str, int | None]:
-    """The env mode and pinned first/last bits that reproduce ``policy``'s layer bits."""
-    from autoshrink.compression.policy import FLOAT_BITS
-    from autoshrink.compression.quantize import first_and_last_layers
-
-    pruned = any(u.keep < 1.0 for u in policy.units.values())
-    quantized = bool(policy.layers) or any(u.bits < FLOAT_BITS for u in policy.units.values())
-    mode = "joint" if pruned and quantized else "quant" if quantized else "prune"
-    if not policy.layers:
-        return mode, None
-    pins = set(first_and_last_layers(graph))
-    values = set(policy.layers.values())
-    if set(policy.layers) != pins or len(values) != 1:
-        raise PolicyError(
-            f"per-layer bit overrides {sorted(policy.layers)} are not supported by apply: "
-            f"only one bit-width pinned on the first and last layers {sorted(pins)}"
-        )
-    return mode, values.pop()
-
-
-def _check_budgets(policy: Any, graph: Any, budgets: dict[str, Any]) -> None:
-    """Refuse, before any work, a policy whose exact costs exceed the given budgets."""
-    from autoshrink.compression.cost import cost_from_channels
-    from autoshrink.compression.policy import FLOAT_BITS, kept_channels, layer_bits
-
-    full = cost_from_channels(
-        graph,
-        {u.name: u.c_out for u in graph.units},
-        {layer.name: FLOAT_BITS for layer in graph.layers},
-    )
-    mine = cost_from_channels(graph, kept_channels(policy, graph), layer_bits(policy, graph))
-    pairs = {"flops": (mine.macs, full.macs), "params": (mine.params, full.params)}
-    pairs["size"] = (mine.bytes, full.bytes)
-    over = [
-        f"{m} {pairs[m][0]:,} > {b.limit(pairs[m][1]):,.0f}"
-        for m, b in budgets.items()
-        if m in pairs and pairs[m][0] > b.limit(pairs[m][1])
-    ]
-    if over:
-        raise PolicyError(
-            "the policy does not meet the budgets: " + "; ".join(over) + " (give no budget "
-            "flags to apply it as it is, or --map depth to fit it through the budget clamp)"
-        )
-
-
 def _prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Every check that needs no training; returns what the run needs. Writes nothing."""
     from autoshrink.compression.data import load_dataset
     from autoshrink.compression.models import ModelSpec, build_model, load_weights
-    from autoshrink.compression.policy import Policy, validate
-    from autoshrink.compression.units import build_units
-    from autoshrink.env.config import Budget, EnvConfig
+    from autoshrink.env.config import EnvConfig
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AutoshrinkError(f"{out} is not empty: choose a new folder for --out")
@@ -139,30 +90,41 @@ def _prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.finetune_epochs < 0:
         raise AutoshrinkError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     budgets = _given_budgets(args)
-    plan: dict[str, Any] = {"budgets_given": bool(budgets)}
-    if args.agent is not None:
-        from autoshrink.agent.transfer import agent_algorithm, agent_spaces
+    if args.policy is not None:
+        from autoshrink.agent.policy_plan import plan_policy
 
-        plan["algorithm"] = agent_algorithm(args.agent)
-        saved = Path(args.agent).parent / "config.json"
-        base = EnvConfig()
-        if saved.is_file():
-            base = EnvConfig.from_dict(json.loads(saved.read_text())["env"])
-        source_model = base.model
-        cfg = base.replace(checkpoint=None)
-        if budgets:
-            cfg = cfg.replace(
-                **{**dict.fromkeys(("flops", "params", "size", "latency")), **budgets}
-            )
-        _, act = agent_spaces(args.agent)
-        if act != ((2,) if cfg.mode == "joint" else (1,)):
-            raise PolicyError(f"{args.agent} acts on {act} actions, not {cfg.mode} mode's")
-        plan["source"] = {"agent": str(args.agent), "algorithm": plan["algorithm"]}
-        plan["source"]["transferred_from"] = source_model
-    else:
-        policy = Policy.load(args.policy)
-        cfg = EnvConfig(dataset=policy.meta.get("dataset", "digits"), finetune_steps=0)
-        plan["source"] = {"policy": str(args.policy)}
+        applied = plan_policy(
+            args.policy,
+            args.model,
+            checkpoint=args.checkpoint,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            seed=args.seed,
+            budgets=budgets,
+            map_name=args.map,
+        )
+        return {
+            "policy_plan": applied,
+            "config": applied.config,
+            "data": applied.data,
+            "model": applied.model,
+            "source": applied.source,
+        }
+    from autoshrink.agent.transfer import agent_algorithm, agent_spaces
+
+    plan: dict[str, Any] = {"algorithm": agent_algorithm(args.agent)}
+    saved = Path(args.agent).parent / "config.json"
+    base = EnvConfig()
+    if saved.is_file():
+        base = EnvConfig.from_dict(json.loads(saved.read_text())["env"])
+    cfg = base.replace(checkpoint=None)
+    if budgets:
+        cfg = cfg.replace(**{**dict.fromkeys(("flops", "params", "size", "latency")), **budgets})
+    _, act = agent_spaces(args.agent)
+    if act != ((2,) if cfg.mode == "joint" else (1,)):
+        raise PolicyError(f"{args.agent} acts on {act} actions, not {cfg.mode} mode's")
+    plan["source"] = {"agent": str(args.agent), "algorithm": plan["algorithm"]}
+    plan["source"]["transferred_from"] = base.model
     cfg = cfg.replace(
         model=args.model,
         dataset=args.dataset or cfg.dataset,
@@ -174,27 +136,6 @@ def _prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     model = build_model(ModelSpec(cfg.model, data.num_classes, data.in_channels))
     if args.checkpoint is not None:
         plan["model"] = load_weights(model, args.checkpoint)
-    if args.policy is not None:
-        graph = build_units(model, data.example_input(1), round_to=policy.round_to)
-        if args.map:
-            from autoshrink.compression.policy_map import map_depth
-
-            plan["source"].update(map=args.map, mapped_from=policy.meta.get("model"))
-            policy = map_depth(policy, graph)
-        validate(policy, graph)
-        mode, pinned = _policy_mode(policy, graph)
-        if not budgets and not args.map:
-            limits = policy.meta.get("budgets") or {}
-            budgets = {
-                _META_BUDGETS[k]: Budget(_META_BUDGETS[k], float(v), relative=False)
-                for k, v in limits.items()
-                if k in _META_BUDGETS
-            }
-        if not args.map:
-            _check_budgets(policy, graph, budgets)
-        cfg = cfg.replace(mode=mode, first_last_bits=pinned, round_to=policy.round_to)
-        cfg = cfg.replace(**(budgets or {"flops": Budget("flops", 1.0)}))
-        plan["policy"] = policy
     plan.update(config=cfg, data=data)
     return plan
 
@@ -203,8 +144,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate, build the env, get the policy, fine-tune, write the run folder."""
     from autoshrink.agent.final import FinalConfig, finish_search
     from autoshrink.agent.run_folder import RunFolder, write_json
-    from autoshrink.agent.search import SearchResult
-    from autoshrink.agent.transfer import replay, transfer
+    from autoshrink.agent.transfer import transfer
     from autoshrink.env.compression_env import CompressionEnv
     from autoshrink.scripts.search import comparison_table
 
@@ -216,12 +156,8 @@ def run(args: argparse.Namespace) -> int:
         env = CompressionEnv(cfg, model=plan.get("model"), data=plan["data"])
     if args.agent is not None:
         result = transfer(args.agent, env, out, algorithm=plan["algorithm"], seed=args.seed)
-    elif args.map and plan["budgets_given"]:
-        result = replay(env, plan["policy"], out, seed=args.seed)
-        result.algorithm = f"policy+{args.map}-map"
     else:
-        name = f"policy+{args.map}-map" if args.map else "policy"
-        result = SearchResult(plan["policy"], None, {}, None, 0, 0.0, name, out)
+        result = plan["policy_plan"].search_result(env, out)
     if result.best_policy is None:
         raise AutoshrinkError("no policy came out of the rollout")
     folder = RunFolder(out).create()

@@ -137,6 +137,46 @@ def test_paths_are_relative_to_the_spec_file(tmp_path):
     assert parse_spec(path.read_text()).jobs[1].settings["checkpoint"] == "w.pt"
 
 
+APPLY = '[[jobs]]\nkind = "apply"\nmodel = "resnet32"\n'
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            'agent_from = "runs/a"\npolicy_from = "p.json"\n',
+            "line 5 (jobs[0].policy_from): give agent_from or policy_from, not both",
+        ),
+        ("", "needs agent_from (a search run folder) or policy_from"),
+        ("policy_from = 3\n", "needs agent_from (a search run folder) or policy_from"),
+        (
+            'agent_from = "runs/a"\nmap = "depth"\n',
+            "line 5 (jobs[0].map): map stretches a policy_from",
+        ),
+        ('policy_from = "p.json"\nmap = "width"\n', "line 5 (jobs[0].map): must be one of"),
+        ('policy_from = "p.json"\nmode = "prune"\n', "line 5 (jobs[0].mode): mode is set by"),
+    ],
+)
+def test_an_apply_job_takes_exactly_one_source_and_map_only_with_a_policy(extra, expected):
+    assert expected in problems(APPLY + extra)
+
+
+def test_a_policy_apply_job_resolves_its_path_and_says_so_in_its_label(tmp_path):
+    path = tmp_path / "sub" / "spec.toml"
+    path.parent.mkdir()
+    path.write_text(
+        APPLY + 'policy_from = "../runs/r20/policy.json"\nmap = "depth"\nflops = 0.5\n'
+        '[[jobs]]\nkind = "apply"\nmodel = "smallcnn"\npolicy_from = "r1"\n'
+    )
+    mapped, as_is = load_spec(path).jobs
+    assert mapped.settings["policy_from"] == str(tmp_path / "runs" / "r20" / "policy.json")
+    assert (mapped.kind, mapped.settings["map"]) == ("apply", "depth")
+    assert "apply policy r20 depth-map" in mapped.label and "flops<=0.5" in mapped.label
+    assert as_is.settings["policy_from"] == str(tmp_path / "sub" / "r1")
+    assert "apply policy r1 " in as_is.label and "its budgets" in as_is.label
+    assert "map" not in as_is.settings and "dataset" not in as_is.settings
+
+
 def test_load_spec_reports_a_missing_file(tmp_path):
     with pytest.raises(SpecError, match="cannot read batch spec"):
         load_spec(tmp_path / "nope.toml")

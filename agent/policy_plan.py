@@ -1,0 +1,259 @@
+"""Applying a saved policy: the env settings, the checked policy, and how it is realised.
+
+``autoshrink apply --policy`` and a batch's ``policy_from`` apply job both come here.
+:func:`plan_policy` does every check that needs no training (the policy file, the unit names
+and channel counts, the checkpoint, the budgets) and returns a :class:`PolicyPlan`; nothing
+is written. The plan then gives the env and the one-episode
+:class:`~autoshrink.agent.search.SearchResult` that ``finish_search`` finishes:
+
+- as it is (no map): the policy unchanged. Its budgets are the given ones (a policy over
+  them is refused) or else those recorded in its meta (MACs, params, bytes; latency limits
+  were measured on another machine and are not carried over);
+- ``map="depth"`` without budgets: the policy stretched over the target's depth, as it is;
+- ``map="depth"`` with budgets: the stretched policy proposed through the env's clamp
+  (:func:`~autoshrink.agent.transfer.replay`), so the budgets hold on the new model.
+
+>>> plan = plan_policy("runs/r20/policy.json", "resnet56", map_name="depth",
+...                    budgets={"flops": 0.5})  # doctest: +SKIP
+>>> env = plan.make_env()  # doctest: +SKIP
+>>> report = finish_search(env, plan.search_result(env, "runs/r56"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoshrink.compression.errors import AutoshrinkError, PolicyError
+from autoshrink.compression.policy import Policy
+from autoshrink.env.config import METRICS, Budget, EnvConfig, parse_budget
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from autoshrink.agent.search import SearchResult
+    from autoshrink.compression.data import DataSplits
+    from autoshrink.compression.units import UnitGraph
+
+logger = logging.getLogger(__name__)
+
+#: The file a run folder keeps its policy in.
+POLICY_FILE = "policy.json"
+#: Env settings a policy decides itself (from its bits, pins and rounding).
+POLICY_DECIDES: tuple[str, ...] = ("mode", "first_last_bits", "round_to")
+#: Env settings :func:`plan_policy` takes as arguments rather than in ``settings``.
+_NAMED = ("model", "checkpoint", "dataset", "data_dir", "seed", *METRICS)
+#: Policy meta budget keys (result names) -> budget metrics.
+_META_BUDGETS = {"macs": "flops", "params": "params", "bytes": "size"}
+
+
+@dataclass
+class PolicyPlan:
+    """A checked policy and everything its application needs; nothing written yet.
+
+    Args:
+        config: The env settings: the target model, data, the policy's mode, pins and
+            rounding, and the budgets.
+        policy: The validated policy (stretched, when mapped).
+        data: The loaded dataset splits.
+        model: The model with the given checkpoint's weights; None when no checkpoint was
+            given (the env then loads or trains the cached baseline).
+        replay: Whether the policy goes through the env's clamp (a map with budgets)
+            rather than being applied as it is.
+        algorithm: The name the result records: ``policy`` or ``policy+depth-map``.
+        source: Where the policy came from, for ``result.json``: ``{"policy": path}`` and,
+            when mapped, ``map`` and ``mapped_from``.
+    """
+
+    config: EnvConfig
+    policy: Policy
+    data: DataSplits
+    model: nn.Module | None = None
+    replay: bool = False
+    algorithm: str = "policy"
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def make_env(self) -> Any:
+        """The :class:`~autoshrink.env.compression_env.CompressionEnv` of the plan."""
+        from autoshrink.env.compression_env import CompressionEnv
+
+        return CompressionEnv(self.config, model=self.model, data=self.data)
+
+    def search_result(self, env: Any, run_dir: str | Path) -> SearchResult:
+        """The one-episode result to finish: the policy as it is, or replayed through the clamp.
+
+        Args:
+            env: The plan's env (:meth:`make_env`).
+            run_dir: The run folder ``finish_search`` writes to.
+
+        Raises:
+            AutoshrinkError: If the replay gave no policy.
+        """
+        from autoshrink.agent.search import SearchResult
+        from autoshrink.agent.transfer import replay
+
+        if not self.replay:
+            return SearchResult(self.policy, None, {}, None, 0, 0.0, self.algorithm, Path(run_dir))
+        result = replay(env, self.policy, run_dir, seed=self.config.seed)
+        result.algorithm = self.algorithm
+        if result.best_policy is None:
+            raise AutoshrinkError("no policy came out of the rollout")
+        return result
+
+
+def policy_file(path: str | Path) -> Path:
+    """The policy file at ``path``: the file itself, or a run folder's ``policy.json``."""
+    path = Path(path)
+    return path / POLICY_FILE if path.is_dir() else path
+
+
+def plan_policy(
+    policy: Policy | str | Path,
+    model: str,
+    *,
+    checkpoint: str | Path | None = None,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    budgets: Mapping[str, Any] | None = None,
+    map_name: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> PolicyPlan:
+    """Check a policy against ``model`` and plan its application; no training, no writing.
+
+    Args:
+        policy: The policy, or the path of its ``policy.json`` (the plan's ``source``
+            names the path; None for a policy object).
+        model: The target model's name or ``file.py:factory``.
+        checkpoint: Its trained weights; the cached baseline when None.
+        dataset: The dataset; the policy's (its meta), else ``digits``, when None.
+        data_dir: Where the dataset's files are.
+        seed: Seed of the data split, the env and the replay.
+        budgets: Budgets by metric (``Budget`` objects or values as the CLI takes them).
+            Without a map the policy must meet them; with one they drive the clamp.
+        map_name: ``"depth"`` to stretch the policy over the target's depth.
+        settings: Other :class:`~autoshrink.env.config.EnvConfig` settings
+            (``baseline_epochs``, ``finetune_steps``, ...), not those the policy decides.
+
+    Returns:
+        The plan.
+
+    Raises:
+        PolicyError: If the file is not a valid policy, does not match the model's units
+            and widths, holds per-layer bits apply cannot reproduce, or exceeds the budgets.
+        AutoshrinkError: On a bad setting, an unknown model or dataset, or a checkpoint of
+            another architecture (``CheckpointError``).
+    """
+    from autoshrink.compression.data import load_dataset
+    from autoshrink.compression.models import ModelSpec, build_model, load_weights
+    from autoshrink.compression.policy import validate
+    from autoshrink.compression.policy_map import MAPS, map_depth
+    from autoshrink.compression.units import build_units
+
+    extra = dict(settings or {})
+    clash = sorted(set(extra) & {*POLICY_DECIDES, *_NAMED})
+    if clash:
+        raise AutoshrinkError(f"settings {clash} are set by the policy or given as arguments")
+    if map_name is not None and map_name not in MAPS:
+        raise AutoshrinkError(f"unknown map {map_name!r}: use one of {MAPS}")
+    given = {m: parse_budget(m, v) for m, v in (budgets or {}).items()}
+    source: dict[str, Any] = {"policy": None if isinstance(policy, Policy) else str(policy)}
+    if not isinstance(policy, Policy):
+        policy = Policy.load(policy)
+    cfg = EnvConfig(dataset=policy.meta.get("dataset", "digits"), finetune_steps=0)
+    cfg = cfg.replace(
+        model=model,
+        dataset=dataset or cfg.dataset,
+        data_dir=None if data_dir is None else str(data_dir),
+        checkpoint=None if checkpoint is None else str(checkpoint),
+        seed=seed,
+        **extra,
+    )
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
+    net = build_model(ModelSpec(cfg.model, data.num_classes, data.in_channels))
+    loaded = load_weights(net, checkpoint) if checkpoint is not None else None
+    graph = build_units(net, data.example_input(1), round_to=policy.round_to)
+    name = "policy"
+    if map_name:
+        source.update(map=map_name, mapped_from=policy.meta.get("model"))
+        policy = map_depth(policy, graph)
+        name = f"policy+{map_name}-map"
+    validate(policy, graph)
+    mode, pinned = policy_mode(policy, graph)
+    active = dict(given)
+    if not map_name:
+        if not active:
+            active = meta_budgets(policy)
+        check_budgets(policy, graph, active)
+    cfg = cfg.replace(mode=mode, first_last_bits=pinned, round_to=policy.round_to)
+    cfg = cfg.replace(**(active or {"flops": Budget("flops", 1.0)}))
+    replaying = bool(map_name) and bool(given)
+    logger.info("applying %s on %s (%s)", source["policy"], model, name)
+    return PolicyPlan(cfg, policy, data, loaded, replaying, name, source)
+
+
+def meta_budgets(policy: Policy) -> dict[str, Budget]:
+    """The absolute budgets recorded in ``policy.meta["budgets"]`` (latency left out)."""
+    limits = policy.meta.get("budgets") or {}
+    return {
+        _META_BUDGETS[k]: Budget(_META_BUDGETS[k], float(v), relative=False)
+        for k, v in limits.items()
+        if k in _META_BUDGETS
+    }
+
+
+def policy_mode(policy: Policy, graph: UnitGraph) -> tuple[str, int | None]:
+    """The env mode and pinned first/last bits that reproduce ``policy``'s layer bits.
+
+    Raises:
+        PolicyError: If the per-layer overrides are not one bit-width on exactly the first
+            and last layers (the only overrides the env can pin).
+    """
+    from autoshrink.compression.policy import FLOAT_BITS
+    from autoshrink.compression.quantize import first_and_last_layers
+
+    pruned = any(u.keep < 1.0 for u in policy.units.values())
+    quantized = bool(policy.layers) or any(u.bits < FLOAT_BITS for u in policy.units.values())
+    mode = "joint" if pruned and quantized else "quant" if quantized else "prune"
+    if not policy.layers:
+        return mode, None
+    pins = set(first_and_last_layers(graph))
+    values = set(policy.layers.values())
+    if set(policy.layers) != pins or len(values) != 1:
+        raise PolicyError(
+            f"per-layer bit overrides {sorted(policy.layers)} are not supported by apply: "
+            f"only one bit-width pinned on the first and last layers {sorted(pins)}"
+        )
+    return mode, values.pop()
+
+
+def check_budgets(policy: Policy, graph: UnitGraph, budgets: Mapping[str, Budget]) -> None:
+    """Refuse a policy whose exact MACs, params or bytes exceed ``budgets``.
+
+    Raises:
+        PolicyError: Naming every budget exceeded, its value and its limit.
+    """
+    from autoshrink.compression.cost import cost_from_channels
+    from autoshrink.compression.policy import FLOAT_BITS, kept_channels, layer_bits
+
+    full = cost_from_channels(
+        graph,
+        {u.name: u.c_out for u in graph.units},
+        {layer.name: FLOAT_BITS for layer in graph.layers},
+    )
+    mine = cost_from_channels(graph, kept_channels(policy, graph), layer_bits(policy, graph))
+    pairs = {"flops": (mine.macs, full.macs), "params": (mine.params, full.params)}
+    pairs["size"] = (mine.bytes, full.bytes)
+    over = [
+        f"{m} {pairs[m][0]:,} > {b.limit(pairs[m][1]):,.0f}"
+        for m, b in budgets.items()
+        if m in pairs and pairs[m][0] > b.limit(pairs[m][1])
+    ]
+    if over:
+        raise PolicyError(
+            "the policy does not meet the budgets: " + "; ".join(over) + " (give no budget "
+            "flags to apply it as it is, or --map depth to fit it through the budget clamp)"
+        )
