@@ -199,7 +199,7 @@ def crash_record(job: Job, status: str, error: str) -> dict[str, Any]:
 
 
 class LocalExecutor:
-    """Jobs on a spawn-context process pool, at most ``workers`` in flight.
+    """Jobs on a spawn-context process pool, at most ``workers`` in flight, one process a job.
 
     A worker that dies (killed, out of memory) breaks the pool: its jobs in flight go back
     to the queue once on a new pool, and are recorded as failed the second time.
@@ -216,6 +216,9 @@ class LocalExecutor:
             pool = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=get_context("spawn"),
+                # A fresh process per job: a job stopped by its timeout may leave the
+                # interpreter half-way through an import, which would break the next job.
+                max_tasks_per_child=1,
                 initializer=init_worker,
                 initargs=(os.getpid(), logging.getLogger("autoshrink").getEffectiveLevel()),
             )

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
 #: Smallest reward std that scaling divides by (below it the rewards are taken as equal).
@@ -89,13 +90,16 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
             return 0.0, 1.0
         return float(stored.mean()), float(stored.std())
 
-    def _normalize_reward(self, reward: np.ndarray, env: VecNormalize | None = None) -> np.ndarray:
-        reward = super()._normalize_reward(reward, env)
+    def _get_samples(
+        self, batch_inds: np.ndarray, env: VecNormalize | None = None
+    ) -> ReplayBufferSamples:
+        samples = super()._get_samples(batch_inds, env)
         if not (self.center or self.scale):
-            return reward
+            return samples
         mean, std = self.reward_stats()
+        rewards = samples.rewards
         if self.center:
-            reward = reward - mean
+            rewards = rewards - mean
         if self.scale and std > _MIN_STD:
-            reward = reward / std
-        return reward.astype(np.float32)
+            rewards = rewards / std
+        return samples._replace(rewards=rewards)

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from autoshrink.agent.batch import BatchEvent, BatchOptions, import_ray, run_batch
-from autoshrink.agent.batch_job import run_job
 from autoshrink.agent.batch_results import (
     append_record,
     finished_ids,
@@ -225,14 +225,89 @@ def test_an_apply_job_plays_a_searched_agent_on_another_model(local_batch, tmp_p
     )
 
 
-def test_a_job_past_its_timeout_is_recorded_as_timed_out(tmp_path):
-    text = DEFAULTS.replace("episodes = 3", "episodes = 500") + '[[jobs]]\nmodel = "smallcnn"\n'
-    (job,) = parse_spec(text).jobs
-    start = time.perf_counter()
-    record = run_job(job, str(tmp_path), timeout_s=1.5)
-    assert record["status"] == "timeout", record["error"]
-    assert "1.5 s" in record["error"]
-    assert time.perf_counter() - start < 30 and record["result"] is None
+def test_policy_from_apply_jobs_give_what_the_library_gives(tmp_path, smallcnn_checkpoint):
+    from autoshrink.agent.batch_spec import load_spec
+    from autoshrink.agent.final import realised_costs
+    from autoshrink.agent.policy_plan import plan_policy, policy_file
+    from autoshrink.compression.artifact import load_artifact, read_header
+    from autoshrink.compression.counting import count_macs
+    from autoshrink.compression.models import ModelSpec, build_model
+    from autoshrink.compression.policy import Policy, uniform_policy
+    from autoshrink.compression.units import build_units
+
+    def units(name: str) -> Any:
+        return build_units(build_model(ModelSpec(name, 10, 1)), torch.zeros(1, 1, 8, 8))
+
+    (tmp_path / "src").mkdir()
+    uniform_policy(units("smallcnn"), keep=0.5, bits=4).save(tmp_path / "src" / "policy.json")
+    r20 = uniform_policy(units("resnet20"), keep=0.8, bits=6, pinned={"conv1": 8, "fc": 8})
+    r20.with_meta(model="resnet20").save(tmp_path / "r20.json")
+    torch.manual_seed(0)  # an untrained resnet32: costs do not depend on training
+    torch.save(build_model(ModelSpec("resnet32", 10, 1)).state_dict(), tmp_path / "r32.pt")
+    apply = '\n[[jobs]]\nkind = "apply"\n'
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        '[defaults]\ndataset = "digits"\nfinal_epochs = 0\nfinal_latency_repeats = 2\n'
+        f'{apply}policy_from = "src"\nmodel = "smallcnn"\ncheckpoint = "{smallcnn_checkpoint}"\n'
+        "flops = 0.6\n"
+        f'{apply}policy_from = "r20.json"\nmap = "depth"\nmodel = "resnet32"\n'
+        'checkpoint = "r32.pt"\nflops = 0.4\nsize = 0.1\n'
+        f'{apply}policy_from = "src/policy.json"\nmodel = "smallcnn"\nflops = 0.1\n'
+    )
+    out = tmp_path / "out"
+    run_batch(load_spec(spec), out, BatchOptions(workers=1))
+    as_is, mapped, over = read_records(out / "results.jsonl")
+    assert over["status"] == "failed" and "does not meet the budgets" in over["error"]
+    assert as_is["result"]["source"] == {"policy": str(tmp_path / "src" / "policy.json")} | {
+        "map": None
+    }
+    assert mapped["result"]["source"] == {"policy": str(tmp_path / "r20.json")} | {
+        "map": "depth",
+        "mapped_from": "resnet20",
+    }
+    assert mapped["result"]["agent"] == "policy+depth-map"
+    assert mapped["result"]["compressed"]["macs_ratio"] <= 0.4  # keep 0.8 alone gives ~0.64
+    for record in (as_is, mapped):
+        assert record["status"] == "ok", record.get("error")
+        s, result, run_dir = record["settings"], record["result"], out / record["run_dir"]
+        budgets = {m: s[m] for m in ("flops", "size") if m in s}
+        plan = plan_policy(
+            policy_file(s["policy_from"]),
+            s["model"],
+            checkpoint=s["checkpoint"],
+            budgets=budgets,
+            map_name=s.get("map"),
+        )
+        env = plan.make_env()
+        mine = plan.search_result(env, tmp_path / "lib").best_policy
+        assert mine is not None
+        costs, comp = realised_costs(env, mine), result["compressed"]
+        assert (comp["macs"], comp["params"], comp["bytes"]) == (
+            costs["flops"],
+            costs["params"],
+            costs["size"],
+        )
+        assert Policy.load(run_dir / "policy.json").units == mine.units
+        artifact = run_dir / result["artifact"]  # counted on the shipped model itself
+        x = torch.zeros(read_header(artifact).input_shape)
+        assert count_macs(load_artifact(artifact), x) == comp["macs"]
+        assert result["budgets_met"] is True
+
+
+def test_a_job_past_its_timeout_is_recorded_and_the_next_job_runs(tmp_path, cache_root):
+    # Through the local pool, not in this process: the timeout may stop the job in the
+    # middle of an import, and the next job must not inherit that interpreter.
+    slow = '[[jobs]]\nmodel = "smallcnn"\nepisodes = 500\ntimeout = 1.5\n'
+    quick = '[[jobs]]\nmodel = "smallcnn"\nseed = 1\n'
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTOSHRINK_CACHE", str(cache_root))
+        records, _ = run(DEFAULTS + slow + quick, tmp_path / "out", workers=1)
+    first, second = sorted(records, key=lambda r: r["settings"].get("seed", 0))
+    assert first["status"] == "timeout", first["error"]
+    assert "1.5 s" in first["error"] and first["result"] is None
+    assert first["wall_time_s"] < 30
+    assert second["status"] == "ok", second.get("error")
+    assert second["pid"] != first["pid"]  # each job in a fresh process
 
 
 def test_a_missing_ray_says_which_extra_to_install(monkeypatch):
