@@ -23,7 +23,8 @@ Usage::
         [--dataset fashion-mnist] [--budget joint:flops=0.5+size=0.1] [--seeds 0,1,2]
         [--episodes 100] [--warmup 25] [--finetune-steps 20] [--final-epochs 2]
         [--train-subset 10000] [--val-size 2048] [--baseline-epochs 5]
-        [--source-runs DIR] [--fresh-seeds 0] [--out runs/bench-transfer] [--json out.json]
+        [--source-runs DIR] [--methods transfer,uniform] [--fresh-seeds 0]
+        [--out runs/bench-transfer] [--json out.json]
 
     # a smoke test at toy scale (digits, a minute):
     .venv/bin/python benchmarks/bench_transfer.py --dataset digits --train-subset 0 \\
@@ -136,6 +137,7 @@ def main() -> None:
         help="reuse finished source searches: DIR/seed<k> (e.g. a bench_agents.py ddpg folder "
         "of the same budget and settings)",
     )
+    p.add_argument("--methods", default=",".join(METHODS), help="which of " + ", ".join(METHODS))
     p.add_argument(
         "--fresh-seeds", default=None, help="seeds of the fresh target search (default: --seeds)"
     )
@@ -145,6 +147,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     fresh_seeds = [int(s) for s in (args.fresh_seeds or args.seeds).split(",")]
+    methods = [m.strip() for m in args.methods.split(",")]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        p.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     mode, budgets = parse_budget(args.budget)
 
     splits = load_dataset(args.dataset, seed=0, train_subset=args.train_subset or None)
@@ -167,13 +173,15 @@ def main() -> None:
     root = Path(args.out)
     for seed in seeds:
         src = Path(args.source_runs or root / "source") / f"seed{seed}"
-        config = AgentConfig("ddpg", args.episodes, args.warmup, seed=seed)
-        found = run_search(source, config, src, resume=(src / "config.json").exists())
-        assert found.best_policy is not None
-        mapped = map_depth(found.best_policy, target.graph)
+        mapped = Policy(units={})  # only the source-based methods need the source search
+        if {"transfer", "depth map"} & set(methods):
+            config = AgentConfig("ddpg", args.episodes, args.warmup, seed=seed)
+            found = run_search(source, config, src, resume=(src / "config.json").exists())
+            assert found.best_policy is not None
+            mapped = map_depth(found.best_policy, target.graph)
         runs = method_runs(src / "agent.zip", mapped, seed, args.episodes, args.warmup)
         for method, search in runs.items():
-            if method == "fresh ddpg" and seed not in fresh_seeds:
+            if method not in methods or (method == "fresh ddpg" and seed not in fresh_seeds):
                 continue
             out = root / method.replace(" ", "-") / f"seed{seed}"
             report = finished(target, out, args, search, seed)
