@@ -84,7 +84,8 @@ def test_a_four_job_grid_runs_on_two_local_workers(local_batch):
         (m, s) for m in ("smallcnn", "resnet20") for s in (0, 1)
     }
     assert max_running(events) == 2
-    assert len({r["pid"] for r in records}) <= 2  # two worker processes did all the jobs
+    pids = [r["pid"] for r in records]
+    assert len(set(pids)) == len(pids) and os.getpid() not in pids  # a fresh process per job
     for record in grid:
         result, run_dir = record["result"], out / record["run_dir"]
         assert result["budgets_met"] is True and result["episodes"] == 3
