@@ -194,7 +194,7 @@ class UniformSearch(_CandidateSearch):
 
             a = _largest_feasible(lambda a: view.feasible(channels(a), bits), 0.0, 1.0)  # noqa: B023
             if a is not None:
-                out.append(view.uniform_actions(a, bits))
+                out.append(view.actions(channels(a), bits))
         return out or [view.actions(view.min_channels(), view.bit_options()[-1])]
 
 
@@ -272,7 +272,7 @@ class EnvView:
         return sorted(self.clamp.bit_choices, reverse=True)
 
     def decode_keep(self, a: float) -> float:
-        """The keep-ratio the env decodes from keep action ``a`` (see ``decode_action``)."""
+        """The keep-ratio ``min_keep + a * (1 - min_keep)``: one scale for a uniform sweep."""
         return self.min_keep + a * (1.0 - self.min_keep)
 
     def min_channels(self) -> list[int]:
@@ -294,27 +294,7 @@ class EnvView:
 
     def actions(self, channels: Sequence[int], bits: int) -> np.ndarray:
         """The action rows that make the env realise ``channels`` and ``bits`` unclamped."""
-        from autoshrink.env.budget import keep_for
-
-        rows = np.zeros((len(self.units), len(self.dims)), dtype=np.float64)
-        span = 1.0 - self.min_keep
-        for i, (unit, c) in enumerate(zip(self.units, channels, strict=True)):
-            for j, dim in enumerate(self.dims):
-                if dim == "keep":
-                    a = 1.0 if span <= 0 else (keep_for(unit, c) - self.min_keep) / span
-                    rows[i, j] = min(max(a, 0.0), 1.0)
-                else:
-                    rows[i, j] = self._bits_action(bits)
-        return rows
-
-    def uniform_actions(self, a: float, bits: int) -> np.ndarray:
-        """The same action row for every unit: keep action ``a`` and ``bits``."""
-        row = [a if dim == "keep" else self._bits_action(bits) for dim in self.dims]
-        return np.tile(np.asarray(row, dtype=np.float64), (len(self.units), 1))
-
-    def _bits_action(self, bits: int) -> float:
-        """The centre of ``bits``' bin in HAQ's equal-width bins."""
-        return (self.bit_choices.index(bits) + 0.5) / len(self.bit_choices)
+        return np.asarray(self.env.encode(list(channels), [bits] * len(self.units)), np.float64)
 
     def channel_scores(self) -> list[np.ndarray]:
         """Each unit's channel importance (the env's criterion), divided by the unit's mean.

@@ -35,7 +35,7 @@ from autoshrink.agent.algorithms import ALGORITHMS
 from autoshrink.agent.config import AgentConfig
 from autoshrink.agent.search import SearchResult, episode_length
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError, PolicyError
-from autoshrink.compression.policy import FLOAT_BITS, Policy
+from autoshrink.compression.policy import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -159,21 +159,12 @@ def policy_actions(env: gym.Env, policy: Policy) -> np.ndarray:
     missing = [u.name for u in inner.units if u.name not in policy.units]
     if missing:
         raise PolicyError(f"the policy has no decision for units {missing[:5]}")
-    choices = list(cfg.bit_choices)
-    rows = []
-    for unit in inner.units:
-        decision = policy.units[unit.name]
-        row = []
-        for dim in inner.action_dims:
-            if dim == "keep":
-                span = 1.0 - cfg.min_keep
-                row.append(1.0 if span <= 0 else (decision.keep - cfg.min_keep) / span)
-            else:
-                bits = decision.bits if decision.bits < FLOAT_BITS else choices[-1]
-                index = max([i for i, b in enumerate(choices) if b <= bits], default=0)
-                row.append((index + 0.5) / len(choices))
-        rows.append(row)
-    return np.clip(np.asarray(rows, dtype=np.float32), 0.0, 1.0)
+    decisions = [policy.units[u.name] for u in inner.units]
+    channels = [
+        u.kept(min(max(d.keep, cfg.min_keep), 1.0))
+        for u, d in zip(inner.units, decisions, strict=True)
+    ]
+    return np.asarray(inner.encode(channels, [d.bits for d in decisions]), dtype=np.float32)
 
 
 def _rollout(

@@ -1,10 +1,10 @@
 """autoshrink.env: the Gymnasium side of the search.
 
-Importing this package registers ``autoshrink/Compress-v1``:
+Importing this package registers ``autoshrink/Compress-v2``:
 
 >>> import gymnasium as gym
 >>> import autoshrink.env
->>> "autoshrink/Compress-v1" in gym.registry
+>>> "autoshrink/Compress-v2" in gym.registry
 True
 """
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from autoshrink.env.evaluator import Evaluation, Evaluator
     from autoshrink.env.wrappers import DiscretizeAction
 
-ENV_ID = "autoshrink/Compress-v1"
+ENV_ID = "autoshrink/Compress-v2"
 
 if ENV_ID not in gym.registry:
     gym.register(id=ENV_ID, entry_point="autoshrink.env.compression_env:CompressionEnv")

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from autoshrink.compression.units import UnitGraph
 
 FLOAT_BITS = 32
-#: Bisection steps of :meth:`BudgetClamp.fill` (the factor to within 2^-24 of its range).
+#: Bisection steps of :meth:`BudgetClamp.fill` and :meth:`BudgetClamp.fair_keep`.
 _FILL_STEPS = 24
 #: Budget metric -> what it is called in results (``info`` keys).
 RESULT_KEYS: dict[str, str] = {
@@ -111,6 +111,7 @@ class BudgetClamp:
         self.bit_choices = tuple(sorted(bit_choices))
         self.pinned = dict(pinned or {})
         self.latency = latency
+        self.min_keep = float(min_keep)
         self.choices = [realisable_channels(u, min_keep) for u in self.units]
         self.min_channels = [c[0] for c in self.choices]
         self.max_channels = [u.c_out for u in self.units]
@@ -204,6 +205,39 @@ class BudgetClamp:
         raise RuntimeError(  # unreachable while the invariant holds
             f"budget clamp invariant broken at unit {self.names[t]}"
         )
+
+    def fair_keep(
+        self, t: int, channels: Sequence[int], bits: Sequence[int], unit_bits: int
+    ) -> float:
+        """The largest keep-ratio that units ``t..`` could all take at once.
+
+        Units before ``t`` stay as decided; unit ``t`` and every later unit take
+        ``kept(k)`` channels and ``unit_bits`` bits. The largest ``k`` in ``[min_keep, 1]``
+        whose policy meets every budget is this unit's fair share of what is left: the
+        centre of the keep action in ``keep_action="budget"`` mode. Found by bisection on
+        the exact cost model (cost grows with ``k``).
+
+        Returns:
+            That ratio; 1 without budgets, ``min_keep`` if not even that fits.
+        """
+        if not self.limits:
+            return 1.0
+        prefix_c, prefix_b = list(channels[:t]), list(bits[:t])
+        suffix_b = [unit_bits] * (len(self.units) - t)
+        rest = self.units[t:]
+
+        def ok(k: float) -> bool:
+            return self.feasible([*prefix_c, *(u.kept(k) for u in rest)], [*prefix_b, *suffix_b])
+
+        lo, hi = self.min_keep, 1.0
+        if ok(hi):
+            return hi
+        if not ok(lo):
+            return lo
+        for _ in range(_FILL_STEPS):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        return lo
 
     def fill(self, channels: Sequence[int], bits: Sequence[int]) -> list[int]:
         """Grow every unit's channels by one common factor, as far as the budgets allow.

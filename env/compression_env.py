@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -21,7 +22,14 @@ from autoshrink.env.config import EnvConfig
 from autoshrink.env.evaluator import Evaluator, PolicyEvaluator
 from autoshrink.env.latency import LatencyTable, latency_table
 from autoshrink.env.reward import REWARD_FUNCTIONS, Outcome
-from autoshrink.env.state import FEATURES, Observer, decode_action
+from autoshrink.env.state import (
+    FEATURES,
+    Observer,
+    bits_action,
+    budget_action,
+    budget_keep,
+    decode_action,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +46,18 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Action Space
     ``Box(0, 1, (k,), float32)``: ``k = 1`` in ``prune`` mode (keep-ratio) and ``quant``
-    mode (bits), ``k = 2`` in ``joint`` mode (keep-ratio, bits). The keep-ratio is
-    ``min_keep + a * (1 - min_keep)``, rounded to channels by the unit's rule; the bits use
-    HAQ's equal-width bins over ``bit_choices``. In ``quant`` and ``joint`` mode the first
-    and last layers are pinned to ``first_last_bits``. With hard budgets (the default) each
-    decision is clamped on realised channels and bits so that the final policy meets every
-    budget whatever the actions: see :mod:`autoshrink.env.budget`. ``info`` of each step
-    holds the proposed and realised values, and whether the clamp changed them.
+    mode (bits), ``k = 2`` in ``joint`` mode (keep-ratio, bits). With ``keep_action=
+    "budget"`` (the default) the keep action is centred on the unit's fair share: 0.5
+    proposes the largest keep-ratio that this and every later unit could all take within
+    the budgets (decided units as realised, the rest at this unit's bits), 0 proposes
+    ``min_keep`` and 1 the whole unit, linearly in between. With ``"absolute"`` it is AMC's
+    ``min_keep + a * (1 - min_keep)``. Either way the ratio is rounded to channels by the
+    unit's rule. The bits use HAQ's equal-width bins over ``bit_choices``. In ``quant`` and
+    ``joint`` mode the first and last layers are pinned to ``first_last_bits``. With hard
+    budgets (the default) each decision is clamped on realised channels and bits so that
+    the final policy meets every budget whatever the actions: see
+    :mod:`autoshrink.env.budget`. ``info`` of each step holds the proposed and realised
+    values, and whether the clamp changed them.
 
     ## Observation Space
     ``Box(0, 1, (17,), float32)``: the unit about to be decided. Features 0-9 are static
@@ -96,7 +109,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     ``CompressionEnv(config=None, *, model=None, data=None, evaluator=None, latency=None,
     **overrides)``: ``config`` is an :class:`~autoshrink.env.config.EnvConfig` (default
     settings when None) and ``overrides`` replace its fields, e.g.
-    ``gym.make("autoshrink/Compress-v1", model="smallcnn", flops="30%")``. A trained
+    ``gym.make("autoshrink/Compress-v2", model="smallcnn", flops="30%")``. A trained
     ``model`` module, ``data`` (DataSplits), ``evaluator`` (any callable from a Policy to an
     :class:`~autoshrink.env.evaluator.Evaluation`) and ``latency`` (a LatencyTable) replace
     what the config would build (a ``model`` string is the config's model name).
@@ -104,6 +117,9 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     the cache.
 
     ## Version History
+    * v2: keep actions centred on the fair share of the budget (``keep_action``), the
+      default; ``keep_action="absolute"`` acts as v1 did.
+    * v1: hard budgets are filled at the end of the episode (``fill_budget``).
     * v0: initial version.
     """
 
@@ -210,7 +226,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         if t >= len(self.units):
             raise RuntimeError("the episode is over: call reset() first")
         cfg = self.config
-        keep, bits = decode_action(action, cfg.mode, cfg.min_keep, cfg.bit_choices)
+        keep, bits = self._decode(t, action)
         unit = self.units[t]
         proposal = (unit.kept(keep), bits)
         realised = (
@@ -237,7 +253,67 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
             reward = self._finish(info)
         return self._observe(), reward, terminated, False, info
 
+    def fair_keep(self, t: int, bits: int) -> float:
+        """Unit ``t``'s fair share: the largest keep-ratio units ``t..`` could all take.
+
+        Decided units count as realised, the rest at ``bits``; see
+        :meth:`~autoshrink.env.budget.BudgetClamp.fair_keep`.
+        """
+        return self.clamp.fair_keep(t, self._channels, self._bits, bits)
+
+    def encode(self, channels: Sequence[int], bits: Sequence[int]) -> np.ndarray:
+        """The actions, one row per unit, that make the env propose ``channels`` and ``bits``.
+
+        The inverse of the decoding in :meth:`step`. With ``keep_action="budget"`` a keep
+        action depends on the units decided before it, so the rows are computed in
+        decision order, as if every earlier unit had realised its entry. Counts below a
+        unit's fewest go to the fewest; bits go to the largest choice not above them (to
+        the largest choice from float), and are ignored where bits are not searched.
+
+        Args:
+            channels: Channel count per unit, in decision order.
+            bits: Weight bits per unit.
+
+        Raises:
+            ValueError: If the lengths do not match the units.
+        """
+        n = len(self.units)
+        if len(channels) != n or len(bits) != n:
+            raise ValueError(f"encode needs {n} channel counts and bits, one per unit")
+        cfg = self.config
+        saved = self._channels, self._bits
+        rows = np.zeros((n, len(self.action_dims)), dtype=np.float32)
+        try:
+            lows = self.clamp.min_channels
+            self._channels = [max(int(c), lo) for c, lo in zip(channels, lows, strict=True)]
+            choices = self.clamp.bit_choices  # (32,) where bits are not searched
+            self._bits = [max([c for c in choices if c <= b], default=choices[0]) for b in bits]
+            for t, unit in enumerate(self.units):
+                for j, dim in enumerate(self.action_dims):
+                    if dim == "bits":
+                        rows[t, j] = bits_action(self._bits[t], cfg.bit_choices)
+                        continue
+                    keep = keep_for(unit, self._channels[t])
+                    if cfg.keep_action == "budget":
+                        a = budget_action(keep, self.fair_keep(t, self._bits[t]), cfg.min_keep)
+                    else:
+                        span = 1.0 - cfg.min_keep
+                        a = 1.0 if span <= 0 else (keep - cfg.min_keep) / span
+                    rows[t, j] = min(max(a, 0.0), 1.0)
+        finally:
+            self._channels, self._bits = saved
+        return rows
+
     # --- internals ---------------------------------------------------------------------
+    def _decode(self, t: int, action: np.ndarray) -> tuple[float, int]:
+        """The proposed keep-ratio and bits of unit ``t`` (see ``keep_action``)."""
+        cfg = self.config
+        keep, bits = decode_action(action, cfg.mode, cfg.min_keep, cfg.bit_choices)
+        if cfg.keep_action == "budget" and "keep" in self.action_dims:
+            a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+            keep = budget_keep(a, self.fair_keep(t, bits), cfg.min_keep)
+        return keep, bits
+
     def _observe(self) -> np.ndarray:
         t = self._t
         low, high = self.clamp.span(t, self._channels, self._bits)

@@ -28,10 +28,13 @@ from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.versioned import JsonFile, unwrap, wrap
 
 CONFIG_TYPE = "autoshrink.EnvConfig"
-CONFIG_VERSION = 1
+#: 2: ``keep_action`` (version-1 configs acted with what is now ``keep_action="absolute"``).
+CONFIG_VERSION = 2
 METRICS: tuple[str, ...] = ("flops", "params", "size", "latency")
 MODES: tuple[str, ...] = ("prune", "quant", "joint")
 REWARDS: tuple[str, ...] = ("accuracy", "acc_flops", "penalty")
+#: How a keep action maps to a keep-ratio (``EnvConfig.keep_action``).
+KEEP_ACTIONS: tuple[str, ...] = ("budget", "absolute")
 Mode = Literal["prune", "quant", "joint"]
 
 # Metric -> (suffix -> multiplier). Sizes are SI (KB = 1000 bytes) and binary (KiB = 1024).
@@ -180,6 +183,11 @@ class EnvConfig(JsonFile):
             that every policy spends its budget and the agent only chooses how to share it
             between units. False keeps the policy as the clamped actions left it (AMC).
         min_keep: Smallest keep-ratio an action can choose, as AMC's 0.2.
+        keep_action: How a keep action becomes a keep-ratio. ``budget`` (the default)
+            centres it on the unit's fair share of the budget left: 0.5 proposes the
+            largest ratio every undecided unit could take at once, 0 ``min_keep`` and 1
+            the whole unit (:func:`~autoshrink.env.state.budget_keep`). ``absolute`` is
+            AMC's ``min_keep + a * (1 - min_keep)``, the same for every unit and budget.
         bit_choices: Weight bit-widths an action can choose, from 2..8.
         first_last_bits: Bits pinned on the first and last layers in quant/joint mode (HAQ
             pins 8); None leaves them to their units (the last layer then stays float).
@@ -217,6 +225,7 @@ class EnvConfig(JsonFile):
     hard: bool = True
     fill_budget: bool = True
     min_keep: float = 0.2
+    keep_action: str = "budget"
     bit_choices: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     first_last_bits: int | None = 8
     reward: str | None = None
@@ -277,6 +286,8 @@ class EnvConfig(JsonFile):
     def from_dict(cls, obj: object) -> EnvConfig:
         """Build a config from :meth:`to_dict` output, checking type, version and keys."""
         data = dict(unwrap(obj, CONFIG_TYPE, CONFIG_VERSION, "environment config"))
+        if isinstance(obj, dict) and obj.get("version") == 1:
+            data.setdefault("keep_action", "absolute")
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise AutoshrinkError(f"unknown environment setting(s): {sorted(unknown)}")
@@ -318,6 +329,10 @@ def _validate(cfg: EnvConfig) -> None:
     need(
         isinstance(cfg.min_keep, int | float) and 0 < cfg.min_keep <= 1,
         f"min_keep must lie in (0, 1], got {cfg.min_keep!r}",
+    )
+    need(
+        cfg.keep_action in KEEP_ACTIONS,
+        f"keep_action must be one of {KEEP_ACTIONS}, got {cfg.keep_action!r}",
     )
     need(
         bool(cfg.bit_choices) and all(is_int(b) and 2 <= b <= 8 for b in cfg.bit_choices),

@@ -114,6 +114,75 @@ def decode_action(
     return keep, bits
 
 
+#: Knots of the budget-centred keep map, in action units: the floor ends, the centre, the
+#: end of the symmetric core. The core [0.1, 0.9] is linear and symmetric about the fair
+#: share, so noise around an action spends as much budget upwards as it saves downwards.
+_FLOOR, _CENTRE, _CORE_END = 0.1, 0.5, 0.9
+
+
+def budget_keep(a: float, fair: float, min_keep: float) -> float:
+    """The keep-ratio of keep action ``a`` when actions are centred on the fair share.
+
+    ``fair`` is the largest keep-ratio that every undecided unit could take at once within
+    the budgets. The map is piecewise-linear and non-decreasing: ``a = 0.5`` keeps
+    ``fair``; the core ``[0.1, 0.9]`` runs linearly from ``min_keep`` to ``2 * fair -
+    min_keep`` (at most 1), symmetric about ``fair``; below 0.1 it stays at ``min_keep``
+    and above 0.9 it rises linearly to 1. So every ratio in ``[min_keep, 1]`` is
+    reachable, a centred action means "my share of what is left", and symmetric noise
+    around an action neither overspends nor underspends the budget on average, whatever
+    the budget and whatever earlier units took.
+
+    >>> budget_keep(0.5, 0.3, 0.2), budget_keep(0.05, 0.3, 0.2), budget_keep(1.0, 0.3, 0.2)
+    (0.3, 0.2, 1.0)
+    >>> round(budget_keep(0.7, 0.3, 0.2), 6), round(budget_keep(0.3, 0.3, 0.2), 6)
+    (0.35, 0.25)
+    """
+    a = min(max(float(a), 0.0), 1.0)
+    knots, keeps = _knots(fair, min_keep)
+    return float(np.interp(a, knots, keeps))
+
+
+def budget_action(keep: float, fair: float, min_keep: float) -> float:
+    """The inverse of :func:`budget_keep`: an action in [0, 1] that proposes ``keep``.
+
+    Ratios at or below ``min_keep`` map to 0.1, the start of the core. Where pieces of the
+    map are flat (``fair`` at ``min_keep`` or at 1), the action at the piece's centre end
+    is returned.
+
+    >>> budget_action(0.3, 0.3, 0.2), round(budget_action(0.35, 0.3, 0.2), 6)
+    (0.5, 0.7)
+    """
+    knots, keeps = _knots(fair, min_keep)
+    keep = min(max(float(keep), keeps[1]), 1.0)
+    for i in range(1, len(knots) - 1):
+        lo, hi = keeps[i], keeps[i + 1]
+        if keep <= hi:
+            if hi <= lo:
+                return knots[i + 1] if knots[i + 1] <= _CENTRE else knots[i]
+            return knots[i] + (keep - lo) / (hi - lo) * (knots[i + 1] - knots[i])
+    return 1.0
+
+
+def _knots(fair: float, min_keep: float) -> tuple[list[float], list[float]]:
+    fair = min(max(fair, min_keep), 1.0)
+    top = min(2.0 * fair - min_keep, 1.0)
+    return [0.0, _FLOOR, _CENTRE, _CORE_END, 1.0], [min_keep, min_keep, fair, top, 1.0]
+
+
+def bits_action(bits: int, bit_choices: Sequence[int]) -> float:
+    """The bits action that :func:`decode_action` reads as ``bits``: the centre of its bin.
+
+    Bits between the choices go to the largest choice not above them (float to the largest
+    choice, anything below the smallest to the smallest).
+
+    >>> bits_action(4, (2, 4, 8)), bits_action(32, (2, 4, 8))
+    (0.5, 0.8333333333333334)
+    """
+    choices = sorted(bit_choices)
+    index = max([i for i, b in enumerate(choices) if b <= bits], default=0)
+    return (index + 0.5) / len(choices)
+
+
 class Observer:
     """Builds observations for one graph: static rows once, dynamic features per step.
 

@@ -4,7 +4,7 @@
 such as PPO with a categorical policy:
 
 >>> import gymnasium as gym
->>> env = DiscretizeAction(gym.make("autoshrink/Compress-v1"))  # doctest: +SKIP
+>>> env = DiscretizeAction(gym.make("autoshrink/Compress-v2"))  # doctest: +SKIP
 >>> env.action_space  # doctest: +SKIP
 MultiDiscrete([9 7])
 """
@@ -20,9 +20,11 @@ import numpy as np
 class DiscretizeAction(gym.ActionWrapper[Any, np.ndarray, np.ndarray]):
     """Replace the Box(0, 1) action by a MultiDiscrete one: a level per action dimension.
 
-    A keep dimension gets ``keep_levels`` evenly spaced levels from ``min_keep`` (index 0) to
-    1 (the last index). A bits dimension gets one index per allowed bit-width, mapped to the
-    centre of that width's bin, so every index selects exactly one bit-width.
+    A keep dimension gets ``keep_levels`` evenly spaced levels of the keep action, from 0
+    (index 0) to 1 (the last index); with an odd count the middle level is 0.5, the fair
+    share under the default ``keep_action="budget"``. A bits dimension gets one index per
+    allowed bit-width, mapped to the centre of that width's bin, so every index selects
+    exactly one bit-width.
 
     Args:
         env: A CompressionEnv, possibly wrapped; it must expose ``action_dims`` and

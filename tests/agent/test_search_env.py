@@ -44,15 +44,37 @@ def test_every_alias_searches_the_real_env(tmp_path, make_env, algorithm):
     assert set(result.best_policy.units) == {u.name for u in env.units}
 
 
-def test_uniform_is_uniform_and_tight(make_env):
-    env = make_env(mode="prune", flops=0.4)
+@pytest.mark.parametrize("keep_action", ["budget", "absolute"])
+def test_uniform_is_uniform_and_tight(make_env, keep_action):
+    env = make_env(mode="prune", flops=0.4, keep_action=keep_action)
     view = EnvView(env)
     (actions,) = UniformSearch(env, cfg("uniform"), len(env.units)).candidates(view)
-    assert np.ptp(actions) == 0  # one action for every unit
-    keep = view.decode_keep(float(actions[0, 0]))
-    assert view.feasible([u.kept(keep) for u in env.units], 32)
-    bigger = view.decode_keep(min(1.0, float(actions[0, 0]) + 0.05))
-    assert not view.feasible([u.kept(bigger) for u in env.units], 32)
+    env.reset()
+    for row in actions:
+        *_, info = env.step(row)
+    assert not info["clamped"]
+    # one keep-ratio for every unit: the realised channels are each unit's rounding of it
+    grid = np.linspace(env.config.min_keep, 1.0, 4001)
+    keeps = [k for k in grid if env._channels == [u.kept(k) for u in env.units]]
+    assert keeps and info["macs_ratio"] <= 0.4
+    bigger = [u.kept(min(1.0, max(keeps) + 0.05)) for u in env.units]
+    assert not view.feasible(bigger, 32)
+
+
+@pytest.mark.parametrize("keep_action", ["budget", "absolute"])
+def test_encode_inverts_the_decoding(make_env, keep_action):
+    env = make_env(mode="joint", flops=0.6, size=0.2, keep_action=keep_action, fill_budget=False)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        env.reset()
+        for _ in env.units:
+            env.step(rng.uniform(0, 1, 2))
+        channels, bits = list(env._channels), list(env._bits)  # a feasible realised policy
+        env.reset()
+        for row in env.encode(channels, bits):
+            *_, info = env.step(row)
+        assert env._channels == channels and env._bits == bits
+        assert not info["clamped"]
 
 
 def test_global_ranks_channels_across_units_to_the_budget(make_env, tmp_path):
@@ -93,3 +115,21 @@ def test_finish_writes_a_result_an_independent_count_agrees_with(tmp_path, make_
     assert on_disk["compressed"]["macs"] <= env.limits["flops"]
     assert on_disk["compressed"]["bytes"] <= env.limits["size"]
     assert 0.0 <= on_disk["compressed"]["accuracy"] <= 1.0
+
+
+def test_centred_budget_actions_realise_the_uniform_policy(make_env):
+    env = make_env(mode="prune", flops=0.4, fill_budget=False)
+    view = EnvView(env)
+    (uniform,) = UniformSearch(env, cfg("uniform"), len(env.units)).candidates(view)
+    env.reset()
+    for row in uniform:
+        env.step(row)
+    expected = list(env._channels)
+    env.reset()
+    for _ in env.units:
+        *_, info = env.step(np.array([0.5], np.float32))
+    # the first unit takes the uniform share; later ones also spend the rounding slack
+    # their predecessors left, so none gets less than the uniform policy gives it
+    assert env._channels[0] == expected[0]
+    assert all(c >= e for c, e in zip(env._channels, expected, strict=True))
+    assert not info["clamped"] and info["macs_ratio"] <= 0.4

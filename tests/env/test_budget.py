@@ -237,3 +237,25 @@ def test_fill_keeps_a_policy_without_room_or_without_budgets(arch: Arch) -> None
     assert tight.fill(start, [2] * len(start)) == start
     loose = _clamp(arch, {"flops": arch.baseline["flops"]}, False, 0.2)
     assert loose.fill(start, [32] * len(start)) == loose.max_channels
+
+
+def test_fair_keep_is_the_largest_uniform_share_of_what_is_left(arch: Arch) -> None:
+    reference = _clamp(arch, {}, True, 0.2)
+    assert reference.fair_keep(0, reference.min_channels, reference.min_bits, 8) == 1.0
+    lo, hi = reference.minimum["flops"], arch.baseline["flops"]
+    clamp = _clamp(arch, {"flops": lo + 0.3 * (hi - lo)}, True, 0.2)
+    n = len(clamp.units)
+    rng = np.random.default_rng(0)
+    for t in (0, n // 3, n - 1):
+        # a feasible decided prefix: random actions through the clamp
+        channels, bits = _episode(clamp, rng.uniform(0, 1, (n, 2)), "joint", 0.2)
+        k = clamp.fair_keep(t, channels, bits, 8)
+        rest = clamp.units[t:]
+        share = [u.kept(k) for u in rest]
+        suffix_bits = [8] * len(rest)
+        assert clamp.feasible([*channels[:t], *share], [*bits[:t], *suffix_bits])
+        if k < 1.0:  # a little more for every undecided unit no longer fits
+            more = [u.kept(min(1.0, k + 0.03)) for u in rest]
+            assert not clamp.feasible([*channels[:t], *more], [*bits[:t], *suffix_bits])
+        else:
+            assert k == 1.0

@@ -82,7 +82,17 @@ def test_config_json_round_trip() -> None:
     with pytest.raises(AutoshrinkError, match="malformed"):
         EnvConfig.from_json("{")
     assert cfg.to_dict()["type"] == "autoshrink.EnvConfig"
-    assert cfg.to_dict()["version"] == 1
+    assert cfg.to_dict()["version"] == 2
+
+
+def test_version_1_config_keeps_the_absolute_keep_action() -> None:
+    old = EnvConfig(model="smallcnn").to_dict()
+    old["version"] = 1
+    del old["data"]["keep_action"]
+    assert EnvConfig.from_dict(old).keep_action == "absolute"
+    assert EnvConfig().keep_action == "budget"
+    with pytest.raises(AutoshrinkError, match="keep_action"):
+        EnvConfig(keep_action="relative")
 
 
 @pytest.mark.parametrize(

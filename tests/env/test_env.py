@@ -123,7 +123,15 @@ def test_identical_realised_policies_are_scored_once(
     smallcnn: nn.Module, digits: DataSplits
 ) -> None:
     # without filling the (loose) budget, the proposals decide the channels
-    env = _env(smallcnn, digits, "smallcnn", mode="prune", flops=1.0, fill_budget=False)
+    env = _env(
+        smallcnn,
+        digits,
+        "smallcnn",
+        mode="prune",
+        flops=1.0,
+        fill_budget=False,
+        keep_action="absolute",
+    )
     n = len(env.units)
     _, r1, first = _run(env, np.full((n, 1), 0.5, np.float32))
     # different proposals that round to the same channel counts: the same realised policy
