@@ -34,6 +34,7 @@ from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
+from autoshrink.env.budget import largest_feasible
 
 if TYPE_CHECKING:
     from autoshrink.agent.config import AgentConfig
@@ -192,7 +193,12 @@ class UniformSearch(_CandidateSearch):
                 keep = view.decode_keep(a)
                 return [u.kept(keep) for u in view.units]
 
-            a = _largest_feasible(lambda a: view.feasible(channels(a), bits), 0.0, 1.0)  # noqa: B023
+            a = largest_feasible(
+                lambda a: view.feasible(channels(a), bits),  # noqa: B023
+                0.0,
+                1.0,
+                _BISECT_STEPS,
+            )
             if a is not None:
                 out.append(view.actions(channels(a), bits))
         return out or [view.actions(view.min_channels(), view.bit_options()[-1])]
@@ -219,18 +225,6 @@ class GlobalSearch(_CandidateSearch):
             if n is not None:
                 out.append(view.actions(channels(n), bits))
         return out or [view.actions(view.min_channels(), view.bit_options()[-1])]
-
-
-def _largest_feasible(ok: Any, lo: float, hi: float) -> float | None:
-    """Largest x in [lo, hi] with ok(x), for ok monotone (true, then false); None if none."""
-    if ok(hi):
-        return hi
-    if not ok(lo):
-        return None
-    for _ in range(_BISECT_STEPS):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-    return lo
 
 
 def _largest_feasible_int(ok: Any, hi: int) -> int | None:

@@ -74,6 +74,21 @@ def keep_for(unit: object, channels: int) -> float:
     raise ValueError(f"no keep-ratio realises {channels} of {c_out} channels")
 
 
+def largest_feasible(ok: Callable[[float], bool], lo: float, hi: float, steps: int) -> float | None:
+    """Largest x in [lo, hi] with ``ok(x)``, for ``ok`` monotone (true, then false).
+
+    Bisection with ``steps`` halvings; None if not even ``ok(lo)`` holds.
+    """
+    if ok(hi):
+        return hi
+    if not ok(lo):
+        return None
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
 class BudgetClamp:
     """Exact costs and the feasibility clamp over one unit graph.
 
@@ -229,15 +244,8 @@ class BudgetClamp:
         def ok(k: float) -> bool:
             return self.feasible([*prefix_c, *(u.kept(k) for u in rest)], [*prefix_b, *suffix_b])
 
-        lo, hi = self.min_keep, 1.0
-        if ok(hi):
-            return hi
-        if not ok(lo):
-            return lo
-        for _ in range(_FILL_STEPS):
-            mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-        return lo
+        found = largest_feasible(ok, self.min_keep, 1.0, _FILL_STEPS)
+        return self.min_keep if found is None else found
 
     def fill(self, channels: Sequence[int], bits: Sequence[int]) -> list[int]:
         """Grow every unit's channels by one common factor, as far as the budgets allow.
