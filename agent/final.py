@@ -5,6 +5,10 @@ user gets is the best policy applied once more and fine-tuned for longer (option
 distilling from the original), under fake quantization so that the fine-tune sees the
 weights it will ship with. Its accuracy is measured on the *test* split, on the artifact as
 loaded back from disk, next to the original model's test accuracy.
+
+With ``FinalConfig.finalists > 1``, the few best distinct policies of the search are each
+fine-tuned that way and scored on the whole val split, and the best of them ships
+(:mod:`autoshrink.agent.finalists`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import gymnasium as gym
 from torch import nn
 
+from autoshrink.agent.finalists import Candidate, top_candidates
 from autoshrink.agent.run_folder import RunFolder, write_json
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.policy import FLOAT_BITS, Policy, kept_channels, layer_bits
@@ -42,6 +47,9 @@ class FinalConfig:
         batch_size: Fine-tune batch size.
         bn_batches: Train batches for BatchNorm recalibration before the fine-tune.
         latency_repeats: Timed forward passes (median) for the CPU latency columns.
+        finalists: How many of the search's best distinct policies (by search reward) are
+            fine-tuned and scored on the whole val split; the best on val ships. 1 ships
+            the search's best without scoring it on val.
     """
 
     epochs: int = 3
@@ -50,10 +58,15 @@ class FinalConfig:
     batch_size: int = 128
     bn_batches: int = 8
     latency_repeats: int = 30
+    finalists: int = 1
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.bn_batches < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise AutoshrinkError(f"bad final fine-tune settings: {self}")
+        lowest = {"epochs": 0, "bn_batches": 0, "batch_size": 1, "finalists": 1}
+        problems = [f"{k} must be >= {lo}" for k, lo in lowest.items() if getattr(self, k) < lo]
+        if not self.lr > 0:
+            problems.append("lr must be > 0")
+        if problems:
+            raise AutoshrinkError(f"bad final fine-tune settings: {'; '.join(problems)}")
 
 
 def compress_and_finetune(
@@ -62,14 +75,19 @@ def compress_and_finetune(
     final: FinalConfig,
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
+    data: Any = None,
 ) -> nn.Module:
-    """The model of ``policy`` on ``env``'s model: pruned, fake-quantized, fine-tuned, baked."""
+    """The model of ``policy`` on ``env``'s model: pruned, fake-quantized, fine-tuned, baked.
+
+    ``data`` are the splits to train on (the env's when None).
+    """
     from autoshrink.compression.evaluate import finetune, recalibrate_bn
     from autoshrink.compression.prune import prune_channels
     from autoshrink.compression.quantize import bake_, fake_quantize_
 
     inner: Any = env.unwrapped
-    graph, data, cfg = inner.graph, inner.data, inner.config
+    graph, cfg = inner.graph, inner.config
+    data = data if data is not None else inner.data
     scores = getattr(getattr(inner, "evaluator", None), "scores", None)
     kept = kept_channels(policy, graph)
     bits = {k: b for k, b in layer_bits(policy, graph).items() if b < FLOAT_BITS}
@@ -90,8 +108,12 @@ def finish_search(
     final: FinalConfig | None = None,
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
+    data: Any = None,
 ) -> dict[str, Any]:
-    """Fine-tune the best policy, save the artifact and write ``result.json``.
+    """Fine-tune the best policy (or finalists), save the artifact and write ``result.json``.
+
+    Also rewrites ``policy.json`` with the shipped policy, so that the run folder's policy,
+    artifact and result always agree.
 
     Args:
         env: The env the search ran on (its model, data, units, budgets).
@@ -99,6 +121,9 @@ def finish_search(
         final: Fine-tune settings; defaults when None.
         seed: Seeds the fine-tune's batch order.
         on_step: Called after each fine-tune step with ``(step, loss)`` (progress bars).
+        data: The :class:`~autoshrink.compression.data.DataSplits` the finish trains, scores
+            finalists and tests on; None = the env's. A benchmark whose env scores on a val
+            subset can pass the splits with the whole val split here.
 
     Returns:
         The content written to ``result.json``.
@@ -117,11 +142,17 @@ def finish_search(
     start = time.perf_counter()
     folder = RunFolder(Path(search.run_dir))
     inner: Any = env.unwrapped
-    cfg, data, policy = inner.config, inner.data, search.best_policy
-    model = compress_and_finetune(env, policy, final, seed, on_step)
+    cfg, data = inner.config, data if data is not None else inner.data
+    candidates = [Candidate(search.best_episode, search.best_reward, search.best_policy)]
+    if final.finalists > 1:  # a replayed policy has no episode log: it stays the one
+        ranked = top_candidates(folder.read_episodes(), search.best_policy, final.finalists)
+        candidates = ranked or candidates
+    model, chosen, scored = _pick(env, data, candidates, final, seed, on_step)
+    policy = chosen.policy.with_meta(agent=search.algorithm, episode=chosen.episode)
+    policy.save(folder.policy)
     spec = ModelSpec(cfg.model, data.num_classes, data.in_channels)
     example = data.example_input(1)
-    meta = {"agent": search.algorithm, "seed": seed, "episode": search.best_episode}
+    meta = {"agent": search.algorithm, "seed": seed, "episode": chosen.episode}
     info = save_artifact(folder.artifact, model, spec, tuple(example.shape), policy, meta)
     shipped = load_artifact(info.path)
     test = data.loader("test", batch_size=256)
@@ -134,7 +165,10 @@ def finish_search(
     }
     compressed = {
         "accuracy": accuracy(shipped, test),
-        "val_accuracy_search": search.best_metrics.get("accuracy"),
+        "val_accuracy_search": _search_accuracy(folder, search, chosen.episode),
+        "val_accuracy": next(
+            (f["val_accuracy"] for f in scored if f["episode"] == chosen.episode), None
+        ),
         **{METRIC_KEYS[m]: v for m, v in values.items()},
         "latency_ms": 1e3 * time_forward(shipped, example, final.latency_repeats),
         "artifact_bytes": info.payload_bytes,
@@ -162,6 +196,8 @@ def finish_search(
         "agent": search.algorithm,
         "best_episode": search.best_episode,
         "best_reward": search.best_reward,
+        "shipped_episode": chosen.episode,
+        "finalists": scored,
         "search_time_s": search.wall_time_s,
         "final_time_s": time.perf_counter() - start,
         "wall_time_s": search.wall_time_s + time.perf_counter() - start,
@@ -172,6 +208,55 @@ def finish_search(
     }
     write_json(folder.result, result)
     return result
+
+
+def _pick(
+    env: gym.Env,
+    data: Any,
+    candidates: list[Candidate],
+    final: FinalConfig,
+    seed: int,
+    on_step: Callable[[int, float], None] | None,
+) -> tuple[nn.Module, Candidate, list[dict[str, Any]]]:
+    """Fine-tune every candidate; return the best on val, it, and each one's scores.
+
+    One candidate is fine-tuned and shipped without a val score. Ties on val go to the
+    higher search reward (the earlier candidate).
+    """
+    from autoshrink.compression.evaluate import accuracy
+
+    if len(candidates) == 1:
+        model = compress_and_finetune(env, candidates[0].policy, final, seed, on_step, data)
+        return model, candidates[0], []
+    val = data.loader("val", batch_size=256)
+    best: tuple[float, nn.Module, Candidate] | None = None
+    scored: list[dict[str, Any]] = []
+    done = 0
+    for cand in candidates:
+
+        def step(i: int, loss: float, offset: int = done) -> None:
+            if on_step is not None:
+                on_step(offset + i, loss)
+
+        model = compress_and_finetune(env, cand.policy, final, seed, step, data)
+        score = accuracy(model, val)
+        done += final.epochs * len(data.loader("train", batch_size=final.batch_size))
+        scored.append({"episode": cand.episode, "reward": cand.reward, "val_accuracy": score})
+        logger.info("finalist episode %d: reward %.4f, val %.4f", cand.episode, cand.reward, score)
+        if best is None or score > best[0]:
+            best = (score, model, cand)
+    assert best is not None
+    return best[1], best[2], scored
+
+
+def _search_accuracy(folder: RunFolder, search: Any, episode: int) -> float | None:
+    """The search's val-subset accuracy of ``episode`` (the best's without a log)."""
+    if episode == search.best_episode:
+        return search.best_metrics.get("accuracy")
+    for record in folder.read_episodes():
+        if record.get("episode") == episode:
+            return record.get("accuracy")
+    return None
 
 
 def realised_costs(env: gym.Env, policy: Policy) -> dict[str, float]:

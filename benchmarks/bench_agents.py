@@ -28,6 +28,9 @@ Setup:
 * The baseline is trained once (data seed 0) and cached, in the same folder as
   ``bench_fidelity.py``'s (``<cache>/bench-fidelity/train<N>``), since the cache key of
   ``compression.baselines`` does not cover the train subset.
+* With ``--finalists k``, the ``k`` best distinct policies of each search (by search reward)
+  are each given the final fine-tune and scored on the *whole* val split, and the best on
+  val is reported (:mod:`autoshrink.agent.finalists`); test is touched only by it.
 * The final fine-tune of a run is seeded with the run's seed. ``uniform`` and ``global`` are
   deterministic searches, so their spread over seeds is that of the fine-tune alone.
 * One env per budget, shared by every agent and seed: its evaluator is a pure function of
@@ -106,12 +109,21 @@ def parse_budget(text: str) -> tuple[str, dict[str, str]]:
 
 
 def run_one(
-    env: CompressionEnv, agent: str, seed: int, args: argparse.Namespace, out: Path
+    env: CompressionEnv,
+    agent: str,
+    seed: int,
+    args: argparse.Namespace,
+    out: Path,
+    full: DataSplits,
 ) -> dict[str, Any]:
-    """One search and its final fine-tune (or the finished run's result)."""
+    """One search and its final fine-tune (or the finished run's result).
+
+    ``full`` are the splits with the whole val split, on which finalists are scored.
+    """
     result_path = out / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
+    earlier = json.loads(result_path.read_text()) if result_path.exists() else None
+    if earlier is not None and earlier["final"].get("finalists", 1) == args.finalists:
+        return earlier
     config = AgentConfig(
         algorithm=agent,
         episodes=args.episodes,
@@ -121,15 +133,19 @@ def run_one(
     wall0, cpu0 = time.perf_counter(), time.process_time()
     calls0 = env.evaluator.calls
     search = run_search(env, config, out, resume=(out / "config.json").exists())
-    final = FinalConfig(epochs=args.final_epochs, lr=args.final_lr, latency_repeats=5)
+    final = FinalConfig(
+        epochs=args.final_epochs, lr=args.final_lr, latency_repeats=5, finalists=args.finalists
+    )
     # The same fine-tune for every agent; its seed is the run's, so that the spread over
     # seeds of a deterministic baseline (uniform, global) is the fine-tune's own.
-    report = finish_search(env, search, final, seed=seed)
+    report = finish_search(env, search, final, seed=seed, data=full)
     report["bench"] = {
         "evaluations": env.evaluator.calls - calls0,
         "wall_s": time.perf_counter() - wall0,
         "cpu_s": time.process_time() - cpu0,
     }
+    if earlier is not None:  # a finished search, finished again with other finalists
+        report["bench"] = {**earlier["bench"], "refinish_cpu_s": report["bench"]["cpu_s"]}
     result_path.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -153,6 +169,13 @@ def main() -> None:
     p.add_argument("--finetune-steps", type=int, default=None, help="env default when unset")
     p.add_argument("--final-epochs", type=int, default=2)
     p.add_argument("--final-lr", type=float, default=0.02)
+    p.add_argument(
+        "--finalists",
+        type=int,
+        default=1,
+        help="best distinct policies fine-tuned and scored on val; a finished run with "
+        "another count is finished again from its search",
+    )
     p.add_argument("--model", default="resnet20")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--train-subset", type=int, default=10000, help="0 = whole train split")
@@ -167,8 +190,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     subset = args.train_subset or None
 
-    splits = load_dataset(args.dataset, seed=0, train_subset=subset)
-    splits = with_val_subset(splits, args.val_size, seed=0)
+    full = load_dataset(args.dataset, seed=0, train_subset=subset)
+    splits = with_val_subset(full, args.val_size, seed=0)
     spec = ModelSpec(args.model, splits.num_classes, splits.in_channels)
     folder = baselines.cache_dir() / "bench-fidelity" / f"train{args.train_subset}"
     with cache_folder(folder):
@@ -187,7 +210,7 @@ def main() -> None:
         for agent in agents:
             for seed in seeds:
                 out = Path(args.out) / budget.replace(":", "-").replace("=", "") / agent
-                report = run_one(env, agent, seed, args, out / f"seed{seed}")
+                report = run_one(env, agent, seed, args, out / f"seed{seed}", full)
                 comp = report["compressed"]
                 rows.append({"budget": budget, "agent": agent, "seed": seed, **report})
                 log(

@@ -32,6 +32,7 @@ DEFAULT_WARMUP = 20
 # default (chosen from its reward-fidelity benchmark) applies.
 DIGITS_FINETUNE_STEPS = 0
 DEFAULT_FINAL_EPOCHS = 3
+DEFAULT_FINALISTS = 1
 
 
 def add_parser(subparsers: Any) -> None:
@@ -74,6 +75,15 @@ def add_parser(subparsers: Any) -> None:
         help=f"fine-tune epochs of the final model ({DEFAULT_FINAL_EPOCHS})",
     )
     p.add_argument("--distill", action="store_true", help="distil the final fine-tune")
+    p.add_argument(
+        "--finalists",
+        type=int,
+        default=DEFAULT_FINALISTS,
+        help=(
+            "fine-tune the N best distinct policies of the search the same way, score each "
+            f"on the whole val split and ship the best ({DEFAULT_FINALISTS})"
+        ),
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of agent, env and data (0)")
     p.add_argument("--out", default=None, help="run folder (runs/<model>-<dataset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
@@ -139,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/{args.model or 'resnet20'}-{args.dataset or 'digits'}-{stamp}")
     env_cfg, agent_cfg = _configs(args, out)
+    final = FinalConfig(epochs=args.final_epochs, distill=args.distill, finalists=args.finalists)
     with err_console.status(f"preparing {env_cfg.model} on {env_cfg.dataset} (trains once)"):
         env = CompressionEnv(env_cfg)
     budgets = ", ".join(str(b) for b in env_cfg.budgets.values())
@@ -169,7 +180,6 @@ def run(args: argparse.Namespace) -> int:
 
         result = run_search(env, agent_cfg, out, resume=args.resume, progress=on_episode)
         progress.update(task, completed=result.episodes)
-        final = FinalConfig(epochs=args.final_epochs, distill=args.distill)
         ftask = progress.add_task("final fine-tune", total=None, best="", acc="", budget="")
         report = finish_search(
             env,

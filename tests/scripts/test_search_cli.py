@@ -72,6 +72,10 @@ def test_search_cli_refuses_bad_budgets_and_resume_without_out(
     assert main([*base, "--flops", "0.0001", "--out", str(tmp_path / "x")]) == 2
     assert "cannot be met" in capsys.readouterr().err
     assert main(["search", "--resume"]) == 2
+    # bad final settings are refused before the search runs, with nothing written
+    assert main([*base, "--finalists", "0", "--out", str(tmp_path / "y")]) == 2
+    assert "finalists must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
 
 
 @pytest.mark.slow
