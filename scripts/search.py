@@ -32,7 +32,12 @@ DEFAULT_WARMUP = 20
 # default (chosen from its reward-fidelity benchmark) applies.
 DIGITS_FINETUNE_STEPS = 0
 DEFAULT_FINAL_EPOCHS = 3
-DEFAULT_FINALISTS = 1
+# The 100-step search reward misranks policies whose rewards are within its noise; fine-tuning
+# the 5 best distinct ones as the shipped model is, and picking on the whole val split, raised
+# the final test accuracy of DDPG and random search on Fashion-MNIST (docs/benchmarks.md).
+# On digits nearly every policy recovers to ~98 %, so there the search's best ships as is.
+DEFAULT_FINALISTS = 5
+DIGITS_FINALISTS = 1
 
 
 def add_parser(subparsers: Any) -> None:
@@ -78,10 +83,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--finalists",
         type=int,
-        default=DEFAULT_FINALISTS,
+        default=None,
         help=(
             "fine-tune the N best distinct policies of the search the same way, score each "
-            f"on the whole val split and ship the best ({DEFAULT_FINALISTS})"
+            f"on the whole val split and ship the best ({DEFAULT_FINALISTS}; "
+            f"{DIGITS_FINALISTS} on digits)"
         ),
     )
     p.add_argument("--seed", type=int, default=None, help="seed of agent, env and data (0)")
@@ -149,7 +155,10 @@ def run(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/{args.model or 'resnet20'}-{args.dataset or 'digits'}-{stamp}")
     env_cfg, agent_cfg = _configs(args, out)
-    final = FinalConfig(epochs=args.final_epochs, distill=args.distill, finalists=args.finalists)
+    finalists = args.finalists
+    if finalists is None:
+        finalists = DIGITS_FINALISTS if env_cfg.dataset == "digits" else DEFAULT_FINALISTS
+    final = FinalConfig(epochs=args.final_epochs, distill=args.distill, finalists=finalists)
     with err_console.status(f"preparing {env_cfg.model} on {env_cfg.dataset} (trains once)"):
         env = CompressionEnv(env_cfg)
     budgets = ", ".join(str(b) for b in env_cfg.budgets.values())

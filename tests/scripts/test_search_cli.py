@@ -53,11 +53,16 @@ def test_search_cli_writes_a_verified_run_folder(tmp_path, smallcnn_checkpoint, 
     assert result["budgets"]["size"]["value"] == 0.08
     table = capsys.readouterr().out
     assert "test accuracy" in table and "MACs" in table and "latency" in table
-    # resuming a finished search re-finishes it without new episodes
+    assert result["final"]["finalists"] == 1  # the default on digits
+    # resuming a finished search re-finishes it without new episodes, here with finalists
     lines = (out / "episodes.jsonl").read_text()
-    assert main(["search", "--resume", "--out", str(out), "--final-epochs", "1", "--json"]) == 0
+    again = ["search", "--resume", "--out", str(out), "--final-epochs", "1", "--finalists", "2"]
+    assert main([*again, "--json"]) == 0
     assert (out / "episodes.jsonl").read_text() == lines
-    assert json.loads(capsys.readouterr().out)["episodes"] == 4
+    refinished = json.loads(capsys.readouterr().out)
+    assert refinished["episodes"] == 4 and refinished["final"]["finalists"] == 2
+    assert 1 <= len(refinished["finalists"]) <= 2
+    assert check_run_folder(out)["shipped_episode"] == refinished["shipped_episode"]
     # without --resume an existing run folder is refused, in one line
     assert main([*argv, "--out", str(out)]) == 2
     assert "already holds a search" in capsys.readouterr().err
