@@ -189,7 +189,10 @@ def run(args: argparse.Namespace) -> int:
 
         result = run_search(env, agent_cfg, out, resume=args.resume, progress=on_episode)
         progress.update(task, completed=result.episodes)
-        ftask = progress.add_task("final fine-tune", total=None, best="", acc="", budget="")
+        what = "final fine-tune"
+        if final.finalists > 1:
+            what += f" of {final.finalists} finalists"
+        ftask = progress.add_task(what, total=None, best="", acc="", budget="")
         report = finish_search(
             env,
             result,
