@@ -50,6 +50,10 @@ class FinalConfig:
         finalists: How many of the search's best distinct policies (by search reward) are
             fine-tuned and scored on the whole val split; the best on val ships. 1 ships
             the search's best without scoring it on val.
+        finalist_spacing: Least distance between two finalists
+            (:func:`~autoshrink.agent.finalists.record_distance`: mean keep-ratio difference
+            per unit, plus bits over 8), so that near-copies of one policy do not fill the
+            list; the best of the rest fill it when too few are that far apart.
     """
 
     epochs: int = 3
@@ -59,12 +63,15 @@ class FinalConfig:
     bn_batches: int = 8
     latency_repeats: int = 30
     finalists: int = 1
+    finalist_spacing: float = 0.05
 
     def __post_init__(self) -> None:
         lowest = {"epochs": 0, "bn_batches": 0, "batch_size": 1, "finalists": 1}
         problems = [f"{k} must be >= {lo}" for k, lo in lowest.items() if getattr(self, k) < lo]
         if not self.lr > 0:
             problems.append("lr must be > 0")
+        if not 0 <= self.finalist_spacing <= 1:
+            problems.append("finalist_spacing must be in [0, 1]")
         if problems:
             raise AutoshrinkError(f"bad final fine-tune settings: {'; '.join(problems)}")
 
@@ -145,7 +152,9 @@ def finish_search(
     cfg, data = inner.config, data if data is not None else inner.data
     candidates = [Candidate(search.best_episode, search.best_reward, search.best_policy)]
     if final.finalists > 1:  # a replayed policy has no episode log: it stays the one
-        ranked = top_candidates(folder.read_episodes(), search.best_policy, final.finalists)
+        ranked = top_candidates(
+            folder.read_episodes(), search.best_policy, final.finalists, final.finalist_spacing
+        )
         candidates = ranked or candidates
     model, chosen, scored = _pick(env, data, candidates, final, seed, on_step)
     policy = chosen.policy.with_meta(agent=search.algorithm, episode=chosen.episode)

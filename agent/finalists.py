@@ -7,6 +7,13 @@ end of a search fine-tunes each of the ``k`` best distinct policies exactly as i
 the one it ships, scores each on the whole val split, and ships the best of them. The test
 split is still touched only by the shipped model.
 
+Finalists are spaced apart: a policy joins only if it differs from every finalist already
+taken by at least ``spacing`` (:func:`record_distance`: mean absolute keep-ratio difference
+per unit, plus mean bit-width difference over 8). A search that converged evaluates many
+near-copies of its best policy; five of them are one guess, re-scored. The rule is the same
+for every agent. When too few policies are that far apart, the best of the rest fill the
+list, so every search gets the same number of finalists.
+
 Candidates come from ``episodes.jsonl``: every record holds the realised keep-ratio and bits
 of each unit, and the search's best policy supplies what records leave out (pinned layers,
 channel granularity, activation bits, the model the policy was made for).
@@ -60,19 +67,42 @@ def policy_from_record(record: Mapping[str, Any], template: Policy) -> Policy:
     return replace(template, units=units, meta={**template.meta, "episode": record["episode"]})
 
 
+def record_distance(a: Mapping[str, Any], b: Mapping[str, Any], units: Iterable[str]) -> float:
+    """How far apart two episode records' policies are.
+
+    The mean over ``units`` of the absolute keep-ratio difference, plus the mean absolute
+    bit-width difference divided by 8 (one bit on every unit counts like 0.125 of keep).
+
+    Args:
+        a: One episode record, with ``keep`` and ``bits`` per unit name.
+        b: Another, over the same units.
+        units: The unit names to compare.
+    """
+    names = list(units)
+    if not names:
+        return 0.0
+    keep = sum(abs(float(a["keep"][n]) - float(b["keep"][n])) for n in names)
+    bits = sum(abs(int(a["bits"][n]) - int(b["bits"][n])) for n in names)
+    return (keep + bits / 8) / len(names)
+
+
 def top_candidates(
-    records: Iterable[Mapping[str, Any]], template: Policy, k: int
+    records: Iterable[Mapping[str, Any]], template: Policy, k: int, spacing: float = 0.0
 ) -> list[Candidate]:
-    """The ``k`` best distinct realised policies of a search, best reward first.
+    """The ``k`` best distinct realised policies of a search, spaced apart, best reward first.
 
     Ties in reward go to the earlier episode, as in the search's own best. A policy realised
     by several episodes counts once, with its first episode and reward. Episodes that missed
-    a budget are left out.
+    a budget are left out. Walking down the ranking, a policy is taken only if its
+    :func:`record_distance` to every policy already taken is at least ``spacing``; if fewer
+    than ``k`` are taken that way, the best of the skipped ones fill the list. The search's
+    best is always first.
 
     Args:
         records: The search's episode records (``RunFolder.read_episodes()``).
         template: The search's best policy (see :func:`policy_from_record`).
         k: How many to return at most.
+        spacing: Least distance between finalists (0 = any two distinct policies).
     """
     firsts: dict[tuple[Any, ...], Mapping[str, Any]] = {}
     for record in records:
@@ -84,7 +114,16 @@ def top_candidates(
         key = tuple((name, record["keep"][name], record["bits"][name]) for name in template.units)
         firsts.setdefault(key, record)
     ranked = sorted(firsts.values(), key=lambda r: (-float(r["reward"]), int(r["episode"])))
+    taken: list[Mapping[str, Any]] = []
+    for record in ranked:
+        if len(taken) == k:
+            break
+        if all(record_distance(record, t, template.units) >= spacing for t in taken):
+            taken.append(record)
+    skipped = [r for r in ranked if not any(r is t for t in taken)]
+    taken += skipped[: k - len(taken)]
+    taken.sort(key=lambda r: (-float(r["reward"]), int(r["episode"])))
     return [
         Candidate(int(r["episode"]), float(r["reward"]), policy_from_record(r, template))
-        for r in ranked[:k]
+        for r in taken
     ]

@@ -28,9 +28,10 @@ Setup:
 * The baseline is trained once (data seed 0) and cached, in the same folder as
   ``bench_fidelity.py``'s (``<cache>/bench-fidelity/train<N>``), since the cache key of
   ``compression.baselines`` does not cover the train subset.
-* With ``--finalists k``, the ``k`` best distinct policies of each search (by search reward)
-  are each given the final fine-tune and scored on the *whole* val split, and the best on
-  val is reported (:mod:`autoshrink.agent.finalists`); test is touched only by it.
+* With ``--finalists k``, the ``k`` best distinct policies of each search (by search reward,
+  at least ``--finalist-spacing`` apart) are each given the final fine-tune and scored on
+  the *whole* val split, and the best on val is reported
+  (:mod:`autoshrink.agent.finalists`); test is touched only by it.
 * The final fine-tune of a run is seeded with the run's seed. ``uniform`` and ``global`` are
   deterministic searches, so their spread over seeds is that of the fine-tune alone.
 * One env per budget, shared by every agent and seed: its evaluator is a pure function of
@@ -122,7 +123,7 @@ def run_one(
     """
     result_path = out / "result.json"
     earlier = json.loads(result_path.read_text()) if result_path.exists() else None
-    if earlier is not None and earlier["final"].get("finalists", 1) == args.finalists:
+    if earlier is not None and finish_of(earlier) == (args.finalists, args.finalist_spacing):
         return earlier
     config = AgentConfig(
         algorithm=agent,
@@ -134,7 +135,11 @@ def run_one(
     calls0 = env.evaluator.calls
     search = run_search(env, config, out, resume=(out / "config.json").exists())
     final = FinalConfig(
-        epochs=args.final_epochs, lr=args.final_lr, latency_repeats=5, finalists=args.finalists
+        epochs=args.final_epochs,
+        lr=args.final_lr,
+        latency_repeats=5,
+        finalists=args.finalists,
+        finalist_spacing=args.finalist_spacing,
     )
     # The same fine-tune for every agent; its seed is the run's, so that the spread over
     # seeds of a deterministic baseline (uniform, global) is the fine-tune's own.
@@ -148,6 +153,12 @@ def run_one(
         report["bench"] = {**earlier["bench"], "refinish_cpu_s": report["bench"]["cpu_s"]}
     result_path.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def finish_of(report: dict[str, Any]) -> tuple[int, float]:
+    """A finished run's finalists count and spacing (0 before spacing existed)."""
+    final = report["final"]
+    return int(final.get("finalists", 1)), float(final.get("finalist_spacing", 0.0))
 
 
 def mean_std(values: list[float]) -> str:
@@ -175,6 +186,13 @@ def main() -> None:
         default=1,
         help="best distinct policies fine-tuned and scored on val; a finished run with "
         "another count is finished again from its search",
+    )
+    p.add_argument(
+        "--finalist-spacing",
+        type=float,
+        default=FinalConfig.finalist_spacing,
+        help="least distance between finalists (mean keep difference per unit); a finished "
+        "run with another spacing is finished again from its search",
     )
     p.add_argument("--model", default="resnet20")
     p.add_argument("--dataset", default="fashion-mnist")

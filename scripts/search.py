@@ -90,6 +90,15 @@ def add_parser(subparsers: Any) -> None:
             f"{DIGITS_FINALISTS} on digits)"
         ),
     )
+    p.add_argument(
+        "--finalist-spacing",
+        type=float,
+        default=None,
+        help=(
+            "least mean keep-ratio difference per unit between two finalists, so that "
+            "near-copies of one policy do not fill the list (0.05)"
+        ),
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of agent, env and data (0)")
     p.add_argument("--out", default=None, help="run folder (runs/<model>-<dataset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
@@ -158,7 +167,12 @@ def run(args: argparse.Namespace) -> int:
     finalists = args.finalists
     if finalists is None:
         finalists = DIGITS_FINALISTS if env_cfg.dataset == "digits" else DEFAULT_FINALISTS
-    final = FinalConfig(epochs=args.final_epochs, distill=args.distill, finalists=finalists)
+    final = FinalConfig(
+        epochs=args.final_epochs,
+        distill=args.distill,
+        finalists=finalists,
+        **({} if args.finalist_spacing is None else {"finalist_spacing": args.finalist_spacing}),
+    )
     with err_console.status(f"preparing {env_cfg.model} on {env_cfg.dataset} (trains once)"):
         env = CompressionEnv(env_cfg)
     budgets = ", ".join(str(b) for b in env_cfg.budgets.values())

@@ -8,7 +8,7 @@ import pytest
 
 from autoshrink.agent.config import AgentConfig
 from autoshrink.agent.final import FinalConfig, finish_search
-from autoshrink.agent.finalists import policy_from_record, top_candidates
+from autoshrink.agent.finalists import policy_from_record, record_distance, top_candidates
 from autoshrink.agent.search import run_search
 from autoshrink.compression.artifact import load_artifact
 from autoshrink.compression.counting import count_macs
@@ -67,6 +67,32 @@ def test_top_candidates_are_distinct_best_first_earliest_on_ties():
 def test_finalists_must_be_at_least_one():
     with pytest.raises(AutoshrinkError):
         FinalConfig(finalists=0)
+    with pytest.raises(AutoshrinkError, match="finalist_spacing"):
+        FinalConfig(finalist_spacing=-0.1)
+
+
+def test_record_distance_is_mean_keep_difference_plus_bits_over_eight():
+    a, b = record(0, 0.0, a=0.5, b=0.5), record(1, 0.0, a=0.25, b=0.375)
+    assert record_distance(a, b, ["a", "b"]) == pytest.approx((0.25 + 0.125) / 2)
+    c = {**b, "bits": {"a": 4, "b": 4}}  # unit a: 8 -> 4 bits, half of 8
+    assert record_distance(b, c, ["a", "b"]) == pytest.approx(4 / 8 / 2)
+    assert record_distance(a, a, ["a", "b"]) == 0.0
+
+
+def test_spaced_candidates_skip_near_copies_and_fill_when_too_few():
+    records = [
+        record(0, 0.90, a=0.500),
+        record(1, 0.89, a=0.510),  # 0.005 from the best: a near-copy
+        record(2, 0.88, a=0.520),  # 0.010 from the best, 0.005 from episode 1
+        record(3, 0.70, a=0.800),  # 0.15 from the best: far
+        record(4, 0.60, a=0.200),  # far from both
+    ]
+    spaced = top_candidates(records, TEMPLATE, k=3, spacing=0.05)
+    assert [c.episode for c in spaced] == [0, 3, 4]
+    assert [c.episode for c in top_candidates(records, TEMPLATE, k=3)] == [0, 1, 2]
+    # Only three policies are 0.05 apart: the best skipped one fills the fourth place.
+    filled = top_candidates(records, TEMPLATE, k=4, spacing=0.05)
+    assert [c.episode for c in filled] == [0, 1, 3, 4]
 
 
 def test_finish_ships_the_finalist_best_on_val(tmp_path, make_env):

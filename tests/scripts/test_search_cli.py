@@ -57,10 +57,11 @@ def test_search_cli_writes_a_verified_run_folder(tmp_path, smallcnn_checkpoint, 
     # resuming a finished search re-finishes it without new episodes, here with finalists
     lines = (out / "episodes.jsonl").read_text()
     again = ["search", "--resume", "--out", str(out), "--final-epochs", "1", "--finalists", "2"]
-    assert main([*again, "--json"]) == 0
+    assert main([*again, "--finalist-spacing", "0.1", "--json"]) == 0
     assert (out / "episodes.jsonl").read_text() == lines
     refinished = json.loads(capsys.readouterr().out)
     assert refinished["episodes"] == 4 and refinished["final"]["finalists"] == 2
+    assert refinished["final"]["finalist_spacing"] == 0.1
     assert 1 <= len(refinished["finalists"]) <= 2
     assert check_run_folder(out)["shipped_episode"] == refinished["shipped_episode"]
     # without --resume an existing run folder is refused, in one line
@@ -80,6 +81,9 @@ def test_search_cli_refuses_bad_budgets_and_resume_without_out(
     # bad final settings are refused before the search runs, with nothing written
     assert main([*base, "--finalists", "0", "--out", str(tmp_path / "y")]) == 2
     assert "finalists must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
+    assert main([*base, "--finalist-spacing", "2", "--out", str(tmp_path / "y")]) == 2
+    assert "finalist_spacing must be in [0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
 
 
