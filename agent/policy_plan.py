@@ -254,6 +254,7 @@ def check_budgets(policy: Policy, graph: UnitGraph, budgets: Mapping[str, Budget
     ]
     if over:
         raise PolicyError(
-            "the policy does not meet the budgets: " + "; ".join(over) + " (give no budget "
-            "flags to apply it as it is, or --map depth to fit it through the budget clamp)"
+            "the policy does not meet the budgets: " + "; ".join(over) + " (give no budgets "
+            "to apply it as it is, or map it by depth to fit it through the budget clamp: "
+            '--map depth, or map = "depth" in a batch spec)'
         )

@@ -259,6 +259,7 @@ def test_policy_from_apply_jobs_give_what_the_library_gives(tmp_path, smallcnn_c
     run_batch(load_spec(spec), out, BatchOptions(workers=1))
     as_is, mapped, over = read_records(out / "results.jsonl")
     assert over["status"] == "failed" and "does not meet the budgets" in over["error"]
+    assert 'map = "depth"' in over["error"]  # the hint names the spec key too
     assert as_is["result"]["source"] == {"policy": str(tmp_path / "src" / "policy.json")} | {
         "map": None
     }
