@@ -25,22 +25,12 @@ SB3 gives one learning rate to all optimizers of a policy. The actor's own rate 
 1e-4 against the critic's 1e-3) goes through a policy subclass whose actor optimizer scales
 the scheduled rate by ``actor_lr / critic_lr``; ``learn()`` is untouched.
 
-An ``agent.zip`` is user input (``apply --agent``, a resumed run folder), and SB3 cloudpickles
-part of it. Each spec's ``load`` reads the zip's ``data`` JSON itself and passes SB3 a
-``custom_objects`` replacement, built here from the env and the AgentConfig, for every
-pickled entry, so SB3 never unpickles; the weights go through ``torch.load(...,
-weights_only=True)``. :func:`save_agent` adds the noise's state as plain JSON.
+Saving and loading an ``agent.zip`` without unpickling is in :mod:`autoshrink.agent.agent_file`.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
-import io
-import json
-import re
-import zipfile
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,16 +41,14 @@ import torch as th
 from stable_baselines3 import DDPG, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import Schedule
-from stable_baselines3.common.utils import FloatSchedule
 from stable_baselines3.sac.policies import SACPolicy
 from stable_baselines3.td3.policies import TD3Policy
 
+from autoshrink.agent.agent_file import sb3_loader
 from autoshrink.agent.noise import TruncatedNormalActionNoise, bind_noise
 from autoshrink.agent.replay import EpisodeRewardReplayBuffer
-from autoshrink.agent.run_folder import to_jsonable
-from autoshrink.compression.errors import CheckpointError
 
 if TYPE_CHECKING:
     from autoshrink.agent.baselines import ScriptedSearch
@@ -227,210 +215,6 @@ def _baseline(name: str) -> Callable[..., Agent]:
     return build
 
 
-# --- saving and loading without pickles ---------------------------------------------------
-#: Attribute that carries our JSON state (noise, episode-info buffers) into the zip's data.
-AGENT_STATE_KEY = "autoshrink_state"
-AGENT_STATE_VERSION = 1
-#: Names of the weight files SB3 writes: policy.pth, actor.optimizer.pth, ...
-_PTH_NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*(\.[a-z][a-z0-9]*(_[a-z0-9]+)*)*\.pth")
-
-
-def save_agent(agent: Agent, path: Path) -> None:
-    """``agent.save(path)``, with the noise and episode-info state as plain JSON in the zip.
-
-    SB3 still cloudpickles into the zip what JSON cannot hold (spaces, classes, schedules,
-    the noise object), for other SB3 tools; the ``load`` of every spec here never unpickles
-    it, and restores the noise and episode infos from the JSON state instead.
-    """
-    if not isinstance(agent, BaseAlgorithm):
-        agent.save(path)
-        return
-    agent.__dict__[AGENT_STATE_KEY] = _agent_state(agent)
-    try:
-        agent.save(path)
-    finally:
-        agent.__dict__.pop(AGENT_STATE_KEY, None)
-
-
-def _agent_state(agent: BaseAlgorithm) -> dict[str, Any]:
-    noise = getattr(agent, "action_noise", None)
-    state = {
-        "version": AGENT_STATE_VERSION,
-        "noise": noise.state_dict() if isinstance(noise, TruncatedNormalActionNoise) else None,
-        "ep_info_buffer": list(agent.ep_info_buffer or ()),
-        "ep_success_buffer": list(agent.ep_success_buffer or ()),
-    }
-    out: dict[str, Any] = {}
-    for key, value in state.items():
-        try:
-            out[key] = to_jsonable(value)
-        except TypeError:  # episode infos with odd values only feed SB3's rollout logs
-            out[key] = None
-    return out
-
-
-def _is_serialized(value: Any) -> bool:
-    return isinstance(value, dict) and ":serialized:" in value
-
-
-def _read_agent_zip(path: Path) -> tuple[bytes, dict[str, Any]]:
-    """The zip's bytes and its ``data`` JSON, parsed with ``json`` only.
-
-    SB3 hands every ``.pth`` member to ``set_parameters``, which looks its name up as an
-    attribute path on the model; only plain dotted names are let through.
-    """
-    try:
-        raw = Path(path).read_bytes()
-        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
-            names = zf.namelist()
-            data = json.loads(zf.read("data"))
-    except (OSError, KeyError, RuntimeError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path} is not a saved agent: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is not a saved agent: its data is not an object")
-    odd = [n for n in names if n.endswith(".pth") and not _PTH_NAME.fullmatch(n)]
-    if odd:
-        raise CheckpointError(f"{path} holds unexpected weight files {odd}")
-    return raw, data
-
-
-def _check_space(path: Path, data: dict[str, Any], key: str, space: gym.Space[Any]) -> None:
-    entry = data.get(key)
-    shape = entry.get("_shape") if isinstance(entry, dict) else None
-    if isinstance(shape, list) and tuple(shape) != tuple(space.shape or ()):
-        raise CheckpointError(
-            f"the agent in {path} has the {key} shape {tuple(shape)}, the env "
-            f"{tuple(space.shape or ())}"
-        )
-
-
-def _rebuilt_policy_kwargs(path: Path, entry: dict[str, Any], ours: dict[str, Any]) -> Any:
-    """policy_kwargs from the plain first-level items SB3 wrote next to the pickle.
-
-    Items that were not JSON (classes such as ``activation_fn``) are stored as ``str(value)``;
-    they are taken from ``ours`` (the AgentConfig's policy_kwargs) when ``str`` agrees.
-    """
-    out: dict[str, Any] = {}
-    for key, value in entry.items():
-        if key.startswith(":"):
-            continue
-        mine = ours.get(key)
-        if key in ours and str(mine) == value and not _is_json(mine):
-            out[key] = mine
-        elif isinstance(value, str) and value.startswith("<") and value.endswith(">"):
-            raise CheckpointError(
-                f"the agent in {path} has policy_kwargs[{key!r}] = {value}, which autoshrink "
-                "does not unpickle; pass the same object in the AgentConfig's policy_kwargs"
-            )
-        else:
-            out[key] = value
-    return out
-
-
-def _is_json(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _episode_infos(values: Any, maxlen: Any) -> deque[dict[str, Any]] | None:
-    if not isinstance(values, list):
-        return None
-    size = (
-        maxlen if isinstance(maxlen, int) and not isinstance(maxlen, bool) and maxlen > 0 else 100
-    )
-    infos = (v for v in values if isinstance(v, dict) and all(isinstance(k, str) for k in v))
-    return deque(infos, maxlen=size)
-
-
-def _custom_objects(
-    path: Path,
-    data: dict[str, Any],
-    cls: type[BaseAlgorithm],
-    policy_class: type[BasePolicy],
-    kwargs: dict[str, Any],
-    env: gym.Env,
-) -> dict[str, Any]:
-    """A replacement, built here, for every entry of ``data`` that SB3 would unpickle.
-
-    The spaces, policy class, schedules, buffers' classes, noise and episode buffers are
-    always rebuilt (pickled or not); any other pickled entry is rebuilt from the constructor
-    kwargs of our builder, or the constructor's default. A pickled entry that is neither is
-    refused (CheckpointError) rather than handed to SB3, which would unpickle it.
-    """
-    _check_space(path, data, "observation_space", env.observation_space)
-    _check_space(path, data, "action_space", env.action_space)
-    state = data.get(AGENT_STATE_KEY)
-    state = state if isinstance(state, dict) and not _is_serialized(state) else {}
-    window = data.get("_stats_window_size")
-    own: dict[str, Any] = {
-        "policy_class": policy_class,
-        "observation_space": env.observation_space,
-        "action_space": env.action_space,
-        "action_noise": None,  # DDPG/TD3: ours is rebuilt and bound after loading
-        "lr_schedule": FloatSchedule(kwargs["learning_rate"]),
-        "replay_buffer_class": kwargs.get("replay_buffer_class"),
-        "rollout_buffer_class": kwargs.get("rollout_buffer_class"),
-        "_last_obs": None,  # the env is reset before training, as SB3 does with force_reset
-        "_last_original_obs": None,
-        "_last_episode_starts": None,
-        "ep_info_buffer": _episode_infos(state.get("ep_info_buffer"), window),
-        "ep_success_buffer": _episode_infos(state.get("ep_success_buffer"), window),
-        AGENT_STATE_KEY: None,
-    }
-    custom = {key: value for key, value in own.items() if key in data}
-    defaults = inspect.signature(cls.__init__).parameters
-    for key, value in data.items():
-        if key in custom or not _is_serialized(value):
-            continue
-        if key == "policy_kwargs":
-            custom[key] = _rebuilt_policy_kwargs(path, value, kwargs.get(key) or {})
-        elif key in kwargs:
-            custom[key] = kwargs[key]
-        elif key in defaults and defaults[key].default is not inspect.Parameter.empty:
-            custom[key] = defaults[key].default
-        else:
-            raise CheckpointError(
-                f"{path} holds a pickled entry {key!r} that autoshrink does not rebuild; "
-                "it refuses to unpickle it"
-            )
-    return custom
-
-
-def _load_sb3(
-    cls: type[BaseAlgorithm],
-    policy_class: type[BasePolicy],
-    agent_kwargs: Callable[[AgentConfig, int], dict[str, Any]],
-) -> Callable[..., Agent]:
-    def load(path: Path, env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
-        raw, data = _read_agent_zip(path)
-        custom = _custom_objects(path, data, cls, policy_class, agent_kwargs(config, n_units), env)
-        # SB3 replaces every entry named in custom_objects instead of unpickling it, and reads
-        # the weights with torch.load(weights_only=True). The bytes read above are loaded, so
-        # the file cannot change between the check and the load.
-        model = cls.load(io.BytesIO(raw), env=env, device=config.device, custom_objects=custom)
-        model.__dict__.pop(AGENT_STATE_KEY, None)
-        if isinstance(model, TD3):  # DDPG is a TD3: rebuild the noise and restore its state
-            noise = make_noise(config, env)
-            state = data.get(AGENT_STATE_KEY)
-            saved = state.get("noise") if isinstance(state, dict) else None
-            if isinstance(saved, dict):
-                _restore_noise(path, noise, saved)
-            bind_noise(model, noise)
-        return model
-
-    return load
-
-
-def _restore_noise(path: Path, noise: TruncatedNormalActionNoise, state: dict[str, Any]) -> None:
-    try:
-        noise.load_state_dict(state)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"the noise state in {path} is malformed: {exc}") from exc
-
-
 def _load_baseline(path: Path, env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
     from autoshrink.agent import baselines
 
@@ -455,7 +239,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         AlgorithmSpec(
             "ddpg",
             _build_td3_like(DDPG),
-            _load_sb3(DDPG, SplitLRTD3Policy, _off_policy_agent_kwargs),
+            sb3_loader(DDPG, SplitLRTD3Policy, _off_policy_agent_kwargs, make_noise),
             True,
             True,
             "DDPG with AMC's settings (default)",
@@ -463,7 +247,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         AlgorithmSpec(
             "td3",
             _build_td3_like(TD3),
-            _load_sb3(TD3, SplitLRTD3Policy, _off_policy_agent_kwargs),
+            sb3_loader(TD3, SplitLRTD3Policy, _off_policy_agent_kwargs, make_noise),
             True,
             True,
             "TD3, AMC's settings",
@@ -471,7 +255,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         AlgorithmSpec(
             "sac",
             _build_sac,
-            _load_sb3(SAC, SplitLRSACPolicy, _off_policy_agent_kwargs),
+            sb3_loader(SAC, SplitLRSACPolicy, _off_policy_agent_kwargs, make_noise),
             True,
             True,
             "SAC, AMC's nets and rates",
@@ -479,7 +263,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         AlgorithmSpec(
             "ppo",
             _build_ppo,
-            _load_sb3(PPO, ActorCriticPolicy, _ppo_kwargs),
+            sb3_loader(PPO, ActorCriticPolicy, _ppo_kwargs, make_noise),
             True,
             False,
             "PPO on the Box actions",

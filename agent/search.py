@@ -29,7 +29,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.utils import set_random_seed
 
-from autoshrink.agent.algorithms import ALGORITHMS, Agent, build_agent, save_agent
+from autoshrink.agent.agent_file import save_agent
+from autoshrink.agent.algorithms import ALGORITHMS, Agent, build_agent
 from autoshrink.agent.callbacks import (
     AgentThreadsCallback,
     CheckpointCallback,

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoshrink.agent.algorithms import AGENT_STATE_KEY, ALGORITHMS, build_agent, save_agent
+from autoshrink.agent.agent_file import AGENT_STATE_KEY, save_agent
+from autoshrink.agent.algorithms import ALGORITHMS, build_agent
 from autoshrink.agent.run_folder import RunFolder, load_replay_buffer, save_replay_buffer
 from autoshrink.agent.search import run_search
 from autoshrink.compression.errors import CheckpointError
