@@ -48,7 +48,7 @@ from autoshrink.agent.batch_results import (
     write_summary,
 )
 from autoshrink.agent.batch_spec import BatchSpec, Job
-from autoshrink.agent.run_folder import write_atomic
+from autoshrink.compression.atomic import write_atomic
 from autoshrink.compression.errors import AutoshrinkError
 
 logger = logging.getLogger(__name__)

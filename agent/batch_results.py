@@ -27,7 +27,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from autoshrink.agent.run_folder import to_jsonable, write_atomic
+from autoshrink.agent.run_folder import to_jsonable
+from autoshrink.compression.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,9 @@
 Every file that a kill could leave half-written is written to a temporary name first and
 renamed; a checkpoint becomes current only when ``latest.json`` names it.
 
-Nothing here is a pickle: the replay buffer (off-policy agents) is its numpy arrays in
-``replay_buffer.npz``, read with ``allow_pickle=False``, and its position in
-``replay_buffer.json``; ``agent.zip`` is loaded without unpickling (see
-:mod:`autoshrink.agent.algorithms`).
+Nothing here is a pickle: the replay buffer (off-policy agents) is stored as arrays
+(:mod:`autoshrink.agent.replay_file`), and ``agent.zip`` is loaded without unpickling
+(:mod:`autoshrink.agent.agent_file`).
 """
 
 from __future__ import annotations
@@ -27,36 +26,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from autoshrink.compression.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 
 STATE_TYPE = "autoshrink.SearchState"
 STATE_VERSION = 1
-REPLAY_TYPE = "autoshrink.ReplayBuffer"
-REPLAY_VERSION = 1
-REPLAY_ARRAYS = "replay_buffer.npz"
-REPLAY_META = "replay_buffer.json"
-
-
-def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp)`` and rename ``tmp`` onto ``path``, so ``path`` is never partial."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -77,114 +59,6 @@ def _json(obj: Any) -> Any:
 def to_jsonable(value: Any) -> Any:
     """``value`` with numpy/torch scalars and arrays turned into plain Python."""
     return json.loads(json.dumps(value, default=_json))
-
-
-# --- the replay buffer as arrays, no pickle -----------------------------------------------
-def _buffer_arrays(buffer: Any) -> dict[str, np.ndarray]:
-    """The buffer's own numpy arrays by name (``observations.<key>`` for dict observations)."""
-    out: dict[str, np.ndarray] = {}
-    for name, value in vars(buffer).items():
-        if isinstance(value, np.ndarray):
-            out[name] = value
-        elif (
-            isinstance(value, dict)
-            and value
-            and all(isinstance(v, np.ndarray) for v in value.values())
-        ):
-            out.update({f"{name}.{key}": array for key, array in value.items()})
-    return out
-
-
-def save_replay_buffer(buffer: Any, folder: Path) -> None:
-    """Write an SB3 replay buffer into ``folder`` as ``replay_buffer.npz`` + ``.json``.
-
-    The arrays go to the ``.npz`` (numeric dtypes only); the position, the full flag and
-    what the arrays must match go to the JSON.
-    """
-    arrays = _buffer_arrays(buffer)
-    write_atomic(folder / REPLAY_ARRAYS, lambda p: _savez(p, arrays))
-    meta = {
-        "class": type(buffer).__name__,
-        "pos": int(buffer.pos),
-        "full": bool(buffer.full),
-        "buffer_size": int(buffer.buffer_size),
-        "n_envs": int(buffer.n_envs),
-        "arrays": sorted(arrays),
-    }
-    write_json(folder / REPLAY_META, {"type": REPLAY_TYPE, "version": REPLAY_VERSION, "data": meta})
-
-
-def _savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """``np.savez`` refusing object arrays (their .npy would hold a pickle)."""
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, array in arrays.items():
-            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
-
-
-def load_replay_buffer(buffer: Any, folder: Path) -> None:
-    """Fill ``buffer`` (built by SB3 for the same config) in place from ``folder``.
-
-    The arrays are read with ``np.load(allow_pickle=False)`` and must have the names,
-    shapes and dtypes of the buffer's own; ``pos`` and ``full`` come from the JSON.
-
-    Raises:
-        CheckpointError: If the files are missing, malformed or do not fit ``buffer``.
-    """
-    from autoshrink.compression.errors import CheckpointError
-
-    arrays_path, meta_path = folder / REPLAY_ARRAYS, folder / REPLAY_META
-    if not arrays_path.exists() or not meta_path.exists():
-        hint = ""
-        if (folder / "replay_buffer.pkl").exists():
-            hint = (
-                ": it holds a pickled replay_buffer.pkl (an older autoshrink), which is never "
-                "loaded; start the search again in a new folder"
-            )
-        raise CheckpointError(f"the checkpoint {folder} has no replay buffer{hint}")
-    try:
-        obj = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{meta_path} is malformed: {exc}") from exc
-    if not isinstance(obj, dict) or (obj.get("type"), obj.get("version")) != (
-        REPLAY_TYPE,
-        REPLAY_VERSION,
-    ):
-        raise CheckpointError(f"{meta_path} is not a replay buffer of version {REPLAY_VERSION}")
-    meta = obj.get("data")
-    targets = _buffer_arrays(buffer)
-    want = {
-        "class": type(buffer).__name__,
-        "buffer_size": int(buffer.buffer_size),
-        "n_envs": int(buffer.n_envs),
-        "arrays": sorted(targets),
-    }
-    if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in want.items()):
-        raise CheckpointError(f"the replay buffer in {folder} does not fit the agent's: {want}")
-    pos, full = meta.get("pos"), meta.get("full")
-    if not _is_index(pos, int(buffer.buffer_size)) or not isinstance(full, bool):
-        raise CheckpointError(f"{meta_path} has a bad position {pos!r} or full flag {full!r}")
-    try:
-        with np.load(arrays_path, allow_pickle=False) as npz:
-            if sorted(npz.files) != sorted(targets):
-                raise CheckpointError(f"{arrays_path} holds the arrays {sorted(npz.files)}")
-            loaded = {name: npz[name] for name in targets}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{arrays_path} is malformed: {exc}") from exc
-    for name, value in loaded.items():
-        target = targets[name]
-        if value.shape != target.shape or value.dtype != target.dtype:
-            raise CheckpointError(
-                f"{arrays_path}: {name} is {value.dtype}{list(value.shape)}, the agent's "
-                f"buffer {target.dtype}{list(target.shape)}"
-            )
-    for name, value in loaded.items():
-        targets[name][...] = value
-    buffer.pos, buffer.full = pos, full
-
-
-def _is_index(value: Any, size: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size
 
 
 @dataclass

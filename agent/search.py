@@ -11,7 +11,7 @@ the remaining episodes. At most the episode in flight is lost.
 
 Nothing a resume reads is a pickle: the agent comes back through the spec's ``load``
 (:mod:`autoshrink.agent.algorithms`), the replay buffer from ``replay_buffer.npz``
-(:func:`~autoshrink.agent.run_folder.load_replay_buffer`).
+(:func:`~autoshrink.agent.replay_file.load_replay_buffer`).
 """
 
 from __future__ import annotations
@@ -40,13 +40,12 @@ from autoshrink.agent.callbacks import (
     TensorBoardCallback,
 )
 from autoshrink.agent.config import AgentConfig
+from autoshrink.agent.replay_file import load_replay_buffer, save_replay_buffer
 from autoshrink.agent.run_folder import (
     EpisodeBook,
     EpisodeRecord,
     RunFolder,
     SearchState,
-    load_replay_buffer,
-    save_replay_buffer,
     write_json,
 )
 from autoshrink.compression.errors import AutoshrinkError

@@ -27,6 +27,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from autoshrink.compression.atomic import write_atomic
 from autoshrink.compression.data import DataSplits, load_dataset
 from autoshrink.compression.errors import CheckpointError, DataError
 from autoshrink.compression.evaluate import TrainResult, train_model
@@ -123,15 +124,6 @@ def read_result(path: Path) -> TrainResult | None:
         return None
 
 
-def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def baseline(
     spec: ModelSpec,
     dataset: str,
@@ -215,7 +207,7 @@ def _baseline_locked(
     )
     meta = {"spec": spec.to_dict(), "dataset": dataset, "seed": seed, "lr": lr}
     meta |= {"batch_size": batch_size, "result": asdict(result)}
-    _write_atomic(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=2)))
-    _write_atomic(path, lambda p: torch.save(model.state_dict(), p))
+    write_atomic(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=2)))
+    write_atomic(path, lambda p: torch.save(model.state_dict(), p))
     logger.info("saved baseline %s (val %.4f)", path, result.val_accuracy)
     return model.eval(), path

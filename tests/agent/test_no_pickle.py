@@ -24,7 +24,8 @@ import torch
 
 from autoshrink.agent.agent_file import AGENT_STATE_KEY, save_agent
 from autoshrink.agent.algorithms import ALGORITHMS, build_agent
-from autoshrink.agent.run_folder import RunFolder, load_replay_buffer, save_replay_buffer
+from autoshrink.agent.replay_file import load_replay_buffer, save_replay_buffer
+from autoshrink.agent.run_folder import RunFolder
 from autoshrink.agent.search import run_search
 from autoshrink.compression.errors import CheckpointError
 from tests.agent.test_search_toy import Interrupt, lines, tiny

@@ -92,7 +92,7 @@ def test_resume_restores_learning_state(tmp_path):
         run_search(ToyCompressionEnv(), tiny("ddpg", episodes=8), out, callbacks=[Interrupt(5)])
     ckpt_dir, state = RunFolder(out).latest_checkpoint()
     assert state.episodes == 4  # the 5th was in flight (not yet fully stored) at the kill
-    from autoshrink.agent.run_folder import load_replay_buffer
+    from autoshrink.agent.replay_file import load_replay_buffer
 
     env = ToyCompressionEnv()
     model = ALGORITHMS["ddpg"].load(ckpt_dir / "agent.zip", env, tiny("ddpg"), env.n_units)
