@@ -18,17 +18,11 @@ torch.Size([1, 1, 8, 8])
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import hashlib
 import logging
-import os
-import shutil
-import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +36,13 @@ from torch.utils.data import (
     TensorDataset,
 )
 
+from autoshrink.compression.data_sources import (
+    Arrays,
+    read_cifar,
+    read_digits,
+    read_fake,
+    read_mnist_like,
+)
 from autoshrink.compression.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -62,8 +63,6 @@ TEST_FRACTION = 0.2
 TEST_SPLIT_SEED = 0
 #: Side length every ``imagefolder:PATH`` image is resized to.
 IMAGEFOLDER_SIZE = 64
-#: Folders where system packages install datasets (Debian's ``dataset-fashion-mnist``).
-SYSTEM_DIRS: dict[str, Path] = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 #: Per-channel (mean, std) of each dataset's training images in [0, 1].
 STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "digits": ((0.3053,), (0.3760,)),
@@ -73,13 +72,6 @@ STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's
 }
-_IDX_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-_DOWNLOAD_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -157,16 +149,6 @@ class DataSplits:
         return torch.zeros(batch, self.in_channels, self.image_size, self.image_size)
 
 
-class _Arrays(NamedTuple):
-    """A dataset with a native train/test split, as images in [0, 1] (N, C, H, W)."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor | None  # None: carve the test split off train
-    test_y: torch.Tensor | None
-    num_classes: int
-
-
 def load_dataset(
     name: str = "digits",
     data_dir: str | Path | None = None,
@@ -207,13 +189,13 @@ def load_dataset(
     if key.startswith("imagefolder:"):
         splits = _imagefolder(name, name.split(":", 1)[1], seed, val_fraction, train_subset)
         return replace(splits, variant=variant)
-    readers: dict[str, Callable[[Path | None], _Arrays]] = {
-        "digits": _digits,
-        "fake": _fake,
-        "fashion-mnist": lambda d: _mnist_like("fashion-mnist", d),
-        "mnist": lambda d: _mnist_like("mnist", d),
-        "cifar10": lambda d: _cifar("cifar10", d),
-        "cifar100": lambda d: _cifar("cifar100", d),
+    readers: dict[str, Callable[[Path | None], Arrays]] = {
+        "digits": read_digits,
+        "fake": read_fake,
+        "fashion-mnist": lambda d: read_mnist_like("fashion-mnist", d),
+        "mnist": lambda d: read_mnist_like("mnist", d),
+        "cifar10": lambda d: read_cifar("cifar10", d),
+        "cifar100": lambda d: read_cifar("cifar100", d),
     }
     if key not in readers:
         raise DataError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
@@ -256,7 +238,7 @@ def _train_val(
 
 
 def _tensor_splits(
-    name: str, arrays: _Arrays, seed: int, val_fraction: float, train_subset: int | None
+    name: str, arrays: Arrays, seed: int, val_fraction: float, train_subset: int | None
 ) -> DataSplits:
     x, y = arrays.train_x, arrays.train_y
     if arrays.test_x is None or arrays.test_y is None:
@@ -284,136 +266,6 @@ def _normalizer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda x: x.float().contiguous()
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in STATS[name])
     return lambda x: ((x.float() - mean) / std).contiguous()
-
-
-def _digits(_: Path | None) -> _Arrays:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.from_numpy(digits.images / 16.0).float().unsqueeze(1)
-    y = torch.from_numpy(digits.target).long()
-    return _Arrays(x, y, None, None, 10)
-
-
-def _fake(_: Path | None, n_train: int = 384, n_test: int = 96) -> _Arrays:
-    # A class-dependent pattern under noise: learnable, so smoke tests can see progress.
-    gen = torch.Generator().manual_seed(1234)
-    prototypes = torch.randn(10, 3, 32, 32, generator=gen)
-    y = torch.randint(0, 10, (n_train + n_test,), generator=gen)
-    x = 0.5 * prototypes[y] + torch.randn(len(y), 3, 32, 32, generator=gen)
-    return _Arrays(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10)
-
-
-def _default_root() -> Path:
-    from autoshrink.compression.baselines import cache_dir  # baselines imports this module
-
-    return cache_dir() / "datasets"
-
-
-@contextlib.contextmanager
-def _network_timeout(seconds: float = _DOWNLOAD_TIMEOUT_S) -> Iterator[None]:
-    # torchvision opens URLs without a timeout: a silent firewall would hang us forever.
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds if old is None else old)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
-def _download(name: str, looked: Sequence[Path], fetch: Callable[[], _Arrays]) -> _Arrays:
-    where = ", ".join(str(p) for p in looked)
-    logger.info("%s not found in %s; downloading", name, where)
-    try:
-        with _network_timeout():
-            return fetch()
-    except Exception as exc:  # any network or integrity failure ends the same way
-        reason = " ".join(str(exc).split())[:200]
-        raise DataError(
-            f"{name} not found in {where} and download failed ({type(exc).__name__}: "
-            f"{reason}); put the files in --data-dir or retry with a network"
-        ) from exc
-
-
-def _has_idx_files(folder: Path) -> bool:
-    return all((folder / f).is_file() or (folder / f"{f}.gz").is_file() for f in _IDX_FILES)
-
-
-def _stage_idx_files(src: Path, raw: Path) -> None:
-    """Put (decompressed) IDX files where torchvision's MNIST readers expect them."""
-    raw.mkdir(parents=True, exist_ok=True)
-    for f in _IDX_FILES:
-        source = src / f if (src / f).is_file() else src / f"{f}.gz"
-        dst = raw / f
-        if dst.is_file() and dst.stat().st_mtime >= source.stat().st_mtime:
-            continue
-        tmp = raw / f".{f}.{os.getpid()}.tmp"
-        if source.suffix == ".gz":
-            with gzip.open(source, "rb") as fin, tmp.open("wb") as fout:
-                shutil.copyfileobj(fin, fout)
-        else:
-            shutil.copyfile(source, tmp)
-        os.replace(tmp, dst)  # atomic: a concurrent reader never sees half a file
-
-
-def _mnist_like(name: str, data_dir: Path | None) -> _Arrays:
-    from torchvision import datasets
-
-    cls = datasets.FashionMNIST if name == "fashion-mnist" else datasets.MNIST
-
-    def read(root: Path, download: bool = False) -> _Arrays:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
-        return _Arrays(
-            train.data.unsqueeze(1).float() / 255.0,
-            train.targets.long(),
-            test.data.unsqueeze(1).float() / 255.0,
-            test.targets.long(),
-            len(cls.classes),
-        )
-
-    download_root = data_dir or _default_root()
-    looked = [p for p in (data_dir, SYSTEM_DIRS.get(name)) if p is not None]
-    for folder in dict.fromkeys([*looked, download_root]):
-        # torchvision's own layout (ROOT/FashionMNIST/raw/...), e.g. an earlier download.
-        if (folder / cls.__name__ / "raw").is_dir():
-            with contextlib.suppress(RuntimeError):
-                return read(folder)
-        if folder in looked and _has_idx_files(folder):  # bare IDX files, as Debian has them
-            logger.info("reading %s from %s", name, folder)
-            # Decompressed copies go to the cache, one folder per source folder.
-            source_key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
-            staged = _default_root() / "staged" / f"{name}-{source_key}"
-            _stage_idx_files(folder, staged / cls.__name__ / "raw")
-            return read(staged)
-    return _download(name, looked or [download_root], lambda: read(download_root, True))
-
-
-def _hwc_to_chw(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-
-
-def _cifar(name: str, data_dir: Path | None) -> _Arrays:
-    from torchvision import datasets
-
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    root = data_dir or _default_root()
-
-    def read(download: bool = False) -> _Arrays:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
-        return _Arrays(
-            _hwc_to_chw(train.data),
-            torch.tensor(train.targets),
-            _hwc_to_chw(test.data),
-            torch.tensor(test.targets),
-            len(train.classes),
-        )
-
-    try:
-        return read()
-    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
-        return _download(name, [root], lambda: read(download=True))
 
 
 def _imagefolder(

@@ -12,11 +12,11 @@ from torch.utils.data import TensorDataset
 
 from autoshrink.compression.data import (
     DATASETS,
-    SYSTEM_DIRS,
     TEST_FRACTION,
     DataSplits,
     load_dataset,
 )
+from autoshrink.compression.data_sources import SYSTEM_DIRS
 from autoshrink.compression.errors import DataError
 
 
