@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from autoshrink.agent.config import AgentConfig
@@ -100,6 +101,34 @@ def with_val_subset(splits: DataSplits, size: int, seed: int) -> DataSplits:
     return dataclasses.replace(
         splits, val=TensorDataset(x[pick.sort().values], y[pick.sort().values])
     )
+
+
+def add_setup_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, data and baseline flags that :func:`data_and_baseline` reads."""
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--train-subset", type=int, default=10000, help="0 = whole train split")
+    p.add_argument("--val-size", type=int, default=2048)
+    p.add_argument("--baseline-epochs", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+
+
+def data_and_baseline(args: argparse.Namespace) -> tuple[DataSplits, DataSplits, nn.Module]:
+    """The whole splits, the same with the val subset the env scores on, and the baseline.
+
+    Uses ``args.dataset``, ``args.train_subset`` (0 = all), ``args.val_size``, ``args.model``
+    and ``args.baseline_epochs``; the baseline is trained once and cached.
+    """
+    full = load_dataset(args.dataset, seed=0, train_subset=args.train_subset or None)
+    splits = with_val_subset(full, args.val_size, seed=0)
+    spec = ModelSpec(args.model, splits.num_classes, splits.in_channels)
+    folder = baselines.cache_dir() / "bench-fidelity" / f"train{args.train_subset}"
+    with cache_folder(folder):
+        model, path = baselines.baseline(
+            spec, args.dataset, epochs=args.baseline_epochs, seed=0, splits=splits
+        )
+    log(f"baseline {path}")
+    return full, splits, model
 
 
 def parse_budget(text: str) -> tuple[str, dict[str, str]]:
@@ -194,29 +223,15 @@ def main() -> None:
         help="least distance between finalists (mean keep difference per unit); a finished "
         "run with another spacing is finished again from its search",
     )
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--train-subset", type=int, default=10000, help="0 = whole train split")
-    p.add_argument("--val-size", type=int, default=2048)
-    p.add_argument("--baseline-epochs", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
+    add_setup_arguments(p)
     p.add_argument("--out", default="runs/bench-agents")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     agents = args.agents.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    subset = args.train_subset or None
 
-    full = load_dataset(args.dataset, seed=0, train_subset=subset)
-    splits = with_val_subset(full, args.val_size, seed=0)
-    spec = ModelSpec(args.model, splits.num_classes, splits.in_channels)
-    folder = baselines.cache_dir() / "bench-fidelity" / f"train{args.train_subset}"
-    with cache_folder(folder):
-        model, path = baselines.baseline(
-            spec, args.dataset, epochs=args.baseline_epochs, seed=0, splits=splits
-        )
-    log(f"baseline {path}")
+    full, splits, model = data_and_baseline(args)
 
     rows: list[dict[str, Any]] = []
     for budget in args.budgets.split(","):

@@ -38,13 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_agents import cache_folder, log, parse_budget, with_val_subset
+from bench_agents import add_setup_arguments, data_and_baseline, log, parse_budget
 
 from autoshrink.agent.final import FinalConfig, compress_and_finetune
-from autoshrink.compression import baselines
-from autoshrink.compression.data import load_dataset
 from autoshrink.compression.evaluate import accuracy
-from autoshrink.compression.models import ModelSpec
 from autoshrink.compression.policy import Policy
 from autoshrink.env.compression_env import CompressionEnv
 from autoshrink.env.config import EnvConfig
@@ -65,14 +62,7 @@ def finished(path: Path) -> list[dict[str, Any]]:
 def fine_tune_all(args: argparse.Namespace, runs: list[Path], out: Path) -> None:
     """Fine-tune every (run, seed) of this shard that ``results.jsonl`` does not hold yet."""
     torch.set_num_threads(args.threads)
-    full = load_dataset(args.dataset, seed=0, train_subset=args.train_subset or None)
-    splits = with_val_subset(full, args.val_size, seed=0)
-    spec = ModelSpec(args.model, splits.num_classes, splits.in_channels)
-    folder = baselines.cache_dir() / "bench-fidelity" / f"train{args.train_subset}"
-    with cache_folder(folder):
-        model, _ = baselines.baseline(
-            spec, args.dataset, epochs=args.baseline_epochs, seed=0, splits=splits
-        )
+    full, splits, model = data_and_baseline(args)
     mode, given = parse_budget(args.budget)
     env = CompressionEnv(
         EnvConfig(model=args.model, dataset=args.dataset, mode=mode, **given),
@@ -243,12 +233,7 @@ def main() -> None:
     p.add_argument("--budget", default="prune:flops=0.1", help="the runs' budget, mode:metric=v")
     p.add_argument("--final-epochs", type=int, default=2)
     p.add_argument("--final-lr", type=float, default=0.02)
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--train-subset", type=int, default=10000, help="0 = whole train split")
-    p.add_argument("--val-size", type=int, default=2048)
-    p.add_argument("--baseline-epochs", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
+    add_setup_arguments(p)
     p.add_argument("--shard", default="0/1", help="i/n: this process takes every n-th pair")
     p.add_argument("--out", default="runs/policy-spread")
     p.add_argument("--report", action="store_true", help="only print the tables")
