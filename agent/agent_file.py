@@ -45,7 +45,7 @@ def save_agent(agent: Agent, path: Path) -> None:
     """``agent.save(path)``, with the noise and episode-info state as plain JSON in the zip.
 
     SB3 still cloudpickles into the zip what JSON cannot hold (spaces, classes, schedules,
-    the noise object), for other SB3 tools; the ``load`` of every spec here never unpickles
+    the noise object), for other SB3 tools; the loaders of :func:`sb3_loader` never unpickle
     it, and restores the noise and episode infos from the JSON state instead.
     """
     if not isinstance(agent, BaseAlgorithm):
