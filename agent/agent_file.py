@@ -46,7 +46,7 @@ def save_agent(agent: Agent, path: Path) -> None:
 
     SB3 still cloudpickles into the zip what JSON cannot hold (spaces, classes, schedules,
     the noise object), for other SB3 tools; the loaders of :func:`sb3_loader` never unpickle
-    it, and restores the noise and episode infos from the JSON state instead.
+    it, and restore the noise and episode infos from the JSON state instead.
     """
     if not isinstance(agent, BaseAlgorithm):
         agent.save(path)
