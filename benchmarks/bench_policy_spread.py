@@ -11,7 +11,8 @@ gives each policy the same final fine-tune again with fresh seeds, and splits th
   that the within-policy noise explains (one-way random-effects ANOVA). If that is near 0,
   the agent's searches ship policies that the final fine-tune cannot tell apart;
 * **between agents:** the difference of the agents' mean accuracy over all their policies
-  and fresh seeds, with its standard error over policies.
+  and fresh seeds, with its standard error: over policies, or over the fresh seeds for an
+  agent with one policy (give a deterministic baseline one run and more seeds).
 
 Usage::
 
@@ -127,6 +128,7 @@ def report(runs: list[Path], out: Path) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     means: dict[str, list[float]] = {}
+    errors: dict[str, float] = {}
     for agent in agents:
         keys = [run_key(r) for r in runs if r.parent.name == agent and run_key(r) in by_run]
         sizes = {len(by_run[k]) for k in keys}
@@ -137,6 +139,13 @@ def report(runs: list[Path], out: Path) -> None:
         vals = [[r["val"] for r in by_run[k]] for k in keys]
         within, between = variance_split(tests)
         means[agent] = [statistics.mean(t) for t in tests]
+        # the error of the agent's mean: over its policies, or over the fresh seeds of its
+        # one policy (a deterministic baseline)
+        errors[agent] = (
+            statistics.variance(means[agent]) / len(keys)
+            if len(keys) > 1
+            else within / len(tests[0])
+        )
         shipped_test = statistics.mean(shipped[k]["accuracy"] for k in keys)
         shipped_val = [shipped[k].get("val_accuracy") for k in keys]
         val_text = (
@@ -151,19 +160,13 @@ def report(runs: list[Path], out: Path) -> None:
             f"{100 * within**0.5:.2f} | {100 * between**0.5:.2f} |"
         )
     print()
-    print("| agents | difference of means, fresh seeds | standard error (over policies) |")
+    print("| agents | difference of means, fresh seeds | standard error |")
     print("|---|---|---|")
     names = list(means)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             diff = statistics.mean(means[a]) - statistics.mean(means[b])
-            se = (
-                sum(
-                    statistics.variance(m) / len(m) if len(m) > 1 else 0.0
-                    for m in (means[a], means[b])
-                )
-                ** 0.5
-            )
+            se = (errors[a] + errors[b]) ** 0.5
             print(f"| `{a}` − `{b}` | {100 * diff:+.2f} | {100 * se:.2f} |")
     print()
     searched = [a for a in means if sum(r.parent.name == a for r in runs) > 1]
