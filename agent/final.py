@@ -26,7 +26,8 @@ from torch import nn
 from autoshrink.agent.finalists import Candidate, top_candidates
 from autoshrink.agent.run_folder import RunFolder, write_json
 from autoshrink.compression.errors import AutoshrinkError
-from autoshrink.compression.policy import FLOAT_BITS, Policy, kept_channels, layer_bits
+from autoshrink.compression.metrics import FLOAT_BITS
+from autoshrink.compression.policy import Policy, kept_channels, layer_bits
 
 logger = logging.getLogger(__name__)
 

@@ -212,7 +212,7 @@ def policy_mode(policy: Policy, graph: UnitGraph) -> tuple[str, int | None]:
         PolicyError: If the per-layer overrides are not one bit-width on exactly the first
             and last layers (the only overrides the env can pin).
     """
-    from autoshrink.compression.policy import FLOAT_BITS
+    from autoshrink.compression.metrics import FLOAT_BITS
     from autoshrink.compression.quantize import first_and_last_layers
 
     pruned = any(u.keep < 1.0 for u in policy.units.values())
@@ -237,7 +237,8 @@ def check_budgets(policy: Policy, graph: UnitGraph, budgets: Mapping[str, Budget
         PolicyError: Naming every budget exceeded, its value and its limit.
     """
     from autoshrink.compression.cost import cost_from_channels
-    from autoshrink.compression.policy import FLOAT_BITS, kept_channels, layer_bits
+    from autoshrink.compression.metrics import FLOAT_BITS
+    from autoshrink.compression.policy import kept_channels, layer_bits
 
     full = cost_from_channels(
         graph,

@@ -64,6 +64,7 @@ from autoshrink.agent.config import AgentConfig
 from autoshrink.agent.final import FinalConfig, finish_search
 from autoshrink.agent.search import run_search
 from autoshrink.compression import baselines
+from autoshrink.compression.cache import cache_dir
 from autoshrink.compression.data import DataSplits, load_dataset
 from autoshrink.compression.models import ModelSpec
 from autoshrink.env.compression_env import CompressionEnv
@@ -122,7 +123,7 @@ def data_and_baseline(args: argparse.Namespace) -> tuple[DataSplits, DataSplits,
     full = load_dataset(args.dataset, seed=0, train_subset=args.train_subset or None)
     splits = with_val_subset(full, args.val_size, seed=0)
     spec = ModelSpec(args.model, splits.num_classes, splits.in_channels)
-    folder = baselines.cache_dir() / "bench-fidelity" / f"train{args.train_subset}"
+    folder = cache_dir() / "bench-fidelity" / f"train{args.train_subset}"
     with cache_folder(folder):
         model, path = baselines.baseline(
             spec, args.dataset, epochs=args.baseline_epochs, seed=0, splits=splits

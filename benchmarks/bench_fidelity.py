@@ -63,10 +63,12 @@ from torch.utils.data import TensorDataset
 
 from autoshrink.compression import baselines
 from autoshrink.compression.apply import apply_policy
+from autoshrink.compression.cache import cache_dir
 from autoshrink.compression.data import DataSplits, load_dataset
 from autoshrink.compression.evaluate import accuracy, finetune
+from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.models import ModelSpec
-from autoshrink.compression.policy import FLOAT_BITS, Policy, kept_channels, layer_bits
+from autoshrink.compression.policy import Policy, kept_channels, layer_bits
 from autoshrink.compression.prune import prune_channels
 from autoshrink.compression.quantize import bake_, fake_quantize_
 from autoshrink.env.compression_env import CompressionEnv
@@ -240,7 +242,7 @@ def main() -> None:
     splits = load_dataset("fashion-mnist", seed=args.seed, train_subset=args.train_subset)
     splits = with_val_subset(splits, args.val_size, args.seed)
     spec = ModelSpec("resnet20", splits.num_classes, splits.in_channels)
-    folder = baselines.cache_dir() / "bench-fidelity" / f"train{args.train_subset}"
+    folder = cache_dir() / "bench-fidelity" / f"train{args.train_subset}"
     t0 = time.process_time()
     with cache_folder(folder):
         model, path = baselines.baseline(

@@ -57,6 +57,7 @@ from autoshrink.agent.final import FinalConfig, finish_search
 from autoshrink.agent.search import SearchResult, run_search
 from autoshrink.agent.transfer import replay, transfer
 from autoshrink.compression import baselines
+from autoshrink.compression.cache import cache_dir
 from autoshrink.compression.data import load_dataset
 from autoshrink.compression.models import ModelSpec
 from autoshrink.compression.policy import Policy
@@ -158,7 +159,7 @@ def main() -> None:
     envs = {}
     for name in (args.source, args.target):
         spec = ModelSpec(name, splits.num_classes, splits.in_channels)
-        with cache_folder(baselines.cache_dir() / "bench-fidelity" / f"train{args.train_subset}"):
+        with cache_folder(cache_dir() / "bench-fidelity" / f"train{args.train_subset}"):
             model, path = baselines.baseline(
                 spec, args.dataset, epochs=args.baseline_epochs, seed=0, splits=splits
             )

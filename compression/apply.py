@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.policy import (
-    FLOAT_BITS,
     Policy,
     kept_channels,
     layer_bits,

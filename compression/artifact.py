@@ -40,9 +40,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autoshrink.compression.errors import CheckpointError
+from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.models import ModelSpec, build_model
 from autoshrink.compression.packing import pack, unpack
-from autoshrink.compression.policy import FLOAT_BITS, Policy, kept_channels, layer_bits
+from autoshrink.compression.policy import Policy, kept_channels, layer_bits
 from autoshrink.compression.quantize import (
     activation_quant_state,
     bake_,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from filelock import FileLock
 from torch import nn
 
 from autoshrink.compression.atomic import write_atomic
+from autoshrink.compression.cache import cache_dir
 from autoshrink.compression.data import DataSplits, load_dataset
 from autoshrink.compression.errors import CheckpointError, DataError
 from autoshrink.compression.evaluate import TrainResult, train_model
@@ -52,19 +52,6 @@ _DEFAULT_EPOCHS = {
     "fake": 3,
 }
 _IMAGEFOLDER_EPOCHS = 10
-
-
-def cache_dir() -> Path:
-    """The folder for cached baselines and prepared datasets.
-
-    ``$AUTOSHRINK_CACHE`` if set, else ``$XDG_CACHE_HOME/autoshrink``, else
-    ``~/.cache/autoshrink``. It is not created here.
-    """
-    if env := os.environ.get("AUTOSHRINK_CACHE"):
-        return Path(env).expanduser()
-    if xdg := os.environ.get("XDG_CACHE_HOME"):
-        return Path(xdg).expanduser() / "autoshrink"
-    return Path.home() / ".cache" / "autoshrink"
 
 
 def default_epochs(dataset: str) -> int:

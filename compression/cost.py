@@ -24,9 +24,9 @@ import numpy as np
 import torch  # noqa: F401  (used by the doctest above)
 
 from autoshrink.compression.errors import PolicyError
+from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.units import UnitGraph
 
-FLOAT_BITS = 32
 #: Bytes of the per-output-channel scale a quantized weight carries (one fp32 each).
 SCALE_BYTES = 4
 

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from autoshrink.compression.cost import FLOAT_BITS, tensor_bytes
+from autoshrink.compression.cost import tensor_bytes
 from autoshrink.compression.errors import PolicyError
+from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.units import LAYER_TYPES
 
 

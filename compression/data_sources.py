@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from autoshrink.compression.atomic import write_atomic
+from autoshrink.compression.cache import cache_dir
 from autoshrink.compression.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -73,8 +74,6 @@ def read_fake(_: Path | None, n_train: int = 384, n_test: int = 96) -> Arrays:
 
 
 def _default_root() -> Path:
-    from autoshrink.compression.baselines import cache_dir  # baselines imports data, then us
-
     return cache_dir() / "datasets"
 
 

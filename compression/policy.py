@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from autoshrink.compression.errors import AutoshrinkError, PolicyError
+from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.versioned import JsonFile, unwrap, wrap
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 POLICY_TYPE = "autoshrink.Policy"
 POLICY_VERSION = 1
-FLOAT_BITS = 32
 BIT_CHOICES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, FLOAT_BITS)
 
 

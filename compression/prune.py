@@ -31,7 +31,7 @@ from torch_pruning.pruner import function as tpf
 from autoshrink.compression.cost import removed_channels
 from autoshrink.compression.errors import PolicyError, UnsupportedModelError
 from autoshrink.compression.importance import channel_scores, check_importance
-from autoshrink.compression.units import CONV_TYPES, UnitGraph
+from autoshrink.compression.units import UnitGraph
 
 _Cut = Callable[[nn.Module, list[int]], nn.Module]
 _ATOMS = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device)
@@ -44,22 +44,32 @@ _REPLACED = {
 }
 
 
+#: (module type, dimension) -> Torch-Pruning's pruning function; the most derived type wins.
+#: ``out`` cuts output channels, ``in`` input channels, ``c`` a norm's (or PReLU's) channels.
+CUTTERS: dict[tuple[type[nn.Module], str], _Cut] = {
+    (nn.Conv1d, "out"): tpf.prune_conv_out_channels,
+    (nn.Conv2d, "out"): tpf.prune_conv_out_channels,
+    (nn.Conv3d, "out"): tpf.prune_conv_out_channels,
+    (nn.Conv1d, "in"): tpf.prune_conv_in_channels,
+    (nn.Conv2d, "in"): tpf.prune_conv_in_channels,
+    (nn.Conv3d, "in"): tpf.prune_conv_in_channels,
+    (nn.Linear, "out"): tpf.prune_linear_out_channels,
+    (nn.Linear, "in"): tpf.prune_linear_in_channels,
+    (nn.modules.batchnorm._BatchNorm, "c"): tpf.prune_batchnorm_out_channels,
+    (nn.GroupNorm, "c"): tpf.prune_groupnorm_out_channels,
+    (nn.modules.instancenorm._InstanceNorm, "c"): tpf.prune_instancenorm_out_channels,
+    (nn.PReLU, "c"): tpf.prune_prelu_out_channels,
+}
+
+
 def _cutter(module: nn.Module, dim: str) -> _Cut:
-    """Torch-Pruning's pruning function for one dimension of one module."""
-    if dim == "dw":
+    """Torch-Pruning's pruning function for one dimension of one module (:data:`CUTTERS`)."""
+    if dim == "dw":  # a depthwise conv loses its output and its groups together
         return tpf.prune_depthwise_conv_out_channels
-    if isinstance(module, CONV_TYPES):
-        return tpf.prune_conv_out_channels if dim == "out" else tpf.prune_conv_in_channels
-    if isinstance(module, nn.Linear):
-        return tpf.prune_linear_out_channels if dim == "out" else tpf.prune_linear_in_channels
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return tpf.prune_batchnorm_out_channels
-    if isinstance(module, nn.GroupNorm):
-        return tpf.prune_groupnorm_out_channels
-    if isinstance(module, nn.modules.instancenorm._InstanceNorm):
-        return tpf.prune_instancenorm_out_channels
-    if isinstance(module, nn.PReLU):
-        return tpf.prune_prelu_out_channels
+    for cls in type(module).__mro__:
+        cut = CUTTERS.get((cls, dim))
+        if cut is not None:
+            return cut
     raise UnsupportedModelError(f"no pruning function for {type(module).__name__}")
 
 

@@ -34,7 +34,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autoshrink.compression.errors import PolicyError
-from autoshrink.compression.policy import FLOAT_BITS, check_bits
+from autoshrink.compression.metrics import FLOAT_BITS
+from autoshrink.compression.policy import check_bits
 
 if TYPE_CHECKING:
     from autoshrink.compression.units import UnitGraph

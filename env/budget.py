@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING
 
 from autoshrink.compression.cost import cost_from_channels
 from autoshrink.compression.errors import BudgetInfeasibleError
+from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.env.config import format_amount
 
 if TYPE_CHECKING:
     from autoshrink.compression.units import UnitGraph
 
-FLOAT_BITS = 32
 #: Bisection steps of :meth:`BudgetClamp.fill` and :meth:`BudgetClamp.fair_keep`.
 _FILL_STEPS = 24
 #: Budget metric -> what it is called in results (``info`` keys).

@@ -13,8 +13,9 @@ from torch import nn
 from autoshrink.compression.cost import cost_from_channels
 from autoshrink.compression.data import DataSplits, load_dataset
 from autoshrink.compression.errors import UnsupportedModelError
+from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.models import ModelSpec, build_model, load_weights
-from autoshrink.compression.policy import FLOAT_BITS, Policy, UnitPolicy
+from autoshrink.compression.policy import Policy, UnitPolicy
 from autoshrink.compression.quantize import first_and_last_layers
 from autoshrink.compression.units import build_units
 from autoshrink.env.budget import RESULT_KEYS, BudgetClamp, keep_for

@@ -23,7 +23,8 @@ from torch import nn
 
 from autoshrink.compression.apply import apply_policy
 from autoshrink.compression.evaluate import accuracy, finetune, recalibrate_bn
-from autoshrink.compression.policy import FLOAT_BITS, Policy, kept_channels, layer_bits
+from autoshrink.compression.metrics import FLOAT_BITS
+from autoshrink.compression.policy import Policy, kept_channels, layer_bits
 from autoshrink.compression.prune import prune_channels
 from autoshrink.compression.quantize import bake_, fake_quantize_
 

@@ -171,7 +171,7 @@ def latency_table(
         levels: Keep-ratios measured per unit.
     """
     if cache is None:
-        from autoshrink.compression.baselines import cache_dir
+        from autoshrink.compression.cache import cache_dir
 
         cache = cache_dir() / "latency"
     key = table_key(model, example_input, levels)

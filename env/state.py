@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from autoshrink.compression.metrics import FLOAT_BITS
+
 if TYPE_CHECKING:
     from autoshrink.compression.units import UnitGraph
 
@@ -36,7 +38,6 @@ FEATURES: tuple[str, ...] = (
     "prev_bits",
 )
 N_STATIC = 10
-FLOAT_BITS = 32
 
 
 def _scalar(value: object) -> float:

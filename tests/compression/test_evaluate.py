@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from autoshrink.compression import baselines
-from autoshrink.compression.baselines import baseline, cache_dir, default_epochs, read_result
+from autoshrink.compression.baselines import baseline, default_epochs, read_result
+from autoshrink.compression.cache import cache_dir
 from autoshrink.compression.data import DataSplits, load_dataset
 from autoshrink.compression.errors import DataError
 from autoshrink.compression.evaluate import (
