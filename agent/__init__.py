@@ -1,8 +1,13 @@
-"""autoshrink.agent: who picks the actions (SB3 algorithms and non-learning baselines).
+"""autoshrink.agent: the learners, the search run and batch jobs.
 
->>> from autoshrink.agent import AgentConfig, run_search, finish_search  # doctest: +SKIP
->>> result = run_search(env, AgentConfig(episodes=60), "runs/r1")  # doctest: +SKIP
->>> report = finish_search(env, result)  # fine-tune, artifact, result.json  # doctest: +SKIP
+The learners live here: ``config`` (AgentConfig), ``algorithms`` (SB3 agents by alias),
+``policies`` (the split actor learning rate), ``scripted`` (random, uniform and global
+searches), ``noise``, ``replay``, ``agent_file`` and ``replay_file`` (saved without pickle)
+and ``env_view`` (what they read of the env). One search run is
+:mod:`autoshrink.agent.search`; many are :mod:`autoshrink.agent.batch`.
+
+>>> from autoshrink.agent import SearchConfig, search  # doctest: +SKIP
+>>> report = search(SearchConfig.create(flops=0.5, size=0.1), "runs/r1")  # doctest: +SKIP
 
 Names are imported on first use, so ``import autoshrink.agent`` stays light.
 """
@@ -15,17 +20,21 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from autoshrink.agent.algorithms import ALGORITHMS, build_agent
     from autoshrink.agent.config import AgentConfig
-    from autoshrink.agent.final import FinalConfig, finish_search
-    from autoshrink.agent.search import SearchResult, run_search
+    from autoshrink.agent.search.config import FinalConfig, SearchConfig
+    from autoshrink.agent.search.finish import finish_search
+    from autoshrink.agent.search.loop import SearchResult, run_search
+    from autoshrink.agent.search.run import search
 
 _LAZY = {
     "ALGORITHMS": "autoshrink.agent.algorithms",
     "build_agent": "autoshrink.agent.algorithms",
     "AgentConfig": "autoshrink.agent.config",
-    "FinalConfig": "autoshrink.agent.final",
-    "finish_search": "autoshrink.agent.final",
-    "SearchResult": "autoshrink.agent.search",
-    "run_search": "autoshrink.agent.search",
+    "FinalConfig": "autoshrink.agent.search.config",
+    "SearchConfig": "autoshrink.agent.search.config",
+    "search": "autoshrink.agent.search.run",
+    "finish_search": "autoshrink.agent.search.finish",
+    "SearchResult": "autoshrink.agent.search.loop",
+    "run_search": "autoshrink.agent.search.loop",
 }
 
 
@@ -39,8 +48,10 @@ __all__ = [
     "ALGORITHMS",
     "AgentConfig",
     "FinalConfig",
+    "SearchConfig",
     "SearchResult",
     "build_agent",
     "finish_search",
     "run_search",
+    "search",
 ]

@@ -27,8 +27,8 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.utils import FloatSchedule
 
 from autoshrink.agent.noise import TruncatedNormalActionNoise, bind_noise
-from autoshrink.agent.run_folder import to_jsonable
 from autoshrink.compression.errors import CheckpointError
+from autoshrink.compression.json_write import to_jsonable
 
 if TYPE_CHECKING:
     from autoshrink.agent.algorithms import Agent

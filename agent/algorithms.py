@@ -1,4 +1,4 @@
-"""Agents by alias: SB3 algorithms with AMC-like defaults, and non-learning baselines.
+"""Agents by alias: SB3 algorithms with AMC-like defaults, and scripted searches.
 
 Every alias builds an object with SB3's ``learn``/``save`` interface, so one search loop and
 one set of callbacks serve them all. Learning agents are plain SB3 algorithms configured
@@ -30,29 +30,25 @@ Saving and loading an ``agent.zip`` without unpickling is in :mod:`autoshrink.ag
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import gymnasium as gym
-import torch as th
 from stable_baselines3 import DDPG, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.type_aliases import Schedule
-from stable_baselines3.sac.policies import SACPolicy
-from stable_baselines3.td3.policies import TD3Policy
 
 from autoshrink.agent.agent_file import sb3_loader
 from autoshrink.agent.noise import TruncatedNormalActionNoise, bind_noise
+from autoshrink.agent.policies import SplitLRSACPolicy, SplitLRTD3Policy
 from autoshrink.agent.replay import EpisodeRewardReplayBuffer
 
 if TYPE_CHECKING:
-    from autoshrink.agent.baselines import ScriptedSearch
     from autoshrink.agent.config import AgentConfig
+    from autoshrink.agent.scripted import ScriptedSearch
 
 DEFAULT_NET_ARCH: list[int] = [300, 300]
 PPO_EPISODES_PER_ROLLOUT = 4
@@ -60,65 +56,6 @@ PPO_EPISODES_PER_ROLLOUT = 4
 
 #: An SB3 algorithm, or a baseline with the same learn/save interface.
 Agent: TypeAlias = "BaseAlgorithm | ScriptedSearch"
-
-
-# --- separate actor learning rate through a policy subclass -------------------------------
-@functools.cache
-def _lr_scaled(cls: type[th.optim.Optimizer]) -> type[th.optim.Optimizer]:
-    """A subclass of ``cls`` whose step multiplies each group's lr by its ``lr_scale``."""
-
-    def step(self: th.optim.Optimizer, closure: Callable[[], float] | None = None) -> Any:
-        scales = [group.get("lr_scale", 1.0) for group in self.param_groups]
-        for group, scale in zip(self.param_groups, scales, strict=True):
-            group["lr"] = group["lr"] * scale
-        try:
-            return cls.step(self, closure)
-        finally:
-            for group, scale in zip(self.param_groups, scales, strict=True):
-                group["lr"] = group["lr"] / scale
-
-    return type(f"LRScaled{cls.__name__}", (cls,), {"step": step})
-
-
-def _scale_actor_optimizer(policy: Any, lr_schedule: Schedule, scale: float) -> None:
-    if scale == 1.0:
-        return
-    optimizer_class: Any = _lr_scaled(policy.optimizer_class)
-    policy.actor.optimizer = optimizer_class(
-        policy.actor.parameters(), lr=lr_schedule(1), **policy.optimizer_kwargs
-    )
-    for group in policy.actor.optimizer.param_groups:
-        group["lr_scale"] = scale
-
-
-class SplitLRTD3Policy(TD3Policy):
-    """TD3Policy (DDPG and TD3) whose actor learns at ``actor_lr_scale`` × the critic's rate."""
-
-    def __init__(self, *args: Any, actor_lr_scale: float = 1.0, **kwargs: Any) -> None:
-        self.actor_lr_scale = float(actor_lr_scale)
-        super().__init__(*args, **kwargs)
-
-    def _build(self, lr_schedule: Schedule) -> None:
-        super()._build(lr_schedule)
-        _scale_actor_optimizer(self, lr_schedule, self.actor_lr_scale)
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), "actor_lr_scale": self.actor_lr_scale}
-
-
-class SplitLRSACPolicy(SACPolicy):
-    """SACPolicy whose actor learns at ``actor_lr_scale`` × the critic's rate."""
-
-    def __init__(self, *args: Any, actor_lr_scale: float = 1.0, **kwargs: Any) -> None:
-        self.actor_lr_scale = float(actor_lr_scale)
-        super().__init__(*args, **kwargs)
-
-    def _build(self, lr_schedule: Schedule) -> None:
-        super()._build(lr_schedule)
-        _scale_actor_optimizer(self, lr_schedule, self.actor_lr_scale)
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), "actor_lr_scale": self.actor_lr_scale}
 
 
 # --- builders ------------------------------------------------------------------------------
@@ -134,7 +71,7 @@ def _off_policy_kwargs(config: AgentConfig, n_units: int) -> dict[str, Any]:
     return {
         "learning_rate": config.critic_lr,
         "buffer_size": config.buffer_size or 100 * n_units,
-        "learning_starts": config.warmup_episodes * n_units,
+        "learning_starts": config.warmup * n_units,
         "batch_size": config.batch_size,
         "tau": config.tau,
         "gamma": config.gamma,
@@ -157,7 +94,7 @@ def make_noise(config: AgentConfig, env: gym.Env) -> TruncatedNormalActionNoise:
         n_actions=int(space.shape[0]),
         sigma=config.noise_sigma,
         decay=config.noise_decay,
-        warmup_episodes=config.warmup_episodes,
+        warmup_episodes=config.warmup,
         action_width=width,
         seed=config.seed + 7919,
     )
@@ -206,19 +143,19 @@ def _build_ppo(env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
     return PPO("MlpPolicy", env, **_ppo_kwargs(config, n_units))
 
 
-def _baseline(name: str) -> Callable[..., Agent]:
+def _scripted(name: str) -> Callable[..., Agent]:
     def build(env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
-        from autoshrink.agent import baselines
+        from autoshrink.agent import scripted
 
-        return baselines.BASELINES[name](env, config, n_units)
+        return scripted.SCRIPTED[name](env, config, n_units)
 
     return build
 
 
-def _load_baseline(path: Path, env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
-    from autoshrink.agent import baselines
+def _load_scripted(path: Path, env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
+    from autoshrink.agent import scripted
 
-    return baselines.load_baseline(path, env, config, n_units)
+    return scripted.load_scripted(path, env, config, n_units)
 
 
 @dataclass(frozen=True)
@@ -268,12 +205,12 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             False,
             "PPO on the Box actions",
         ),
-        AlgorithmSpec("random", _baseline("random"), _load_baseline, False, False, "random search"),
+        AlgorithmSpec("random", _scripted("random"), _load_scripted, False, False, "random search"),
         AlgorithmSpec(
-            "uniform", _baseline("uniform"), _load_baseline, False, False, "uniform, bisected"
+            "uniform", _scripted("uniform"), _load_scripted, False, False, "uniform, bisected"
         ),
         AlgorithmSpec(
-            "global", _baseline("global"), _load_baseline, False, False, "global ranking"
+            "global", _scripted("global"), _load_scripted, False, False, "global ranking"
         ),
     )
 }

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from autoshrink.agent.run_folder import write_json
 from autoshrink.compression.atomic import write_atomic
+from autoshrink.compression.json_write import write_document
 
 REPLAY_TYPE = "autoshrink.ReplayBuffer"
 REPLAY_VERSION = 1
@@ -54,7 +54,7 @@ def save_replay_buffer(buffer: Any, folder: Path) -> None:
         "n_envs": int(buffer.n_envs),
         "arrays": sorted(arrays),
     }
-    write_json(folder / REPLAY_META, {"type": REPLAY_TYPE, "version": REPLAY_VERSION, "data": meta})
+    write_document(folder / REPLAY_META, REPLAY_TYPE, REPLAY_VERSION, meta)
 
 
 def _savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

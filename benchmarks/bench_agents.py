@@ -3,7 +3,7 @@ r"""Agent against baselines: final test accuracy at equal evaluations and equal 
 For each budget, each agent and each seed, the script runs one search with
 :func:`autoshrink.agent.search.run_search` (the same number of episodes, i.e. evaluations,
 for every agent), then finishes its best policy with
-:func:`autoshrink.agent.final.finish_search` (the same final fine-tune for every agent) and
+:func:`autoshrink.agent.search.finish.finish_search` (the same final fine-tune for every agent) and
 reads the final *test* accuracy. It prints a markdown table of mean ± std over seeds, and
 writes every run's numbers as JSON.
 
@@ -31,7 +31,7 @@ Setup:
 * With ``--finalists k``, the ``k`` best distinct policies of each search (by search reward,
   at least ``--finalist-spacing`` apart) are each given the final fine-tune and scored on
   the *whole* val split, and the best on val is reported
-  (:mod:`autoshrink.agent.finalists`); test is touched only by it.
+  (:mod:`autoshrink.agent.search.finalists`); test is touched only by it.
 * The final fine-tune of a run is seeded with the run's seed. ``uniform`` and ``global`` are
   deterministic searches, so their spread over seeds is that of the fine-tune alone.
 * One env per budget, shared by every agent and seed: its evaluator is a pure function of
@@ -61,8 +61,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from autoshrink.agent.config import AgentConfig
-from autoshrink.agent.final import FinalConfig, finish_search
-from autoshrink.agent.search import run_search
+from autoshrink.agent.search.config import FinalConfig
+from autoshrink.agent.search.finish import finish_search
+from autoshrink.agent.search.loop import run_search
 from autoshrink.compression import baselines
 from autoshrink.compression.cache import cache_dir
 from autoshrink.compression.data import DataSplits, load_dataset

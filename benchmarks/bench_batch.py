@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from autoshrink.agent.batch import BatchOptions, run_batch
-from autoshrink.agent.batch_spec import parse_spec
+from autoshrink.agent.batch.runner import BatchOptions, run_batch
+from autoshrink.agent.batch.spec import parse_spec
 from autoshrink.compression.baselines import baseline
 from autoshrink.compression.models import ModelSpec
 

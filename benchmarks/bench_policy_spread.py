@@ -24,7 +24,7 @@ Each (run, seed) result is appended to ``<out>/results.jsonl`` as it finishes, a
 pairs are skipped, so the script can be stopped, restarted and split over processes with
 ``--shard i/n``. ``--report`` only reads the file and prints the tables. The env and the
 data are built as in ``bench_agents.py`` (same defaults, same cached baseline), and the
-fine-tune is :func:`autoshrink.agent.final.compress_and_finetune` with the bench's
+fine-tune is :func:`autoshrink.agent.search.finish.compress_and_finetune` with the bench's
 ``FinalConfig``, so a fresh seed equal to the run's own seed reproduces its test accuracy.
 """
 
@@ -41,7 +41,8 @@ from typing import Any
 import torch
 from bench_agents import add_setup_arguments, data_and_baseline, log, parse_budget
 
-from autoshrink.agent.final import FinalConfig, compress_and_finetune
+from autoshrink.agent.search.config import FinalConfig
+from autoshrink.agent.search.finish import compress_and_finetune
 from autoshrink.compression.evaluate import accuracy
 from autoshrink.compression.policy import Policy
 from autoshrink.env.compression_env import CompressionEnv

@@ -2,7 +2,7 @@ r"""Transfer: an agent searched on ResNet-20, played zero-shot on ResNet-32, aga
 
 For each seed the script searches the *source* model with DDPG, then compares on the
 *target* model, at the same budget and with the same final fine-tune
-(:func:`autoshrink.agent.final.finish_search`, seeded with the run's seed, for every row):
+(:func:`autoshrink.agent.search.finish.finish_search`, seeded with the run's seed, for every row):
 
 - ``transfer``: the source agent played once, deterministically, on the target's env
   (:func:`autoshrink.agent.transfer.transfer`; 1 evaluation);
@@ -53,9 +53,10 @@ import torch
 from bench_agents import cache_folder, log, mean_std, parse_budget, with_val_subset
 
 from autoshrink.agent.config import AgentConfig
-from autoshrink.agent.final import FinalConfig, finish_search
-from autoshrink.agent.search import SearchResult, run_search
-from autoshrink.agent.transfer import replay, transfer
+from autoshrink.agent.search.config import FinalConfig
+from autoshrink.agent.search.finish import finish_search
+from autoshrink.agent.search.loop import SearchResult, run_search
+from autoshrink.agent.search.transfer import replay, transfer
 from autoshrink.compression import baselines
 from autoshrink.compression.cache import cache_dir
 from autoshrink.compression.data import load_dataset

@@ -37,13 +37,6 @@ if TYPE_CHECKING:
 
 #: Bisection steps of :meth:`BudgetClamp.fill` and :meth:`BudgetClamp.fair_keep`.
 _FILL_STEPS = 24
-#: Budget metric -> what it is called in results (``info`` keys).
-RESULT_KEYS: dict[str, str] = {
-    "flops": "macs",
-    "params": "params",
-    "size": "bytes",
-    "latency": "latency",
-}
 
 LatencyEstimate = Callable[[Mapping[str, int]], float]
 

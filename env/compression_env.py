@@ -13,12 +13,12 @@ from torch import nn
 from autoshrink.compression.cost import cost_from_channels
 from autoshrink.compression.data import DataSplits, load_dataset
 from autoshrink.compression.errors import UnsupportedModelError
-from autoshrink.compression.metrics import FLOAT_BITS
+from autoshrink.compression.metrics import FLOAT_BITS, ratio_key, result_key
 from autoshrink.compression.models import ModelSpec, build_model, load_weights
 from autoshrink.compression.policy import Policy, UnitPolicy
 from autoshrink.compression.quantize import first_and_last_layers
 from autoshrink.compression.units import build_units
-from autoshrink.env.budget import RESULT_KEYS, BudgetClamp, keep_for
+from autoshrink.env.budget import BudgetClamp, keep_for
 from autoshrink.env.config import EnvConfig
 from autoshrink.env.evaluator import Evaluator, PolicyEvaluator
 from autoshrink.env.latency import LatencyTable, latency_table
@@ -338,7 +338,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
             "model": cfg.model,
             "dataset": cfg.dataset,
             "mode": cfg.mode,
-            "budgets": {RESULT_KEYS[m]: limit for m, limit in self.limits.items()},
+            "budgets": {result_key(m): limit for m, limit in self.limits.items()},
         }
         return Policy(units=units, layers=dict(self.pinned), round_to=cfg.round_to, meta=meta)
 
@@ -352,9 +352,9 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         reward = float(REWARD_FUNCTIONS[str(cfg.reward)](outcome))
         info["accuracy"] = result.accuracy
         for metric, value in values.items():
-            key = RESULT_KEYS[metric]
-            info[key] = value if metric == "latency" else int(value)
-            info[f"{key}_ratio"] = value / self.baseline[metric] if self.baseline[metric] else 1.0
+            info[result_key(metric)] = value if metric == "latency" else int(value)
+            base = self.baseline[metric]
+            info[ratio_key(metric)] = value / base if base else 1.0
         info.update(
             reward=reward,
             budgets_met=not any(overruns.values()),

@@ -25,12 +25,12 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar, Literal
 
 from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.metrics import BUDGET_NAMES
 from autoshrink.compression.versioned import JsonFile, unwrap, wrap
 
 CONFIG_TYPE = "autoshrink.EnvConfig"
 #: 2: ``keep_action`` (version-1 configs acted with what is now ``keep_action="absolute"``).
 CONFIG_VERSION = 2
-METRICS: tuple[str, ...] = ("flops", "params", "size", "latency")
 MODES: tuple[str, ...] = ("prune", "quant", "joint")
 REWARDS: tuple[str, ...] = ("accuracy", "acc_flops", "penalty")
 #: How a keep action maps to a keep-ratio (``EnvConfig.keep_action``).
@@ -74,8 +74,8 @@ class Budget:
     relative: bool = True
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise AutoshrinkError(f"unknown budget {self.metric!r}: use one of {METRICS}")
+        if self.metric not in BUDGET_NAMES:
+            raise AutoshrinkError(f"unknown budget {self.metric!r}: use one of {BUDGET_NAMES}")
         value = float(self.value)
         if not math.isfinite(value) or value <= 0:
             raise AutoshrinkError(f"{self.metric} budget must be positive, got {self.value!r}")
@@ -130,8 +130,8 @@ def parse_budget(metric: str, text: str | float | Budget) -> Budget:
         if text.metric != metric:
             raise AutoshrinkError(f"a {text.metric} budget was given for {metric}")
         return text
-    if metric not in METRICS:
-        raise AutoshrinkError(f"unknown budget {metric!r}: use one of {METRICS}")
+    if metric not in BUDGET_NAMES:
+        raise AutoshrinkError(f"unknown budget {metric!r}: use one of {BUDGET_NAMES}")
     if isinstance(text, bool):
         raise AutoshrinkError(f"{metric} budget must be a number, got {text!r}")
     if isinstance(text, int | float):
@@ -243,7 +243,7 @@ class EnvConfig(JsonFile):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for metric in METRICS:
+        for metric in BUDGET_NAMES:
             raw: BudgetLike = getattr(self, metric)
             if raw is not None:
                 object.__setattr__(self, metric, parse_budget(metric, raw))
@@ -259,7 +259,7 @@ class EnvConfig(JsonFile):
         Defaults: prune ``flops<=0.5``; quant ``size<=0.15``; joint ``flops<=0.5`` and
         ``size<=0.1``. Give a ratio of 1 to search without a constraint.
         """
-        given = {m: b for m in METRICS if (b := getattr(self, m)) is not None}
+        given = {m: b for m in BUDGET_NAMES if (b := getattr(self, m)) is not None}
         if given:
             return given
         defaults = {"prune": {"flops": 0.5}, "quant": {"size": 0.15}}.get(
@@ -291,7 +291,7 @@ class EnvConfig(JsonFile):
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise AutoshrinkError(f"unknown environment setting(s): {sorted(unknown)}")
-        for metric in METRICS:
+        for metric in BUDGET_NAMES:
             if isinstance(data.get(metric), dict):
                 data[metric] = Budget(**data[metric])
         if "bit_choices" in data:

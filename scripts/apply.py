@@ -16,7 +16,7 @@ artifact, as search writes):
 Everything that can be checked without training is checked before any work, and before
 anything is written: the policy file (JSON, type, version, values), the unit names and
 channel counts, the checkpoint, the agent file and its mode, and the budgets. The policy's
-checks and plan live in :mod:`autoshrink.agent.policy_plan`, which batch apply jobs share.
+checks and plan live in :mod:`autoshrink.agent.search.policy_plan`, which batch apply jobs share.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from autoshrink.compression.errors import AutoshrinkError, PolicyError
+from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.metrics import BUDGET_NAMES
 from autoshrink.scripts.console import console, err_console, make_progress
 from autoshrink.scripts.options import add_budget_flags
-
-DEFAULT_FINETUNE_EPOCHS = 3
 
 
 def add_parser(subparsers: Any) -> None:
@@ -57,11 +56,14 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--dataset", default=None, help="dataset (the policy's or agent's)")
     p.add_argument("--data-dir", default=None, help="where the dataset files are")
     add_budget_flags(p)
+    from autoshrink.agent.search.config import FinalConfig
+
+    epochs = FinalConfig.epochs
     p.add_argument(
         "--finetune-epochs",
         type=int,
-        default=DEFAULT_FINETUNE_EPOCHS,
-        help=f"fine-tune epochs of the final model ({DEFAULT_FINETUNE_EPOCHS})",
+        default=epochs,
+        help=f"fine-tune epochs of the final model ({epochs})",
     )
     p.add_argument("--distill", action="store_true", help="distil the final fine-tune")
     p.add_argument("--seed", type=int, default=0, help="seed of data and fine-tune (0)")
@@ -73,16 +75,13 @@ def add_parser(subparsers: Any) -> None:
 def _given_budgets(args: argparse.Namespace) -> dict[str, Any]:
     from autoshrink.env.config import parse_budget
 
-    names = ("flops", "params", "size", "latency")
-    return {m: parse_budget(m, getattr(args, m)) for m in names if getattr(args, m) is not None}
+    return {
+        m: parse_budget(m, getattr(args, m)) for m in BUDGET_NAMES if getattr(args, m) is not None
+    }
 
 
 def _prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Every check that needs no training; returns what the run needs. Writes nothing."""
-    from autoshrink.compression.data import load_dataset
-    from autoshrink.compression.models import ModelSpec, build_model, load_weights
-    from autoshrink.env.config import EnvConfig
-
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AutoshrinkError(f"{out} is not empty: choose a new folder for --out")
     if args.map and args.policy is None:
@@ -90,61 +89,61 @@ def _prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.finetune_epochs < 0:
         raise AutoshrinkError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     budgets = _given_budgets(args)
-    if args.policy is not None:
-        from autoshrink.agent.policy_plan import plan_policy
+    if args.policy is None:
+        return _prepare_agent(args, budgets)
+    from autoshrink.agent.search.policy_plan import plan_policy
 
-        applied = plan_policy(
-            args.policy,
-            args.model,
-            checkpoint=args.checkpoint,
-            dataset=args.dataset,
-            data_dir=args.data_dir,
-            seed=args.seed,
-            budgets=budgets,
-            map_name=args.map,
-        )
-        return {
-            "policy_plan": applied,
-            "config": applied.config,
-            "data": applied.data,
-            "model": applied.model,
-            "source": applied.source,
-        }
-    from autoshrink.agent.transfer import agent_algorithm, agent_spaces
-
-    plan: dict[str, Any] = {"algorithm": agent_algorithm(args.agent)}
-    saved = Path(args.agent).parent / "config.json"
-    base = EnvConfig()
-    if saved.is_file():
-        base = EnvConfig.from_dict(json.loads(saved.read_text())["env"])
-    cfg = base.replace(checkpoint=None)
-    if budgets:
-        cfg = cfg.replace(**{**dict.fromkeys(("flops", "params", "size", "latency")), **budgets})
-    _, act = agent_spaces(args.agent)
-    if act != ((2,) if cfg.mode == "joint" else (1,)):
-        raise PolicyError(f"{args.agent} acts on {act} actions, not {cfg.mode} mode's")
-    plan["source"] = {"agent": str(args.agent), "algorithm": plan["algorithm"]}
-    plan["source"]["transferred_from"] = base.model
-    cfg = cfg.replace(
-        model=args.model,
-        dataset=args.dataset or cfg.dataset,
-        data_dir=args.data_dir,
+    applied = plan_policy(
+        args.policy,
+        args.model,
         checkpoint=args.checkpoint,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
         seed=args.seed,
+        budgets=budgets,
+        map_name=args.map,
     )
+    return {
+        "policy_plan": applied,
+        "config": applied.config,
+        "data": applied.data,
+        "model": applied.model,
+        "source": applied.source,
+    }
+
+
+def _prepare_agent(args: argparse.Namespace, budgets: dict[str, Any]) -> dict[str, Any]:
+    """The checks of ``--agent``: the agent, its mode, the target's data and checkpoint."""
+    from autoshrink.agent.search.transfer_plan import plan_transfer
+    from autoshrink.compression.data import load_dataset
+    from autoshrink.compression.models import ModelSpec, build_model, load_weights
+
+    given = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "checkpoint": args.checkpoint,
+        "seed": args.seed,
+        **budgets,
+    }
+    transfer = plan_transfer(args.agent, given)
+    cfg = transfer.config
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
-    model = build_model(ModelSpec(cfg.model, data.num_classes, data.in_channels))
+    plan: dict[str, Any] = {"transfer": transfer, "config": cfg, "data": data}
     if args.checkpoint is not None:
+        model = build_model(ModelSpec(cfg.model, data.num_classes, data.in_channels))
         plan["model"] = load_weights(model, args.checkpoint)
-    plan.update(config=cfg, data=data)
+    plan["source"] = transfer.source
     return plan
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate, build the env, get the policy, fine-tune, write the run folder."""
-    from autoshrink.agent.final import FinalConfig, finish_search
-    from autoshrink.agent.run_folder import RunFolder, write_json
-    from autoshrink.agent.transfer import transfer
+    from autoshrink.agent.search.config import FinalConfig
+    from autoshrink.agent.search.finish import finish_search
+    from autoshrink.agent.search.report import write_result
+    from autoshrink.agent.search.run_folder import RunFolder
+    from autoshrink.agent.search.transfer import transfer
     from autoshrink.env.compression_env import CompressionEnv
     from autoshrink.scripts.search import comparison_table
 
@@ -155,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
     with err_console.status(f"preparing {cfg.model} on {cfg.dataset} (trains once)"):
         env = CompressionEnv(cfg, model=plan.get("model"), data=plan["data"])
     if args.agent is not None:
-        result = transfer(args.agent, env, out, algorithm=plan["algorithm"], seed=args.seed)
+        played = plan["transfer"]
+        result = transfer(played.agent, env, out, algorithm=played.algorithm, seed=args.seed)
     else:
         result = plan["policy_plan"].search_result(env, out)
     if result.best_policy is None:
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         )
         progress.update(task, total=1, completed=1)
     report["source"] = plan["source"]
-    write_json(folder.result, report)
+    write_result(folder.result, report)
     if args.json:
         sys.stdout.write(json.dumps(report) + "\n")
     else:

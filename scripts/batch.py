@@ -42,8 +42,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the spec, run the batch with a progress bar, and say where the results are."""
-    from autoshrink.agent.batch import BatchEvent, BatchOptions, run_batch
-    from autoshrink.agent.batch_spec import EXAMPLE_SPEC, load_spec
+    from autoshrink.agent.batch.runner import BatchEvent, BatchOptions, run_batch
+    from autoshrink.agent.batch.spec import EXAMPLE_SPEC, load_spec
 
     if args.example:
         sys.stdout.write(EXAMPLE_SPEC)

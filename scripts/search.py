@@ -18,26 +18,9 @@ from rich.progress import TextColumn
 from rich.table import Table
 
 from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.metrics import BUDGET_NAMES, MEASURED_LATENCY, result_key
 from autoshrink.scripts.console import console, err_console, make_progress
 from autoshrink.scripts.options import add_budget_flags
-
-# Defaults of a run with no arguments (ResNet-20 on digits, joint mode). Measured on the
-# shared 2-core machine with the baseline cached: 122 s wall at load ~4 (76 s of CPU), of
-# which about 30 s is the final fine-tune, test scoring and latency timing.
-DEFAULT_EPISODES = 60
-DEFAULT_WARMUP = 20
-# On the embedded digits set a 5-epoch final fine-tune brings nearly any policy back to
-# ~98 %, so per-episode fine-tuning buys no ranking there; BN recalibration alone spreads
-# episode accuracies from ~0.1 to ~0.97 and costs a fifth of the time. Elsewhere the env's
-# default (chosen from its reward-fidelity benchmark) applies.
-DIGITS_FINETUNE_STEPS = 0
-DEFAULT_FINAL_EPOCHS = 3
-# The 100-step search reward misranks policies whose rewards are within its noise; fine-tuning
-# the 5 best distinct ones as the shipped model is, and picking on the whole val split, raised
-# the final test accuracy of DDPG and random search on Fashion-MNIST (docs/benchmarks.md).
-# On digits nearly every policy recovers to ~98 %, so there the search's best ships as is.
-DEFAULT_FINALISTS = 5
-DIGITS_FINALISTS = 1
 
 
 def add_parser(subparsers: Any) -> None:
@@ -54,7 +37,12 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     from autoshrink.agent.algorithms import ALGORITHMS
+    from autoshrink.agent.config import DEFAULT_EPISODES, DEFAULT_WARMUP
+    from autoshrink.agent.search.config import DATASET_DEFAULTS, FinalConfig
+    from autoshrink.env.config import EnvConfig
 
+    digits = DATASET_DEFAULTS["digits"]
+    final = FinalConfig()
     p.add_argument("--model", default=None, help="model name or file.py:factory (resnet20)")
     p.add_argument("--dataset", default=None, help="dataset name (digits, embedded)")
     p.add_argument("--data-dir", default=None, help="where the dataset files are")
@@ -63,21 +51,26 @@ def add_parser(subparsers: Any) -> None:
     add_budget_flags(p)
     p.add_argument("--agent", choices=sorted(ALGORITHMS), default=None, help="(ddpg)")
     p.add_argument("--episodes", type=int, default=None, help=f"({DEFAULT_EPISODES})")
-    p.add_argument("--warmup", type=int, default=None, help=f"random episodes ({DEFAULT_WARMUP})")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help=f"random episodes (a third of --episodes, at most {DEFAULT_WARMUP})",
+    )
     p.add_argument(
         "--finetune-steps",
         type=int,
         default=None,
         help=(
-            "fine-tune steps per evaluated policy (the env's default; "
-            f"{DIGITS_FINETUNE_STEPS} on digits)"
+            f"fine-tune steps per evaluated policy ({EnvConfig.finetune_steps}; "
+            f"{digits['finetune_steps']} on digits)"
         ),
     )
     p.add_argument(
         "--final-epochs",
         type=int,
-        default=DEFAULT_FINAL_EPOCHS,
-        help=f"fine-tune epochs of the final model ({DEFAULT_FINAL_EPOCHS})",
+        default=None,
+        help=f"fine-tune epochs of the final model ({final.epochs})",
     )
     p.add_argument("--distill", action="store_true", help="distil the final fine-tune")
     p.add_argument(
@@ -86,8 +79,8 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help=(
             "fine-tune the N best distinct policies of the search the same way, score each "
-            f"on the whole val split and ship the best ({DEFAULT_FINALISTS}; "
-            f"{DIGITS_FINALISTS} on digits)"
+            f"on the whole val split and ship the best ({final.finalists}; "
+            f"{digits['final_finalists']} on digits)"
         ),
     )
     p.add_argument(
@@ -96,7 +89,7 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help=(
             "least mean keep-ratio difference per unit between two finalists, so that "
-            "near-copies of one policy do not fill the list (0.05)"
+            f"near-copies of one policy do not fill the list ({final.finalist_spacing})"
         ),
     )
     p.add_argument("--seed", type=int, default=None, help="seed of agent, env and data (0)")
@@ -106,75 +99,52 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _configs(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
-    """The env and agent configs: the saved ones on resume, else from the flags."""
-    from autoshrink.agent.config import AgentConfig
-    from autoshrink.env.config import EnvConfig
-
-    saved = out / "config.json"
-    if args.resume and saved.exists():
-        data = json.loads(saved.read_text())
-        env_cfg = EnvConfig.from_dict(data["env"])
-        agent_cfg = AgentConfig.from_dict(data["agent"])
-        if args.episodes is not None:  # a resumed search may be extended
-            agent_cfg = AgentConfig.from_dict(
-                {
-                    **agent_cfg.to_dict(),
-                    "data": {**agent_cfg.to_dict()["data"], "episodes": args.episodes},
-                }
-            )
-        return env_cfg, agent_cfg
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The flat search settings the flags give (those left out take the library's defaults)."""
     given = {
         "model": args.model,
         "dataset": args.dataset,
         "data_dir": args.data_dir,
         "checkpoint": args.checkpoint,
         "mode": args.mode,
-        "flops": args.flops,
-        "params": args.params,
-        "size": args.size,
-        "latency": args.latency,
+        **{m: getattr(args, m) for m in BUDGET_NAMES},
         "seed": args.seed,
+        "finetune_steps": args.finetune_steps,
+        "agent": args.agent,
+        "episodes": args.episodes,
+        "warmup": args.warmup,
+        "final_epochs": args.final_epochs,
+        "final_distill": True if args.distill else None,
+        "final_finalists": args.finalists,
+        "final_finalist_spacing": args.finalist_spacing,
     }
-    env_cfg = EnvConfig().replace(**{k: v for k, v in given.items() if v is not None})
-    if args.finetune_steps is not None:
-        env_cfg = env_cfg.replace(finetune_steps=args.finetune_steps)
-    elif env_cfg.dataset == "digits":
-        env_cfg = env_cfg.replace(finetune_steps=DIGITS_FINETUNE_STEPS)
-    episodes = args.episodes or DEFAULT_EPISODES
-    # By default a third of the episodes (at most DEFAULT_WARMUP) are random warm-up.
-    warmup = min(DEFAULT_WARMUP, episodes // 3) if args.warmup is None else args.warmup
-    agent_cfg = AgentConfig(
-        algorithm=args.agent or "ddpg",
-        episodes=episodes,
-        warmup_episodes=warmup,
-        seed=env_cfg.seed,
-    )
-    return env_cfg, agent_cfg
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _config(args: argparse.Namespace, out: Path) -> Any:
+    """The search's config: the saved one on resume, else from the flags."""
+    from autoshrink.agent.search.config import SearchConfig
+
+    saved = out / "config.json"
+    if args.resume and saved.exists():  # a resumed search may be extended, or finished anew
+        given = _settings(args)
+        keep = {k: v for k, v in given.items() if k == "episodes" or k.startswith("final_")}
+        return SearchConfig.load(saved).replace(**keep)
+    return SearchConfig.from_settings(_settings(args))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the search, the final fine-tune, and print the comparison."""
-    from autoshrink.agent.final import FinalConfig, finish_search
-    from autoshrink.agent.search import run_search
-    from autoshrink.env.compression_env import CompressionEnv
+    from autoshrink.agent.search.run import search
 
     if args.resume and args.out is None:
         raise AutoshrinkError("--resume needs --out, the run folder to continue")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/{args.model or 'resnet20'}-{args.dataset or 'digits'}-{stamp}")
-    env_cfg, agent_cfg = _configs(args, out)
-    finalists = args.finalists
-    if finalists is None:
-        finalists = DIGITS_FINALISTS if env_cfg.dataset == "digits" else DEFAULT_FINALISTS
-    final = FinalConfig(
-        epochs=args.final_epochs,
-        distill=args.distill,
-        finalists=finalists,
-        **({} if args.finalist_spacing is None else {"finalist_spacing": args.finalist_spacing}),
-    )
+    config = _config(args, out)
+    env_cfg, agent_cfg = config.env, config.agent
     with err_console.status(f"preparing {env_cfg.model} on {env_cfg.dataset} (trains once)"):
-        env = CompressionEnv(env_cfg)
+        env = config.make_env()
     budgets = ", ".join(str(b) for b in env_cfg.budgets.values())
     err_console.print(
         f"searching {len(env.units)} units of {env_cfg.model} on {env_cfg.dataset}, "
@@ -182,39 +152,12 @@ def run(args: argparse.Namespace) -> int:
         f"{agent_cfg.episodes} episodes -> {out}",
         highlight=False,
     )
-    limits = dict(env.limits)
-    progress = make_progress(
-        TextColumn("best {task.fields[best]}"),
-        TextColumn("acc {task.fields[acc]}"),
-        TextColumn("{task.fields[budget]}"),
-    )
-    with progress:
-        task = progress.add_task("search", total=agent_cfg.episodes, best="-", acc="-", budget="")
-
-        def on_episode(record: Any, state: Any) -> None:
-            acc = state.best_metrics.get("accuracy")
-            progress.update(
-                task,
-                completed=state.episodes,
-                best=f"{state.best_reward:.4f}",
-                acc="-" if acc is None else f"{acc:.2%}",
-                budget=_budget_use(state.best_metrics, env.baseline, limits),
-            )
-
-        result = run_search(env, agent_cfg, out, resume=args.resume, progress=on_episode)
-        progress.update(task, completed=result.episodes)
-        what = "final fine-tune"
-        if final.finalists > 1:
-            what += f" of {final.finalists} finalists"
-        ftask = progress.add_task(what, total=None, best="", acc="", budget="")
-        report = finish_search(
-            env,
-            result,
-            final,
-            seed=agent_cfg.seed,
-            on_step=lambda step, loss: progress.update(ftask, completed=step),
+    bars = _SearchBars(config, env)
+    with bars.progress:
+        report = search(
+            config, out, resume=args.resume, env=env, progress=bars.episode, on_step=bars.step
         )
-        progress.update(ftask, total=1, completed=1)
+        bars.done(report["episodes"])
     if args.json:
         sys.stdout.write(json.dumps(report) + "\n")
     else:
@@ -223,13 +166,50 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class _SearchBars:
+    """The search's progress bar, then the final fine-tune's (added at its first step)."""
+
+    def __init__(self, config: Any, env: Any) -> None:
+        self.config, self.env = config, env
+        self.progress = make_progress(
+            TextColumn("best {task.fields[best]}"),
+            TextColumn("acc {task.fields[acc]}"),
+            TextColumn("{task.fields[budget]}"),
+        )
+        total = config.agent.episodes
+        self.task = self.progress.add_task("search", total=total, best="-", acc="-", budget="")
+        self.final_task: Any = None
+
+    def episode(self, record: Any, state: Any) -> None:
+        acc = state.best_metrics.get("accuracy")
+        self.progress.update(
+            self.task,
+            completed=state.episodes,
+            best=f"{state.best_reward:.4f}",
+            acc="-" if acc is None else f"{acc:.2%}",
+            budget=_budget_use(state.best_metrics, self.env.baseline, self.env.limits),
+        )
+
+    def step(self, step: int, loss: float) -> None:
+        if self.final_task is None:
+            what = "final fine-tune"
+            if self.config.final.finalists > 1:
+                what += f" of {self.config.final.finalists} finalists"
+            self.final_task = self.progress.add_task(what, total=None, best="", acc="", budget="")
+        self.progress.update(self.final_task, completed=step)
+
+    def done(self, episodes: int) -> None:
+        self.progress.update(self.task, completed=episodes)
+        if self.final_task is not None:
+            self.progress.update(self.final_task, total=1, completed=1)
+
+
 def _budget_use(
     metrics: dict[str, Any], baseline: dict[str, float], limits: dict[str, float]
 ) -> str:
-    keys = {"flops": "macs", "params": "params", "size": "bytes", "latency": "latency"}
     parts = []
     for metric, limit in limits.items():
-        value = metrics.get(keys[metric])
+        value = metrics.get(result_key(metric))
         if value is not None and baseline.get(metric):
             parts.append(f"{metric} {value / baseline[metric]:.1%}/{limit / baseline[metric]:.1%}")
     return " ".join(parts)
@@ -253,7 +233,7 @@ def comparison_table(report: dict[str, Any]) -> Table:
         ("MACs", "macs", _count),
         ("params", "params", _count),
         ("bytes", "bytes", _count),
-        ("CPU latency (batch 1)", "latency_ms", lambda v: f"{v:.3f} ms"),
+        ("CPU latency (batch 1)", MEASURED_LATENCY, lambda v: f"{1e3 * v:.3f} ms"),
     ]
     for label, key, fmt in rows:
         b, c = base.get(key), comp.get(key)

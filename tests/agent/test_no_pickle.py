@@ -25,10 +25,10 @@ import torch
 from autoshrink.agent.agent_file import AGENT_STATE_KEY, save_agent
 from autoshrink.agent.algorithms import ALGORITHMS, build_agent
 from autoshrink.agent.replay_file import load_replay_buffer, save_replay_buffer
-from autoshrink.agent.run_folder import RunFolder
-from autoshrink.agent.search import run_search
+from autoshrink.agent.search.loop import run_search
+from autoshrink.agent.search.run_folder import RunFolder
 from autoshrink.compression.errors import CheckpointError
-from tests.agent.test_search_toy import Interrupt, lines, tiny
+from tests.agent.search.test_search_toy import Interrupt, lines, tiny
 from tests.agent.toy_env import ToyCompressionEnv
 
 LEARNING = ["ddpg", "td3", "sac", "ppo"]

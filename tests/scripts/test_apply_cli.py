@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from autoshrink.agent.search.report import read_result
 from autoshrink.compression.artifact import load_artifact, read_header
 from autoshrink.compression.counting import count_macs, count_params
 from autoshrink.compression.models import ModelSpec, build_model
@@ -44,7 +45,7 @@ def test_round_trip_same_macs_bytes_and_accuracy(searched, smallcnn_checkpoint, 
     argv = ["apply", "--policy", str(searched / "policy.json"), "--model", "smallcnn"]
     argv += ["--checkpoint", str(smallcnn_checkpoint), "--finetune-epochs", "1"]
     assert main([*argv, "--out", str(out)]) == 0
-    found = json.loads((searched / "result.json").read_text())
+    found = read_result(searched / "result.json")
     applied = check_applied(out)
     for key in ("macs", "params", "bytes", "accuracy", "artifact_bytes"):
         assert applied["compressed"][key] == found["compressed"][key], key
@@ -57,7 +58,7 @@ def test_round_trip_same_macs_bytes_and_accuracy(searched, smallcnn_checkpoint, 
 
 def check_applied(out) -> dict:
     """What apply writes, counted independently: MACs, params and bytes of the artifact."""
-    result = json.loads((out / "result.json").read_text())
+    result = read_result(out / "result.json")
     assert result["budgets_met"] is True
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["policy.json", "result.json", result["artifact"]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import sys
 
-from autoshrink.agent.batch_spec import parse_spec
+from autoshrink.agent.batch.spec import parse_spec
 from autoshrink.scripts.cli import main
 
 

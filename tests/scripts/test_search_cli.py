@@ -8,6 +8,7 @@ import time
 import pytest
 from safetensors import safe_open
 
+from autoshrink.agent.search.report import read_result
 from autoshrink.compression.artifact import load_artifact, read_header
 from autoshrink.compression.counting import count_macs, count_params
 from autoshrink.scripts.cli import main
@@ -20,7 +21,7 @@ def payload(path) -> int:
 
 
 def check_run_folder(out) -> dict:
-    result = json.loads((out / "result.json").read_text())
+    result = read_result(out / "result.json")
     assert result["budgets_met"] is True
     for name in ("policy.json", "episodes.jsonl", "agent.zip", result["artifact"]):
         assert (out / name).is_file(), name

@@ -34,31 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from autoshrink.compression.atomic import write_atomic
+from autoshrink.compression.json_write import to_jsonable, write_json
+from autoshrink.compression.metrics import METRICS
 
 logger = logging.getLogger(__name__)
 
 STATE_TYPE = "autoshrink.SearchState"
 STATE_VERSION = 1
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    write_atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=_json) + "\n"))
-
-
-def _json(obj: Any) -> Any:
-    if hasattr(obj, "item"):  # numpy and torch scalars
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
-
-
-def to_jsonable(value: Any) -> Any:
-    """``value`` with numpy/torch scalars and arrays turned into plain Python."""
-    return json.loads(json.dumps(value, default=_json))
 
 
 @dataclass
@@ -109,14 +91,7 @@ class SearchState:
 
 
 #: info keys of the episode's metrics, copied into each record when present.
-METRIC_KEYS: tuple[str, ...] = ("accuracy", "macs", "params", "bytes", "latency")
-#: ratio name in records and TensorBoard -> (the env's info key, metric it divides).
-RATIOS: dict[str, tuple[str, str]] = {
-    "flops_ratio": ("macs_ratio", "macs"),
-    "params_ratio": ("params_ratio", "params"),
-    "size_ratio": ("bytes_ratio", "bytes"),
-    "latency_ratio": ("latency_ratio", "latency"),
-}
+METRIC_KEYS: tuple[str, ...] = ("accuracy", *(m.key for m in METRICS))
 #: other info keys copied into each record when present.
 EXTRA_KEYS: tuple[str, ...] = ("budgets_met", "eval_cached", "eval_seconds")
 
@@ -187,11 +162,11 @@ class EpisodeBook:
             return self._seen[env_index]
         policy = info.get("policy")
         metrics = {k: float(info[k]) for k in METRIC_KEYS if info.get(k) is not None}
-        for ratio, (key, metric) in RATIOS.items():
-            if info.get(key) is not None:
-                metrics[ratio] = float(info[key])
-            elif metric in metrics and self.reference.get(metric):
-                metrics[ratio] = metrics[metric] / self.reference[metric]
+        for m in METRICS:
+            if info.get(m.ratio_key) is not None:
+                metrics[m.ratio_key] = float(info[m.ratio_key])
+            elif m.key in metrics and self.reference.get(m.key):
+                metrics[m.ratio_key] = metrics[m.key] / self.reference[m.key]
         episode = self.state.episodes
         reward = float(reward)
         is_best = self.state.offer(episode, reward, metrics, policy)

@@ -6,7 +6,7 @@ are its defaults, then its grid's single settings, then its axis values (or its 
 Keys are :class:`~autoshrink.env.config.EnvConfig` fields (budgets as ``0.5`` or
 ``"300KB"``), the agent (``agent``, ``episodes``, ``warmup``, ``agent_options``), the final
 fine-tune (``final_epochs`` and the other ``final_*`` fields of
-:class:`~autoshrink.agent.final.FinalConfig`) and the batch's own ``kind``, ``name``,
+:class:`~autoshrink.agent.search.config.FinalConfig`) and the batch's own ``kind``, ``name``,
 ``cpus`` and ``timeout``. A grid's ``budgets`` entry replaces every budget of the defaults.
 Relative paths (``checkpoint``, ``data_dir``, ``agent_from``, ``policy_from``, a
 ``file.py:fn`` model) are relative to the spec file.
@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from autoshrink.agent.batch_grid import (
+from autoshrink.agent.batch.grid import (
     BUDGET_KEYS,
     Problem,
     RawJob,
@@ -44,11 +44,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-#: Same defaults as ``autoshrink search``.
-DEFAULT_EPISODES = 60
-DEFAULT_WARMUP = 20
-DEFAULT_FINAL_EPOCHS = 3
-DIGITS_FINETUNE_STEPS = 0
 KINDS = ("search", "apply")
 BATCH_KEYS = ("kind", "name", "cpus", "timeout")
 AGENT_KEYS = ("agent", "episodes", "warmup", "agent_options")
@@ -104,9 +99,9 @@ def env_keys() -> tuple[str, ...]:
 
 
 def _final_keys() -> tuple[str, ...]:
-    from autoshrink.agent.final import FinalConfig
+    from autoshrink.agent.search.config import FINAL_PREFIX, FinalConfig
 
-    return tuple(f"final_{n}" for n in _field_names(FinalConfig))
+    return tuple(f"{FINAL_PREFIX}{n}" for n in _field_names(FinalConfig))
 
 
 def known_keys(kind: str) -> tuple[str, ...]:
@@ -168,27 +163,32 @@ class Job:
             env["bit_choices"] = tuple(env["bit_choices"])
         return EnvConfig(**env)
 
+    def search_config(self) -> Any:
+        """The job's :class:`~autoshrink.agent.search.config.SearchConfig` (search jobs).
+
+        Built from the job's settings exactly as ``autoshrink search`` builds it from flags.
+        """
+        from autoshrink.agent.search.config import SearchConfig
+
+        own = (*BATCH_KEYS, *APPLY_KEYS)
+        return SearchConfig.from_settings({k: v for k, v in self.settings.items() if k not in own})
+
     def agent_config(self) -> Any:
         """The job's :class:`~autoshrink.agent.config.AgentConfig` (search jobs)."""
-        from autoshrink.agent.config import AgentConfig
-
-        s = self.settings
-        return AgentConfig(
-            **{
-                **dict(s.get("agent_options", {})),
-                "algorithm": s["agent"],
-                "episodes": s["episodes"],
-                "warmup_episodes": s["warmup"],
-                "seed": s["seed"],
-            }
-        )
+        return self.search_config().agent
 
     def final_config(self) -> Any:
-        """The job's :class:`~autoshrink.agent.final.FinalConfig`."""
-        from autoshrink.agent.final import FinalConfig
+        """The job's :class:`~autoshrink.agent.search.config.FinalConfig`.
 
-        given = {k[len("final_") :]: v for k, v in self.settings.items() if k in _final_keys()}
-        return FinalConfig(**{"epochs": DEFAULT_FINAL_EPOCHS, **given})
+        An apply job's finish takes the search's defaults and the dataset's, as
+        ``autoshrink apply`` does.
+        """
+        from autoshrink.agent.search.config import DATASET_DEFAULTS, FINAL_PREFIX, FinalConfig
+
+        dataset = str(self.settings.get("dataset", ""))
+        given = {**DATASET_DEFAULTS.get(dataset, {}), **self.settings}
+        final = {k[len(FINAL_PREFIX) :]: v for k, v in given.items() if k in _final_keys()}
+        return FinalConfig(**final)
 
 
 @dataclass(frozen=True)
@@ -282,13 +282,7 @@ def _build_job(raw: RawJob, problem: Problem, base_dir: str | Path | None) -> Jo
         return None
     s = {"kind": kind, "seed": 0, **settings}
     if kind == "search":  # an apply job takes what it does not set from the agent's search
-        s = {"model": "resnet20", "dataset": "digits", **s}
-        if "finetune_steps" not in s and s["dataset"] == "digits":
-            s["finetune_steps"] = DIGITS_FINETUNE_STEPS  # as `autoshrink search` does on digits
-        s.setdefault("agent", "ddpg")
-        s.setdefault("episodes", DEFAULT_EPISODES)
-        if _is_int(s["episodes"]):
-            s.setdefault("warmup", min(DEFAULT_WARMUP, s["episodes"] // 3))
+        _search_defaults(s)
     elif not _check_apply(raw, s, problem):
         return None
     if base_dir is not None:  # workers (Ray's above all) may run in another folder
@@ -306,7 +300,7 @@ def _build_job(raw: RawJob, problem: Problem, base_dir: str | Path | None) -> Jo
     job = Job(_job_id(s), kind, s, source)
     builders = [("env", job.env_config), ("final", job.final_config)]
     if kind == "search":
-        builders.append(("agent", job.agent_config))
+        builders = [("search", job.search_config)]
     for what, build in builders:
         try:
             build()
@@ -318,9 +312,31 @@ def _build_job(raw: RawJob, problem: Problem, base_dir: str | Path | None) -> Jo
     return job
 
 
+def _search_defaults(s: dict[str, Any]) -> None:
+    """Write the library's search defaults into a search job's settings.
+
+    They are :class:`~autoshrink.agent.search.config.SearchConfig`'s own; writing them into
+    the settings keeps job ids stable when a default changes (a resumed batch re-runs
+    nothing it has already run under the old default).
+    """
+    from autoshrink.agent.config import DEFAULT_EPISODES, default_warmup
+    from autoshrink.agent.search.config import DATASET_DEFAULTS
+    from autoshrink.env.config import EnvConfig
+
+    s.setdefault("model", EnvConfig.model)
+    s.setdefault("dataset", EnvConfig.dataset)
+    dataset = DATASET_DEFAULTS.get(str(s["dataset"]), {})
+    if "finetune_steps" in dataset:
+        s.setdefault("finetune_steps", dataset["finetune_steps"])
+    s.setdefault("agent", "ddpg")
+    s.setdefault("episodes", DEFAULT_EPISODES)
+    if _is_int(s["episodes"]) and s["episodes"] >= 0:
+        s.setdefault("warmup", default_warmup(s["episodes"]))
+
+
 def _check_apply(raw: RawJob, s: dict[str, Any], problem: Problem) -> bool:
     """Whether an apply job names its model and exactly one source, and ``map`` fits it."""
-    from autoshrink.agent.policy_plan import POLICY_DECIDES
+    from autoshrink.agent.search.policy_plan import POLICY_DECIDES
     from autoshrink.compression.policy_map import MAPS
 
     given = [k for k in APPLY_SOURCES if k in s]

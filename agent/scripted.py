@@ -1,12 +1,12 @@
-"""Non-learning baselines behind the agents' interface, with the same number of evaluations.
+"""Scripted searches: the agents that do not learn, with the same number of evaluations.
 
-Each baseline is a :class:`ScriptedSearch`: it duck-types the part of SB3's
-``BaseAlgorithm`` that the search loop and the callbacks use (``learn``, ``save``,
-``num_timesteps``, ``get_env``, ``logger``), and plays whole episodes of actions through the
-env, so its policies are realised by the same clamp, scored by the same evaluator and logged
-by the same callbacks as an agent's. Every baseline runs exactly ``config.episodes``
-episodes; a deterministic baseline with fewer distinct candidates cycles through them (the
-env scores a repeated policy from its cache).
+Each scripted search (``random``, ``uniform``, ``global``) is a :class:`ScriptedSearch`: it
+duck-types the part of SB3's ``BaseAlgorithm`` that the search loop and the callbacks use
+(``learn``, ``save``, ``num_timesteps``, ``get_env``, ``logger``), and plays whole episodes
+of actions through the env, so its policies are realised by the same clamp, scored by the
+same evaluator and logged by the same callbacks as an agent's. Every scripted search runs
+exactly ``config.episodes`` episodes; a deterministic one with fewer distinct candidates
+cycles through them (the env scores a repeated policy from its cache).
 
 - ``random``: uniformly random actions: random search.
 - ``uniform``: one keep-ratio and one bit-width for every unit. For each bit-width, the
@@ -33,7 +33,8 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from autoshrink.compression.errors import AutoshrinkError, CheckpointError
+from autoshrink.agent.env_view import search_env
+from autoshrink.compression.errors import CheckpointError
 from autoshrink.env.budget import largest_feasible
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class ScriptedSearch:
         return self.env
 
     def set_logger(self, logger: Logger) -> None:
-        """Use ``logger`` (SB3's interface; the baselines log nothing of their own)."""
+        """Use ``logger`` (SB3's interface; scripted searches log nothing of their own)."""
         self.logger = logger
 
     def learn(
@@ -239,21 +240,15 @@ def _largest_feasible_int(ok: Any, hi: int) -> int | None:
 
 
 class EnvView:
-    """What the deterministic baselines read of a CompressionEnv: units, clamp, decoding.
+    """What the deterministic scripted searches read of a CompressionEnv: units, clamp, decoding.
 
     Args:
         env: A :class:`~autoshrink.env.compression_env.CompressionEnv`, possibly wrapped.
     """
 
     def __init__(self, env: gym.Env) -> None:
-        inner: Any = env.unwrapped
-        for attr in ("clamp", "config", "units", "action_dims"):
-            if not hasattr(inner, attr):
-                raise AutoshrinkError(
-                    f"the uniform and global baselines need a CompressionEnv "
-                    f"({type(inner).__name__} has no {attr!r})"
-                )
-        self.env: Any = inner
+        inner = search_env(env, ("clamp", "config", "units", "action_dims"))
+        self.env = inner
         self.clamp = inner.clamp
         self.config = inner.config
         self.units = list(inner.units)
@@ -309,15 +304,15 @@ class EnvView:
         return out
 
 
-BASELINES: dict[str, type[ScriptedSearch]] = {
+SCRIPTED: dict[str, type[ScriptedSearch]] = {
     "random": RandomSearch,
     "uniform": UniformSearch,
     "global": GlobalSearch,
 }
 
 
-def load_baseline(path: Path, env: gym.Env, config: AgentConfig, n_units: int) -> ScriptedSearch:
-    """Rebuild a baseline for ``env`` and restore its saved counters."""
-    agent = BASELINES[config.algorithm](env, config, n_units)
+def load_scripted(path: Path, env: gym.Env, config: AgentConfig, n_units: int) -> ScriptedSearch:
+    """Rebuild a scripted search for ``env`` and restore its saved counters."""
+    agent = SCRIPTED[config.algorithm](env, config, n_units)
     agent.load_state(path)
     return agent

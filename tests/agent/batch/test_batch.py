@@ -17,18 +17,19 @@ from typing import Any
 import pytest
 import torch
 
-from autoshrink.agent.batch import BatchEvent, BatchOptions, import_ray, run_batch
-from autoshrink.agent.batch_results import (
+from autoshrink.agent.batch.results import (
     append_record,
     finished_ids,
     pareto_front,
     read_records,
     repair_tail,
 )
-from autoshrink.agent.batch_spec import parse_spec
+from autoshrink.agent.batch.runner import BatchEvent, BatchOptions, import_ray, run_batch
+from autoshrink.agent.batch.spec import parse_spec
+from autoshrink.agent.search.report import read_result
 from autoshrink.compression.errors import AutoshrinkError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 DEFAULTS = """
 [defaults]
@@ -90,7 +91,7 @@ def test_a_four_job_grid_runs_on_two_local_workers(local_batch):
         result, run_dir = record["result"], out / record["run_dir"]
         assert result["budgets_met"] is True and result["episodes"] == 3
         assert result["compressed"]["bytes"] <= 0.1 * result["baseline"]["bytes"]
-        assert json.loads((run_dir / "result.json").read_text()) == result
+        assert read_result(run_dir / "result.json") == result
         assert (run_dir / result["artifact"]).is_file() and (run_dir / "policy.json").is_file()
     rows = (out / "summary.csv").read_text().splitlines()
     assert len(rows) == 1 + 5 and rows[0].startswith("job,status,")
@@ -227,9 +228,9 @@ def test_an_apply_job_plays_a_searched_agent_on_another_model(local_batch, tmp_p
 
 
 def test_policy_from_apply_jobs_give_what_the_library_gives(tmp_path, smallcnn_checkpoint):
-    from autoshrink.agent.batch_spec import load_spec
-    from autoshrink.agent.final import realised_costs
-    from autoshrink.agent.policy_plan import plan_policy, policy_file
+    from autoshrink.agent.batch.spec import load_spec
+    from autoshrink.agent.search.policy_plan import plan_policy, policy_file
+    from autoshrink.agent.search.report import realised_costs
     from autoshrink.compression.artifact import load_artifact, read_header
     from autoshrink.compression.counting import count_macs
     from autoshrink.compression.models import ModelSpec, build_model

@@ -22,9 +22,19 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from autoshrink.agent.run_folder import RATIOS, EpisodeBook, EpisodeRecord, RunFolder, SearchState
+from autoshrink.agent.search.run_folder import (
+    EpisodeBook,
+    EpisodeRecord,
+    RunFolder,
+    SearchState,
+)
+from autoshrink.compression.metrics import METRICS
 
 logger = logging.getLogger(__name__)
+
+
+#: The records' ratio keys, logged under ``budget/``.
+RATIO_KEYS = frozenset(m.ratio_key for m in METRICS)
 
 
 class EpisodeCallback(BaseCallback):
@@ -96,7 +106,7 @@ class TensorBoardCallback(EpisodeCallback):
         w, step = self.writer, record.episode
         w.add_scalar("episode/reward", record.reward, step)
         for key, value in record.metrics.items():
-            tag = f"budget/{key}" if key in RATIOS else f"episode/{key}"
+            tag = f"budget/{key}" if key in RATIO_KEYS else f"episode/{key}"
             w.add_scalar(tag, value, step)
         w.add_scalar("search/best_reward", record.best_reward, step)
         best_acc = self.book.state.best_metrics.get("accuracy")

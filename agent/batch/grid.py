@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from autoshrink.compression.metrics import BUDGET_NAMES
+
 #: Grid axis -> the setting each of its values sets.
 AXES = {"models": "model", "datasets": "dataset", "agents": "agent", "seeds": "seed"}
-BUDGET_KEYS = ("flops", "params", "size", "latency")
+BUDGET_KEYS = BUDGET_NAMES
 #: The axes in expansion order; the last varies fastest.
 AXIS_ORDER = ("models", "datasets", "budgets", "agents", "seeds")
 #: Words in config errors -> the spec key to blame.

@@ -11,8 +11,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from autoshrink.agent.algorithms import ALGORITHMS, build_agent
 from autoshrink.agent.config import AgentConfig
-from autoshrink.agent.run_folder import RunFolder
-from autoshrink.agent.search import run_search
+from autoshrink.agent.search.loop import run_search
+from autoshrink.agent.search.run_folder import RunFolder
 from autoshrink.compression.errors import AutoshrinkError
 from tests.agent.toy_env import ToyCompressionEnv
 
@@ -62,7 +62,7 @@ def test_every_alias_writes_a_run_folder(tmp_path, algorithm):
     for name in ("policy.json", "agent.zip", "config.json"):
         assert (tmp_path / "run" / name).is_file()
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
-    assert 0 < rows[0]["flops_ratio"] <= 0.5 + 1e-9
+    assert 0 < rows[0]["macs_ratio"] <= 0.5 + 1e-9
 
 
 @pytest.mark.parametrize("algorithm", ["ddpg", "ppo", "random"])
@@ -157,7 +157,7 @@ def test_registry_lists_the_seven_aliases():
 
 
 def test_agent_trains_on_one_thread_and_restores_the_count(tmp_path):
-    from autoshrink.agent.callbacks import AgentThreadsCallback
+    from autoshrink.agent.search.callbacks import AgentThreadsCallback
 
     seen = []
 
@@ -186,7 +186,7 @@ def test_tensorboard_has_namespaced_scalars_and_the_policy_figure(tmp_path):
     run_search(ToyCompressionEnv(), tiny("random", episodes=5), tmp_path / "r")
     acc = EventAccumulator(str(tmp_path / "r" / "tb"), size_guidance={"images": 0}).Reload()
     tags = acc.Tags()
-    for tag in ("episode/reward", "episode/accuracy", "budget/flops_ratio", "search/best_reward"):
+    for tag in ("episode/reward", "episode/accuracy", "budget/macs_ratio", "search/best_reward"):
         assert tag in tags["scalars"], tag
         assert [e.step for e in acc.Scalars(tag)] == [0, 1, 2, 3, 4]
     best = [e.value for e in acc.Scalars("search/best_reward")]

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from autoshrink.agent.search import run_search
-from tests.agent.test_search_toy import tiny
+from autoshrink.agent.search.loop import run_search
+from tests.agent.search.test_search_toy import tiny
 from tests.agent.toy_env import ToyCompressionEnv
 
 SCRIPT = """
 import sys, time
 import torch
 torch.set_num_threads(1)
-from autoshrink.agent.search import run_search
-from tests.agent.test_search_toy import tiny
+from autoshrink.agent.search.loop import run_search
+from tests.agent.search.test_search_toy import tiny
 from tests.agent.toy_env import ToyCompressionEnv
 
 class SlowEnv(ToyCompressionEnv):
@@ -36,7 +36,7 @@ run_search(SlowEnv(), tiny(sys.argv[2], episodes=200), sys.argv[1])
 @pytest.mark.parametrize("algorithm", ["ddpg", "random"])
 def test_sigkill_mid_search_then_resume(tmp_path: Path, algorithm: str) -> None:
     out = tmp_path / "run"
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     env = {**os.environ, "PYTHONPATH": str(root)}
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(out), algorithm], env=env, cwd=root)
     log = out / "episodes.jsonl"

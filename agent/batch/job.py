@@ -6,7 +6,7 @@ run folder is ``OUT/runs/<job id>``; a search killed in flight resumes there fro
 checkpoint, and a job that finished but was never recorded (the driver died in between) is
 not run again: its ``result.json`` is returned. An apply job plays a searched agent once on
 its model (:func:`autoshrink.agent.transfer.transfer`), or applies a saved policy
-(:mod:`autoshrink.agent.policy_plan`, as ``autoshrink apply --policy`` does), and finishes
+(:mod:`autoshrink.agent.search.policy_plan`, as ``autoshrink apply --policy`` does), and finishes
 it like a search.
 
 Two workers never share a run folder (an exclusive lock on ``runs/<id>/.lock``). Workers that
@@ -16,7 +16,6 @@ per cached baseline): the first trains it, the others load it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -31,8 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from autoshrink.agent.batch_results import FAILED, OK, TIMEOUT
-from autoshrink.agent.batch_spec import Job
+from autoshrink.agent.batch.results import FAILED, OK, TIMEOUT
+from autoshrink.agent.batch.spec import Job
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +113,14 @@ def run_job(
 
 
 def _preload() -> None:
-    import autoshrink.agent.final
-    import autoshrink.agent.search
+    import autoshrink.agent.search.run
     import autoshrink.env.compression_env  # noqa: F401
 
 
 def _run(job: Job, run_dir: Path) -> dict[str, Any]:
     import torch
+
+    from autoshrink.agent.search.report import read_result
 
     torch.set_num_threads(job.cpus)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -128,24 +128,20 @@ def _run(job: Job, run_dir: Path) -> dict[str, Any]:
         done = run_dir / "result.json"
         if done.is_file():
             logger.info("job %s finished before it was recorded; reusing %s", job.id, done)
-            result: dict[str, Any] = json.loads(done.read_text())
-            return result
+            return read_result(done)
         if job.kind == "search":
             return _search(job, run_dir)
         return _apply(job, run_dir)
 
 
 def _search(job: Job, run_dir: Path) -> dict[str, Any]:
-    from autoshrink.agent.final import finish_search
-    from autoshrink.agent.search import run_search
-    from autoshrink.env.compression_env import CompressionEnv
+    from autoshrink.agent.search.run import search
 
-    env_cfg, agent_cfg = job.env_config(), job.agent_config()
-    _seed(env_cfg.seed)
-    env = CompressionEnv(env_cfg)  # the baseline trains once: baselines.py locks its cache
+    config = job.search_config()
+    _seed(config.env.seed)
+    env = config.make_env()  # the baseline trains once: compression.baselines locks its cache
     # resume=True: a search killed with the batch continues from its last checkpoint.
-    search = run_search(env, agent_cfg, run_dir, resume=True)
-    return finish_search(env, search, job.final_config(), seed=agent_cfg.seed)
+    return search(config, run_dir, resume=True, env=env)
 
 
 def _apply(job: Job, run_dir: Path) -> dict[str, Any]:
@@ -157,17 +153,17 @@ def _apply(job: Job, run_dir: Path) -> dict[str, Any]:
 
 def _apply_policy(job: Job, run_dir: Path) -> dict[str, Any]:
     """Apply a saved policy to the job's model, as ``autoshrink apply --policy`` does."""
-    from autoshrink.agent.batch_spec import env_keys
-    from autoshrink.agent.final import finish_search
-    from autoshrink.agent.policy_plan import plan_policy, policy_file
-    from autoshrink.agent.run_folder import write_json
-    from autoshrink.env.config import METRICS
+    from autoshrink.agent.batch.spec import env_keys
+    from autoshrink.agent.search.finish import finish_search
+    from autoshrink.agent.search.policy_plan import plan_policy, policy_file
+    from autoshrink.agent.search.report import write_result
+    from autoshrink.compression.metrics import BUDGET_NAMES
 
     given = {k: v for k, v in job.settings.items() if k in env_keys()}
     if "bit_choices" in given:
         given["bit_choices"] = tuple(given["bit_choices"])
     named = {k: given.pop(k, None) for k in ("checkpoint", "dataset", "data_dir")}
-    budgets = {m: given.pop(m) for m in METRICS if m in given}
+    budgets = {m: given.pop(m) for m in BUDGET_NAMES if m in given}
     model, seed = given.pop("model"), given.pop("seed", 0)
     plan = plan_policy(
         policy_file(job.settings["policy_from"]),
@@ -186,41 +182,31 @@ def _apply_policy(job: Job, run_dir: Path) -> dict[str, Any]:
     result.best_policy.save(run_dir / "policy.json")
     report = finish_search(env, result, job.final_config(), seed=seed)
     report["source"] = {**plan.source, "map": job.settings.get("map")}
-    write_json(run_dir / "result.json", report)
+    write_result(run_dir / "result.json", report)
     return report
 
 
 def _apply_agent(job: Job, run_dir: Path) -> dict[str, Any]:
     """Play a searched agent once on the job's model, as ``autoshrink apply --agent`` does."""
-    from autoshrink.agent.batch_spec import env_keys
-    from autoshrink.agent.final import finish_search
-    from autoshrink.agent.run_folder import write_json
-    from autoshrink.agent.transfer import agent_algorithm, transfer
+    from autoshrink.agent.batch.spec import env_keys
+    from autoshrink.agent.search.finish import finish_search
+    from autoshrink.agent.search.report import write_result
+    from autoshrink.agent.search.transfer import transfer
+    from autoshrink.agent.search.transfer_plan import plan_transfer
     from autoshrink.env.compression_env import CompressionEnv
-    from autoshrink.env.config import METRICS, EnvConfig
 
-    source = Path(job.settings["agent_from"])
-    agent = source / "agent.zip" if source.is_dir() else source
-    algorithm = agent_algorithm(agent)
-    saved = agent.parent / "config.json"
-    base = EnvConfig()
-    if saved.is_file():
-        base = EnvConfig.from_dict(json.loads(saved.read_text())["env"])
     given = {k: v for k, v in job.settings.items() if k in env_keys()}
-    if "bit_choices" in given:
-        given["bit_choices"] = tuple(given["bit_choices"])
-    if any(m in given for m in METRICS):  # given budgets replace all of the search's
-        base = base.replace(**dict.fromkeys(METRICS))
-    cfg = base.replace(checkpoint=None).replace(**given)
+    plan = plan_transfer(job.settings["agent_from"], given)
+    cfg = plan.config
     _seed(cfg.seed)
     env = CompressionEnv(cfg)
-    played = transfer(agent, env, run_dir, algorithm=algorithm, seed=cfg.seed)
+    played = transfer(plan.agent, env, run_dir, algorithm=plan.algorithm, seed=cfg.seed)
     if played.best_policy is None:
         raise RuntimeError("the agent's rollout gave no policy")
     played.best_policy.save(run_dir / "policy.json")
     report = finish_search(env, played, job.final_config(), seed=cfg.seed)
-    report["source"] = {"agent": str(agent), "algorithm": algorithm, "transferred_from": base.model}
-    write_json(run_dir / "result.json", report)
+    report["source"] = plan.source
+    write_result(run_dir / "result.json", report)
     return report
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from autoshrink.agent.config import AgentConfig
-from autoshrink.agent.search import run_search
-from autoshrink.agent.transfer import agent_algorithm, policy_actions, replay, transfer
+from autoshrink.agent.search.loop import run_search
+from autoshrink.agent.search.transfer import agent_algorithm, policy_actions, replay, transfer
 from autoshrink.compression.apply import apply_policy
 from autoshrink.compression.artifact import save_artifact
 from autoshrink.compression.counting import count_macs, count_params

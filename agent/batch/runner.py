@@ -1,7 +1,7 @@
 """Run a batch of jobs on a local process pool or on a Ray cluster, resumably.
 
->>> from autoshrink.agent.batch import BatchOptions, run_batch
->>> from autoshrink.agent.batch_spec import load_spec
+>>> from autoshrink.agent.batch.runner import BatchOptions, run_batch
+>>> from autoshrink.agent.batch.spec import load_spec
 >>> report = run_batch(load_spec("spec.toml"), "out", BatchOptions(workers=2))  # doctest: +SKIP
 
 ``local`` runs jobs on a ``concurrent.futures.ProcessPoolExecutor`` (spawn context, one
@@ -31,8 +31,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
 
-from autoshrink.agent.batch_job import init_worker, run_job
-from autoshrink.agent.batch_results import (
+from autoshrink.agent.batch.job import init_worker, run_job
+from autoshrink.agent.batch.results import (
     FAILED,
     OK,
     PLOT,
@@ -47,7 +47,7 @@ from autoshrink.agent.batch_results import (
     repair_tail,
     write_summary,
 )
-from autoshrink.agent.batch_spec import BatchSpec, Job
+from autoshrink.agent.batch.spec import BatchSpec, Job
 from autoshrink.compression.atomic import write_atomic
 from autoshrink.compression.errors import AutoshrinkError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoshrink.agent.policy_plan import plan_policy, policy_file
+from autoshrink.agent.search.policy_plan import plan_policy, policy_file
 from autoshrink.compression.errors import AutoshrinkError, PolicyError
 from autoshrink.compression.models import ModelSpec, build_model
 from autoshrink.compression.policy import Policy, uniform_policy

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoshrink.compression.errors import AutoshrinkError, PolicyError
+from autoshrink.compression.metrics import BUDGET_NAMES, METRICS
 from autoshrink.compression.policy import Policy
-from autoshrink.env.config import METRICS, Budget, EnvConfig, parse_budget
+from autoshrink.env.config import Budget, EnvConfig, parse_budget
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from autoshrink.agent.search import SearchResult
+    from autoshrink.agent.search.loop import SearchResult
     from autoshrink.compression.data import DataSplits
     from autoshrink.compression.units import UnitGraph
 
@@ -45,9 +46,9 @@ POLICY_FILE = "policy.json"
 #: Env settings a policy decides itself (from its bits, pins and rounding).
 POLICY_DECIDES: tuple[str, ...] = ("mode", "first_last_bits", "round_to")
 #: Env settings :func:`plan_policy` takes as arguments rather than in ``settings``.
-_NAMED = ("model", "checkpoint", "dataset", "data_dir", "seed", *METRICS)
-#: Policy meta budget keys (result names) -> budget metrics.
-_META_BUDGETS = {"macs": "flops", "params": "params", "bytes": "size"}
+_NAMED = ("model", "checkpoint", "dataset", "data_dir", "seed", *BUDGET_NAMES)
+#: Policy meta budget keys (result keys) -> budget names; latency is the machine's, not kept.
+_META_BUDGETS = {m.key: m.name for m in METRICS if m.name != "latency"}
 
 
 @dataclass
@@ -92,8 +93,8 @@ class PolicyPlan:
         Raises:
             AutoshrinkError: If the replay gave no policy.
         """
-        from autoshrink.agent.search import SearchResult
-        from autoshrink.agent.transfer import replay
+        from autoshrink.agent.search.loop import SearchResult
+        from autoshrink.agent.search.transfer import replay
 
         if not self.replay:
             return SearchResult(self.policy, None, {}, None, 0, 0.0, self.algorithm, Path(run_dir))

@@ -7,8 +7,8 @@ ResNet-56's thirty units as well as on its own twelve. The target env's feasibil
 still sits between every action and the policy, so the budgets hold on the new model
 whatever the agent proposes.
 
->>> from autoshrink.agent.transfer import transfer
->>> from autoshrink.agent.final import finish_search
+>>> from autoshrink.agent.search.transfer import transfer
+>>> from autoshrink.agent.search.finish import finish_search
 >>> env = CompressionEnv(EnvConfig(model="resnet56", flops=0.5))  # doctest: +SKIP
 >>> result = transfer("runs/r20/agent.zip", env, run_dir="runs/r56")  # doctest: +SKIP
 >>> report = finish_search(env, result)  # fine-tune, artifact, result.json  # doctest: +SKIP
@@ -33,23 +33,20 @@ import numpy as np
 
 from autoshrink.agent.algorithms import ALGORITHMS
 from autoshrink.agent.config import AgentConfig
-from autoshrink.agent.search import SearchResult, episode_length
+from autoshrink.agent.env_view import episode_length, search_env
+from autoshrink.agent.search.config import saved_agent
+from autoshrink.agent.search.loop import SearchResult
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError, PolicyError
+from autoshrink.compression.metrics import METRICS
 from autoshrink.compression.policy import Policy
 
 logger = logging.getLogger(__name__)
 
 #: Keys of the final ``info`` copied into the result's metrics.
-METRICS: tuple[str, ...] = (
+INFO_KEYS: tuple[str, ...] = (
     "accuracy",
-    "macs",
-    "params",
-    "bytes",
-    "latency",
-    "macs_ratio",
-    "params_ratio",
-    "bytes_ratio",
-    "latency_ratio",
+    *(m.key for m in METRICS),
+    *(m.ratio_key for m in METRICS),
     "budgets_met",
 )
 
@@ -71,8 +68,8 @@ def agent_algorithm(path: str | Path) -> str:
     name: str | None = None
     if config.is_file():
         try:
-            name = json.loads(config.read_text())["agent"]["data"]["algorithm"]
-        except (ValueError, KeyError, TypeError):
+            name = saved_agent(config).algorithm
+        except AutoshrinkError:
             logger.warning("ignoring unreadable %s", config)
     try:
         with zipfile.ZipFile(path) as zf:
@@ -135,7 +132,7 @@ def load_agent(path: str | Path, env: gym.Env, algorithm: str | None = None) -> 
     want_obs = tuple(env.observation_space.shape or ())
     want_act = tuple(env.action_space.shape or ())
     if have_act != want_act or have_obs != want_obs:
-        mode = getattr(getattr(env.unwrapped, "config", None), "mode", "?")
+        mode = search_env(env, ("config",)).config.mode
         raise PolicyError(
             f"the agent in {path} acts on {have_act} actions from {have_obs} observations, "
             f"but the env ({mode} mode) has {want_act} and {want_obs}: transfer needs the "
@@ -154,7 +151,7 @@ def policy_actions(env: gym.Env, policy: Policy) -> np.ndarray:
     Raises:
         PolicyError: If the policy misses a unit of the env.
     """
-    inner: Any = env.unwrapped
+    inner = search_env(env, ("config", "units", "encode"))
     cfg = inner.config
     missing = [u.name for u in inner.units if u.name not in policy.units]
     if missing:
@@ -187,7 +184,7 @@ def _result(
     return SearchResult(
         best_policy=policy,
         best_reward=reward,
-        best_metrics={k: info[k] for k in METRICS if k in info},
+        best_metrics={k: info[k] for k in INFO_KEYS if k in info},
         best_episode=0,
         episodes=1,
         wall_time_s=time.perf_counter() - start,
@@ -209,7 +206,7 @@ def transfer(
     Args:
         agent: The ``agent.zip`` of a search, or a loaded SB3 algorithm.
         env: The target model's compression env; its clamp guarantees the budgets.
-        run_dir: Where :func:`~autoshrink.agent.final.finish_search` should write the run
+        run_dir: Where :func:`~autoshrink.agent.search.finish.finish_search` should write the run
             folder (the current folder when None). Nothing is written here.
         algorithm: The agent's alias, when ``agent`` is a path and its run folder's
             ``config.json`` is gone.

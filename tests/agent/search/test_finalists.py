@@ -7,9 +7,10 @@ import json
 import pytest
 
 from autoshrink.agent.config import AgentConfig
-from autoshrink.agent.final import FinalConfig, finish_search
-from autoshrink.agent.finalists import policy_from_record, record_distance, top_candidates
-from autoshrink.agent.search import run_search
+from autoshrink.agent.search.config import FinalConfig
+from autoshrink.agent.search.finalists import policy_from_record, record_distance, top_candidates
+from autoshrink.agent.search.finish import finish_search
+from autoshrink.agent.search.loop import run_search
 from autoshrink.compression.artifact import load_artifact
 from autoshrink.compression.counting import count_macs
 from autoshrink.compression.errors import AutoshrinkError

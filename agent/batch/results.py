@@ -27,8 +27,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from autoshrink.agent.run_folder import to_jsonable
 from autoshrink.compression.atomic import write_atomic
+from autoshrink.compression.json_write import to_jsonable
+from autoshrink.compression.metrics import BUDGET_NAMES, METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def summary_row(record: dict[str, Any]) -> dict[str, Any]:
     """The flat CSV row of one record (empty cells for what a failed job lacks)."""
     s, result = record.get("settings", {}), record.get("result") or {}
     base, comp = result.get("baseline", {}), result.get("compressed", {})
-    budgets = " ".join(f"{m}<={s[m]}" for m in ("flops", "params", "size", "latency") if m in s)
+    budgets = " ".join(f"{m}<={s[m]}" for m in BUDGET_NAMES if m in s)
     row: dict[str, Any] = {
         "job": record["job"],
         "status": record.get("status"),
@@ -158,10 +159,10 @@ def summary_row(record: dict[str, Any]) -> dict[str, Any]:
     }
     if comp.get("accuracy") is not None and base.get("accuracy") is not None:
         row["accuracy_delta"] = comp["accuracy"] - base["accuracy"]
-    for key in ("macs", "params", "bytes"):
-        row[key] = comp.get(key)
-        if comp.get(key) is not None and base.get(key):
-            row[f"{key}_ratio"] = comp[key] / base[key]
+    for m in METRICS[:3]:  # latency is the machine's: results.jsonl has it
+        row[m.key] = comp.get(m.key)
+        if comp.get(m.key) is not None and base.get(m.key):
+            row[m.ratio_key] = comp[m.key] / base[m.key]
     return row
 
 

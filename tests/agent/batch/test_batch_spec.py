@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from autoshrink.agent.batch_grid import key_lines
-from autoshrink.agent.batch_spec import EXAMPLE_SPEC, SpecError, load_spec, parse_spec
+from autoshrink.agent.batch.grid import key_lines
+from autoshrink.agent.batch.spec import EXAMPLE_SPEC, SpecError, load_spec, parse_spec
 
 GRID = """
 [defaults]

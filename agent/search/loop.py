@@ -31,7 +31,10 @@ from stable_baselines3.common.utils import set_random_seed
 
 from autoshrink.agent.agent_file import save_agent
 from autoshrink.agent.algorithms import ALGORITHMS, Agent, build_agent
-from autoshrink.agent.callbacks import (
+from autoshrink.agent.config import AgentConfig
+from autoshrink.agent.env_view import episode_length
+from autoshrink.agent.replay_file import load_replay_buffer, save_replay_buffer
+from autoshrink.agent.search.callbacks import (
     AgentThreadsCallback,
     CheckpointCallback,
     EpisodeLogCallback,
@@ -39,17 +42,19 @@ from autoshrink.agent.callbacks import (
     StopAfterEpisodes,
     TensorBoardCallback,
 )
-from autoshrink.agent.config import AgentConfig
-from autoshrink.agent.replay_file import load_replay_buffer, save_replay_buffer
-from autoshrink.agent.run_folder import (
-    EpisodeBook,
-    EpisodeRecord,
-    RunFolder,
-    SearchState,
-    write_json,
+from autoshrink.agent.search.config import (
+    SEARCH_TYPE,
+    SEARCH_VERSION,
+    FinalConfig,
+    SearchConfig,
+    saved_agent,
 )
+from autoshrink.agent.search.run_folder import EpisodeBook, EpisodeRecord, RunFolder, SearchState
 from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.json_write import write_document, write_json
+from autoshrink.compression.metrics import by_result_key
 from autoshrink.compression.policy import Policy
+from autoshrink.env.config import EnvConfig
 
 logger = logging.getLogger(__name__)
 
@@ -81,28 +86,12 @@ class SearchResult:
     run_dir: Path
 
 
-def episode_length(env: gym.Env) -> int:
-    """Steps per episode of a compression env: its number of units."""
-    inner = env.unwrapped
-    for attr in ("n_units", "num_units"):
-        value = getattr(inner, attr, None)
-        if isinstance(value, int):
-            return value
-    graph = getattr(inner, "graph", None)
-    if graph is not None:
-        return len(graph.units)
-    raise AutoshrinkError(f"cannot tell the episode length of {type(inner).__name__}")
-
-
 def reference_metrics(env: gym.Env) -> dict[str, float]:
     """The uncompressed model's ``macs``, ``params`` and ``bytes`` as the env knows them."""
     base = getattr(env.unwrapped, "baseline", None)
     if not isinstance(base, Mapping):
         return {}
-    keys = {"flops": "macs", "params": "params", "size": "bytes", "latency": "latency"}
-    return {
-        keys.get(str(k), str(k)): float(v) for k, v in base.items() if isinstance(v, int | float)
-    }
+    return by_result_key({str(k): float(v) for k, v in base.items() if isinstance(v, int | float)})
 
 
 def run_search(
@@ -112,6 +101,7 @@ def run_search(
     resume: bool = False,
     progress: Progress | None = None,
     callbacks: Sequence[BaseCallback] = (),
+    final: FinalConfig | None = None,
 ) -> SearchResult:
     """Search ``env`` with the agent of ``config`` and write the run folder.
 
@@ -123,6 +113,8 @@ def run_search(
         resume: Continue the search found in ``out_dir`` (or start one if there is none).
         progress: Called after every episode with the episode's record and the state.
         callbacks: Extra SB3 callbacks, e.g. to stop early.
+        final: The finish the search will get, recorded in ``config.json`` with the env's
+            and the agent's settings (the defaults when None).
 
     Returns:
         The best policy and its metrics, the episodes run and the wall time.
@@ -142,26 +134,12 @@ def run_search(
         )
     folder.create()
     if checkpoint is not None:
-        _check_same_algorithm(folder, config)
-        ckpt_dir, state = checkpoint
-        set_random_seed(config.seed + state.episodes)
-        agent = spec.load(ckpt_dir / "agent.zip", env, config, n_units)
-        if isinstance(agent, OffPolicyAlgorithm):
-            assert agent.replay_buffer is not None
-            load_replay_buffer(agent.replay_buffer, ckpt_dir)
-        dropped = folder.truncate_episodes(state.episodes)
-        logger.info(
-            "resuming %s at episode %d (%d unlogged lines dropped)",
-            config.algorithm,
-            state.episodes,
-            dropped,
-        )
+        state, agent = _resume(env, config, folder, checkpoint, n_units)
     else:
         state = SearchState()
         folder.truncate_episodes(0)
-        write_json(folder.config, {"agent": config.to_dict(), "env": _env_config(env)})
+        _write_config(folder, env, config, final)
         agent = build_agent(env, config, n_units)
-
     book = EpisodeBook(state, reference_metrics(env), clock_start=start)
     cbs = _callbacks(agent, book, folder, spec.off_policy, config, progress)
     remaining = config.episodes - state.episodes
@@ -176,6 +154,38 @@ def run_search(
             reset_num_timesteps=checkpoint is None,
         )
     save_agent(agent, folder.agent)
+    return _result(state, book, config, folder)
+
+
+def _resume(
+    env: gym.Env,
+    config: AgentConfig,
+    folder: RunFolder,
+    checkpoint: tuple[Path, SearchState],
+    n_units: int,
+) -> tuple[SearchState, Agent]:
+    """The state and agent of the folder's checkpoint, the log cut back to what it knows."""
+    _check_same_algorithm(folder, config)
+    ckpt_dir, state = checkpoint
+    set_random_seed(config.seed + state.episodes)
+    agent = ALGORITHMS[config.algorithm].load(ckpt_dir / "agent.zip", env, config, n_units)
+    if isinstance(agent, OffPolicyAlgorithm):
+        assert agent.replay_buffer is not None
+        load_replay_buffer(agent.replay_buffer, ckpt_dir)
+    dropped = folder.truncate_episodes(state.episodes)
+    logger.info(
+        "resuming %s at episode %d (%d unlogged lines dropped)",
+        config.algorithm,
+        state.episodes,
+        dropped,
+    )
+    return state, agent
+
+
+def _result(
+    state: SearchState, book: EpisodeBook, config: AgentConfig, folder: RunFolder
+) -> SearchResult:
+    """The search's result; the best policy is saved to the folder's ``policy.json``."""
     best = Policy.from_dict(state.best_policy) if state.best_policy else None
     if best is not None:
         best = best.with_meta(agent=config.algorithm, episode=state.best_episode)
@@ -219,24 +229,32 @@ def _callbacks(
         cbs.append(ProgressCallback(book, progress))
     if isinstance(agent, BaseAlgorithm):
         cbs.append(AgentThreadsCallback(threads=1))
-    if not off_policy:  # on-policy rollouts (and baselines) may overshoot the episode count
+    if not off_policy:  # on-policy rollouts (and scripted searches) may overshoot the episode count
         cbs.append(StopAfterEpisodes(book, config.episodes))
     return cbs
 
 
 def _check_same_algorithm(folder: RunFolder, config: AgentConfig) -> None:
-    import json
-
     if not folder.config.exists():
         return
-    saved = json.loads(folder.config.read_text()).get("agent", {}).get("data", {})
-    if saved.get("algorithm") not in (None, config.algorithm):
+    saved = saved_agent(folder.config).algorithm
+    if saved != config.algorithm:
         raise AutoshrinkError(
-            f"{folder.root} holds a {saved['algorithm']} search; cannot resume it as "
-            f"{config.algorithm}"
+            f"{folder.root} holds a {saved} search; cannot resume it as {config.algorithm}"
         )
 
 
-def _env_config(env: gym.Env) -> Any:
-    cfg: Any = getattr(env.unwrapped, "config", None)
-    return cfg.to_dict() if hasattr(cfg, "to_dict") else None
+def _write_config(
+    folder: RunFolder, env: gym.Env, agent: AgentConfig, final: FinalConfig | None
+) -> None:
+    """Record the search's settings in ``config.json`` (a :class:`SearchConfig` document).
+
+    An env that is no compression env (a test's toy) has no EnvConfig: ``env`` is null then.
+    """
+    env_config = getattr(env.unwrapped, "config", None)
+    final = final or FinalConfig()
+    if isinstance(env_config, EnvConfig):
+        write_json(folder.config, SearchConfig(env_config, agent, final).to_dict())
+    else:
+        data = {"env": None, "agent": agent.to_dict(), "final": final.to_dict()}
+        write_document(folder.config, SEARCH_TYPE, SEARCH_VERSION, data)

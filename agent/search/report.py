@@ -1,0 +1,185 @@
+"""``result.json``: what a finished search (or apply) shipped, against the original model.
+
+The document is ``{"type": "autoshrink.SearchRunResult", "version": 2, "data": ...}``. Its
+data holds the model, dataset, mode and budgets, a ``baseline`` and a ``compressed`` side
+(test accuracy, every budget metric under its result key, ratios, the measured latency),
+whether every budget was met, and how the search and the finish went.
+
+Version 1 (autoshrink 0.1) was flat, without ``data``, and named the measured latency
+``latency_ms`` in milliseconds; :func:`read_result` reads both, as version 2.
+
+>>> upgrade({"type": RESULT_TYPE, "version": 1, "baseline": {"latency_ms": 2.0}})["baseline"]
+{'measured_latency_s': 0.002}
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+from autoshrink.agent.env_view import search_env
+from autoshrink.agent.search.config import FinalConfig
+from autoshrink.agent.search.run_folder import RunFolder
+from autoshrink.compression.errors import CheckpointError
+from autoshrink.compression.json_write import write_document
+from autoshrink.compression.metrics import FLOAT_BITS, MEASURED_LATENCY, METRICS, by_result_key
+from autoshrink.compression.policy import Policy, kept_channels
+from autoshrink.compression.versioned import parse_json, read_text, unwrap
+
+RESULT_TYPE = "autoshrink.SearchRunResult"
+#: 2: the versioned envelope, and the measured latency as ``measured_latency_s``.
+RESULT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """What the finish shipped.
+
+    Args:
+        policy: The shipped policy.
+        artifact: The saved artifact's info (``path``, ``payload_bytes``, ``file_bytes``).
+        episode: The episode whose policy shipped.
+        finalists: Each finalist's episode, search reward and val accuracy (empty for one).
+        started: ``time.perf_counter()`` when the finish started.
+    """
+
+    policy: Policy
+    artifact: Any
+    episode: int
+    finalists: list[dict[str, Any]]
+    started: float
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Write ``result`` as a ``result.json`` document, atomically."""
+    write_document(path, RESULT_TYPE, RESULT_VERSION, result)
+
+
+def read_result(path: str | Path) -> dict[str, Any]:
+    """The data of a ``result.json`` (version 1 or 2).
+
+    Raises:
+        CheckpointError: If the file is missing, not JSON or not a search result.
+    """
+    path = Path(path)
+    what = f"search result {path}"
+    obj = parse_json(read_text(path, "search result", CheckpointError), what, CheckpointError)
+    return upgrade(obj, what)
+
+
+def upgrade(obj: object, what: str = "search result") -> dict[str, Any]:
+    """The version-2 data of a parsed ``result.json`` of any version."""
+    if isinstance(obj, dict) and obj.get("type") == RESULT_TYPE and obj.get("version") == 1:
+        data = {k: v for k, v in obj.items() if k not in ("type", "version")}
+        for side in ("baseline", "compressed"):
+            values = data.get(side)
+            if isinstance(values, dict) and "latency_ms" in values:
+                values = dict(values)
+                ms = values.pop("latency_ms")
+                values[MEASURED_LATENCY] = ms / 1e3 if isinstance(ms, int | float) else ms
+                data[side] = values
+        return data
+    return unwrap(obj, RESULT_TYPE, RESULT_VERSION, what, CheckpointError)
+
+
+def build_result(
+    env: gym.Env,
+    search: Any,
+    shipped: Shipped,
+    final: FinalConfig,
+    seed: int,
+    data: Any,
+) -> dict[str, Any]:
+    """The data of ``result.json``: test accuracy, costs and timings of both models."""
+    from autoshrink.compression.artifact import load_artifact
+
+    inner = search_env(env, ("config", "limits", "baseline", "model", "data"))
+    cfg = inner.config
+    values = realised_costs(env, shipped.policy)
+    limits = dict(inner.limits)
+    model = load_artifact(shipped.artifact.path)
+    baseline = {**_side(inner.model, data, final), **by_result_key(inner.baseline)}
+    compressed = {
+        **_side(model, data, final),
+        "val_accuracy_search": _search_accuracy(search, shipped.episode),
+        "val_accuracy": next(
+            (f["val_accuracy"] for f in shipped.finalists if f["episode"] == shipped.episode),
+            None,
+        ),
+        **by_result_key(values),
+        "artifact_bytes": shipped.artifact.payload_bytes,
+        "file_bytes": shipped.artifact.file_bytes,
+    }
+    for m in METRICS[:3]:  # the measured latency has no ratio to a table's estimate
+        if baseline.get(m.key):
+            compressed[m.ratio_key] = compressed[m.key] / baseline[m.key]
+    final_time = time.perf_counter() - shipped.started
+    return {
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "mode": cfg.mode,
+        "budgets": {
+            m: {"value": b.value, "relative": b.relative, "limit": limits.get(m)}
+            for m, b in cfg.budgets.items()
+        },
+        "baseline": baseline,
+        "compressed": compressed,
+        "budgets_met": all(values[m] <= lim for m, lim in limits.items()),
+        "seed": seed,
+        "episodes": search.episodes,
+        "agent": search.algorithm,
+        "best_episode": search.best_episode,
+        "best_reward": search.best_reward,
+        "shipped_episode": shipped.episode,
+        "finalists": shipped.finalists,
+        "search_time_s": search.wall_time_s,
+        "final_time_s": final_time,
+        "wall_time_s": search.wall_time_s + final_time,
+        "final": asdict(final),
+        "env": cfg.to_dict()["data"],
+        "artifact": Path(shipped.artifact.path).name,
+        "policy": RunFolder(Path(search.run_dir)).policy.name,
+    }
+
+
+def _side(model: Any, data: Any, final: FinalConfig) -> dict[str, float]:
+    """Test accuracy and measured latency (batch 1) of one model."""
+    from autoshrink.compression.evaluate import accuracy
+    from autoshrink.env.latency import time_forward
+
+    test = data.loader("test", batch_size=256)
+    example = data.example_input(1)
+    return {
+        "accuracy": accuracy(model, test),
+        MEASURED_LATENCY: time_forward(model, example, final.latency_repeats),
+    }
+
+
+def _search_accuracy(search: Any, episode: int) -> float | None:
+    """The search's val-subset accuracy of ``episode`` (the best's without a log)."""
+    if episode == search.best_episode:
+        value = search.best_metrics.get("accuracy")
+        return None if value is None else float(value)
+    for record in RunFolder(Path(search.run_dir)).read_episodes():
+        if record.get("episode") == episode:
+            value = record.get("accuracy")
+            return None if value is None else float(value)
+    return None
+
+
+def realised_costs(env: gym.Env, policy: Policy) -> dict[str, float]:
+    """Every budget metric of ``policy`` on ``env``'s exact cost model (and latency table).
+
+    Keyed by budget name (``flops``, ``size``, ...), as the env's limits are.
+    """
+    inner = search_env(env, ("graph", "units", "clamp"))
+    kept = kept_channels(policy, inner.graph)
+    channels = [kept[u.name] for u in inner.units]
+    bits = [
+        policy.units[u.name].bits if u.name in policy.units else FLOAT_BITS for u in inner.units
+    ]
+    return dict(inner.clamp.measure(channels, bits))

@@ -1,0 +1,52 @@
+"""One whole search from a :class:`~autoshrink.agent.search.config.SearchConfig`.
+
+``autoshrink search``, a batch search job and the Python API all run a search through
+:func:`search`: build the env, search, finish. So the same config and seed give the same
+policy, whichever door it came through.
+
+>>> from autoshrink.agent.search import SearchConfig, search
+>>> report = search(SearchConfig.create(flops=0.5, episodes=12), "runs/r1")  # doctest: +SKIP
+>>> report["budgets_met"]  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+from autoshrink.agent.search.config import SearchConfig
+from autoshrink.agent.search.finish import finish_search
+from autoshrink.agent.search.loop import Progress, run_search
+
+
+def search(
+    config: SearchConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    env: gym.Env | None = None,
+    progress: Progress | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Search, fine-tune and ship: the run folder of ``config`` in ``out_dir``.
+
+    Args:
+        config: The search.
+        out_dir: The run folder.
+        resume: Continue the search in ``out_dir`` from its last checkpoint.
+        env: ``config.make_env()`` already built (a caller that reports on it first).
+        progress: Called after every episode (see :func:`~.loop.run_search`).
+        on_step: Called after every final fine-tune step with ``(step, loss)``.
+
+    Returns:
+        The content of ``result.json``.
+    """
+    env = env if env is not None else config.make_env()
+    result = run_search(
+        env, config.agent, out_dir, resume=resume, progress=progress, final=config.final
+    )
+    return finish_search(env, result, config.final, seed=config.agent.seed, on_step=on_step)
