@@ -14,8 +14,9 @@ Names are imported on first use, so ``import autoshrink.agent`` stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from autoshrink.compression.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from autoshrink.agent.algorithms import ALGORITHMS, build_agent
@@ -38,10 +39,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

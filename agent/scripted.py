@@ -35,6 +35,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from autoshrink.agent.env_view import search_env
 from autoshrink.compression.errors import CheckpointError
+from autoshrink.compression.versioned import unwrap, wrap
 from autoshrink.env.budget import largest_feasible
 
 if TYPE_CHECKING:
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SAVE_TYPE = "autoshrink.ScriptedSearch"
+SAVE_VERSION = 1
+#: The state file inside a scripted search's ``agent.zip`` (its name since v0.1).
+STATE_FILE = "baseline.json"
 _BISECT_STEPS = 40
 
 
@@ -125,27 +129,33 @@ class ScriptedSearch:
         """Write the baseline's state (counters and generator) as a small zip."""
         path = Path(path)
         state = {
-            "type": SAVE_TYPE,
             "algorithm": self.config.algorithm,
             "num_timesteps": self.num_timesteps,
             "episode_num": self._episode_num,
             "rng": self.rng.bit_generator.state,
         }
         with zipfile.ZipFile(path, "w") as zf:
-            zf.writestr("baseline.json", json.dumps(state))
+            zf.writestr(STATE_FILE, json.dumps(wrap(SAVE_TYPE, SAVE_VERSION, state)))
 
     def load_state(self, path: str | Path) -> None:
         """Restore what :meth:`save` wrote."""
         try:
             with zipfile.ZipFile(path) as zf:
-                state = json.loads(zf.read("baseline.json"))
+                state = scripted_state(json.loads(zf.read(STATE_FILE)))
         except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
             raise CheckpointError(f"cannot read baseline state {path}: {exc}") from exc
-        if state.get("type") != SAVE_TYPE or state.get("algorithm") != self.config.algorithm:
+        if state.get("algorithm") != self.config.algorithm:
             raise CheckpointError(f"{path} is not a saved {self.config.algorithm} baseline")
         self.num_timesteps = int(state["num_timesteps"])
         self._episode_num = int(state["episode_num"])
         self.rng.bit_generator.state = state["rng"]
+
+
+def scripted_state(obj: object) -> dict[str, Any]:
+    """The data of a scripted search's saved state (v0.1 wrote it without the envelope)."""
+    if isinstance(obj, dict) and obj.get("type") == SAVE_TYPE and "data" not in obj:
+        return {k: v for k, v in obj.items() if k != "type"}
+    return unwrap(obj, SAVE_TYPE, SAVE_VERSION, "scripted search state", CheckpointError)
 
 
 class RandomSearch(ScriptedSearch):

@@ -200,8 +200,8 @@ def mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
 
 
-def main() -> None:
-    """Run every (budget, agent, seed), print the markdown table, optionally write JSON."""
+def _parse_args() -> argparse.Namespace:
+    """The command-line flags."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--agents", default="ddpg,random,uniform,global")
     p.add_argument("--seeds", default="0,1,2")
@@ -228,32 +228,41 @@ def main() -> None:
     add_setup_arguments(p)
     p.add_argument("--out", default="runs/bench-agents")
     p.add_argument("--json", default=None)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    agents = args.agents.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    return p.parse_args()
 
-    full, splits, model = data_and_baseline(args)
 
+def _run_budget(
+    budget: str,
+    args: argparse.Namespace,
+    agents: list[str],
+    seeds: list[int],
+    model: nn.Module,
+    splits: DataSplits,
+    full: DataSplits,
+) -> list[dict[str, Any]]:
+    """Every (agent, seed) run of one budget, on one env the runs share."""
     rows: list[dict[str, Any]] = []
-    for budget in args.budgets.split(","):
-        mode, given = parse_budget(budget)
-        settings: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "mode": mode}
-        if args.finetune_steps is not None:
-            settings["finetune_steps"] = args.finetune_steps
-        env = CompressionEnv(EnvConfig(**settings, **given), model=model, data=splits)
-        for agent in agents:
-            for seed in seeds:
-                out = Path(args.out) / budget.replace(":", "-").replace("=", "") / agent
-                report = run_one(env, agent, seed, args, out / f"seed{seed}", full)
-                comp = report["compressed"]
-                rows.append({"budget": budget, "agent": agent, "seed": seed, **report})
-                log(
-                    f"{budget} {agent} seed {seed}: test {comp['accuracy']:.4f}, "
-                    f"val {comp.get('val_accuracy_search')}, macs {comp.get('macs_ratio', 0):.3f}, "
-                    f"bytes {comp.get('bytes_ratio', 0):.4f}, met {report['budgets_met']}"
-                )
+    mode, given = parse_budget(budget)
+    settings: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "mode": mode}
+    if args.finetune_steps is not None:
+        settings["finetune_steps"] = args.finetune_steps
+    env = CompressionEnv(EnvConfig(**settings, **given), model=model, data=splits)
+    for agent in agents:
+        for seed in seeds:
+            out = Path(args.out) / budget.replace(":", "-").replace("=", "") / agent
+            report = run_one(env, agent, seed, args, out / f"seed{seed}", full)
+            comp = report["compressed"]
+            rows.append({"budget": budget, "agent": agent, "seed": seed, **report})
+            log(
+                f"{budget} {agent} seed {seed}: test {comp['accuracy']:.4f}, "
+                f"val {comp.get('val_accuracy_search')}, macs {comp.get('macs_ratio', 0):.3f}, "
+                f"bytes {comp.get('bytes_ratio', 0):.4f}, met {report['budgets_met']}"
+            )
+    return rows
 
+
+def _print_table(rows: list[dict[str, Any]], agents: list[str]) -> None:
+    """The markdown table: one row per budget, one column per agent."""
     budgets = list(dict.fromkeys(r["budget"] for r in rows))
     print(f"| budget | baseline test | {' | '.join(agents)} |")
     print(f"|---|---|{'---|' * len(agents)}")
@@ -264,6 +273,22 @@ def main() -> None:
             mean_std([r["compressed"]["accuracy"] for r in mine if r["agent"] == a]) for a in agents
         ]
         print(f"| {b} | {100 * base:.2f} | {' | '.join(cells)} |")
+
+
+def main() -> None:
+    """Run every (budget, agent, seed), print the markdown table, optionally write JSON."""
+    args = _parse_args()
+    torch.set_num_threads(args.threads)
+    agents = args.agents.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    full, splits, model = data_and_baseline(args)
+
+    rows: list[dict[str, Any]] = []
+    for budget in args.budgets.split(","):
+        rows.extend(_run_budget(budget, args, agents, seeds, model, splits, full))
+
+    _print_table(rows, agents)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=str) + "\n")
 

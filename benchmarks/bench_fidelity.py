@@ -179,7 +179,7 @@ def truth_accuracy(
     """Test accuracy of ``policy`` after ``epochs`` epochs of fine-tuning on train."""
     graph = env.graph
     bits = {k: b for k, b in layer_bits(policy, graph).items() if b < FLOAT_BITS}
-    scores = env.evaluator.scores  # type: ignore[attr-defined]
+    scores = env.evaluator.scores
     if bits:  # quantization-aware, as the evaluator does: prune, fake-quantize, tune, bake
         small = prune_channels(model, graph, kept_channels(policy, graph), scores=scores)
         fake_quantize_(small, bits)
@@ -209,8 +209,8 @@ def correlate(x: list[float], y: list[float], seed: int, n_boot: int = 2000) -> 
     return {"spearman": rho, "pearson": r, "lo": float(lo), "hi": float(hi)}
 
 
-def main() -> None:
-    """Measure, print a markdown table, and optionally write JSON."""
+def _parse_args() -> argparse.Namespace:
+    """The command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policies", type=int, default=20)
     parser.add_argument("--mode", choices=("prune", "joint"), default="prune")
@@ -235,10 +235,13 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    return parser.parse_args()
 
+
+def _prepare(
+    args: argparse.Namespace,
+) -> tuple[DataSplits, torch.nn.Module, Path, float, float]:
+    """The splits (val cut to its subset), the cached baseline, its path, val and test accuracy."""
     splits = load_dataset("fashion-mnist", seed=args.seed, train_subset=args.train_subset)
     splits = with_val_subset(splits, args.val_size, args.seed)
     spec = ModelSpec("resnet20", splits.num_classes, splits.in_channels)
@@ -256,19 +259,40 @@ def main() -> None:
         f"({f'trained in {result.seconds:.0f}s' if result else 'no record'}; "
         f"this call {time.process_time() - t0:.0f}s CPU)"
     )
+    return splits, model, path, base_val, base_test
 
+
+def _budgets(flops: str | None, size: str | None) -> dict[str, Any]:
+    """The env's budgets from ``--flops`` and ``--size``."""
     budgets: dict[str, Any] = {}
-    if args.flops and args.flops.lower() != "none":
-        budgets["flops"] = args.flops
-    if args.size:
-        budgets["size"] = args.size
-    base_cfg = EnvConfig(
-        model="resnet20", dataset="fashion-mnist", mode=args.mode, seed=args.seed, **budgets
-    )
-    chosen = list(SETTINGS.items())
-    if args.settings != "all":
-        chosen = [chosen[int(i)] for i in args.settings.split(",")]
+    if flops and flops.lower() != "none":
+        budgets["flops"] = flops
+    if size:
+        budgets["size"] = size
+    return budgets
 
+
+def _chosen_settings(settings: str) -> list[tuple[str, dict[str, Any]]]:
+    """The evaluation settings ``--settings`` picks, as (label, setting) pairs."""
+    chosen = list(SETTINGS.items())
+    if settings != "all":
+        chosen = [chosen[int(i)] for i in settings.split(",")]
+    return chosen
+
+
+def _measure_rewards(
+    chosen: list[tuple[str, dict[str, Any]]],
+    base_cfg: EnvConfig,
+    model: torch.nn.Module,
+    splits: DataSplits,
+    n_policies: int,
+    seed: int,
+) -> tuple[dict[str, list[dict[str, Any]]], list[tuple[float, np.ndarray]], CompressionEnv]:
+    """Every setting's rows of :func:`run_setting`, the sampled actions, and the last env.
+
+    The actions are sampled once, from the first env's spaces, and replayed in every
+    setting; a setting that realises other policies from them is an error.
+    """
     rewards: dict[str, list[dict[str, Any]]] = {}
     actions: list[tuple[float, np.ndarray]] = []
     keys: list[Any] = []
@@ -277,10 +301,10 @@ def main() -> None:
         env = CompressionEnv(base_cfg.replace(**setting), model=model, data=splits)
         if not actions:
             dims = env.action_space.shape[0]
-            actions = sample_actions(args.policies, len(env.units), dims, args.seed)
+            actions = sample_actions(n_policies, len(env.units), dims, seed)
         t0 = time.process_time()
         rows = run_setting(env, actions)
-        these = [env.evaluator.key(r["policy"]) for r in rows]  # type: ignore[attr-defined]
+        these = [env.evaluator.key(r["policy"]) for r in rows]
         if keys and these != keys:
             raise RuntimeError(f"{label}: the same actions realised different policies")
         keys = these
@@ -291,10 +315,19 @@ def main() -> None:
             f"[{min(accs):.4f}, {max(accs):.4f}], {time.process_time() - t0:.0f}s CPU"
         )
     assert env is not None
-    policies = [r["policy"] for r in next(iter(rewards.values()))]
     if len(set(keys)) < len(keys):
         log(f"note: {len(keys) - len(set(keys))} duplicate realised policies")
+    return rewards, actions, env
 
+
+def _measure_truth(
+    model: torch.nn.Module,
+    env: CompressionEnv,
+    policies: list[Policy],
+    splits: DataSplits,
+    args: argparse.Namespace,
+) -> tuple[list[float], float]:
+    """Each policy's :func:`truth_accuracy`, and the CPU seconds per policy."""
     truth = []
     t0 = time.process_time()
     for i, policy in enumerate(policies):
@@ -311,13 +344,17 @@ def main() -> None:
         truth.append(acc)
         log(f"truth {i + 1}/{len(policies)}: test {acc:.4f} ({time.process_time() - t0:.0f}s)")
     truth_cpu = (time.process_time() - t0) / len(policies)
+    return truth, truth_cpu
 
-    first = next(iter(rewards.values()))
-    macs = [r["macs_ratio"] for r in first]
+
+def _stats(
+    rewards: dict[str, list[dict[str, Any]]], truth: list[float], seed: int
+) -> dict[str, dict[str, float]]:
+    """Per setting: correlation of its reward with ``truth``, reward range, regret, time."""
     stats: dict[str, dict[str, float]] = {}
     for label, rows in rewards.items():
         reward = [r["reward"] for r in rows]
-        stats[label] = correlate(reward, truth, args.seed) | {
+        stats[label] = correlate(reward, truth, seed) | {
             "mean": statistics.mean(reward),
             "min": min(reward),
             "max": max(reward),
@@ -325,14 +362,27 @@ def main() -> None:
             "eval_s": statistics.median(r["eval_s"] for r in rows),
             "cpu_s": statistics.median(r["episode_cpu_s"] for r in rows),
         }
-    free = correlate(macs, truth, args.seed)
+    return stats
 
-    cpu_total = time.process_time() - cpu_start
-    wall_total = time.perf_counter() - wall_start
+
+def _print_setup(
+    args: argparse.Namespace,
+    *,
+    budgets: dict[str, Any],
+    n_policies: int,
+    macs: list[float],
+    base_val: float,
+    base_test: float,
+    truth: list[float],
+    truth_cpu: float,
+    cpu_total: float,
+    wall_total: float,
+) -> None:
+    """The paragraph above the table: setup, baseline, truth and cost of the run."""
     budget_text = ", ".join(f"{k}<={v}" for k, v in budgets.items()) or "none"
     print(
         f"ResNet-20 / Fashion-MNIST, mode={args.mode}, budgets {budget_text}, "
-        f"{len(policies)} policies (MACs ratio {min(macs):.3f}-{max(macs):.3f}), "
+        f"{n_policies} policies (MACs ratio {min(macs):.3f}-{max(macs):.3f}), "
         f"train subset {args.train_subset}, val subset {args.val_size}, "
         f"baseline {args.baseline_epochs} epochs: val {base_val:.4f}, test {base_test:.4f}. "
         f"Truth: {args.truth_epochs} epochs fine-tune (lr {args.truth_lr}, batch "
@@ -341,7 +391,16 @@ def main() -> None:
         f"{truth_cpu:.1f}s CPU per policy. Threads {args.threads}, "
         f"load {os.getloadavg()[0]:.1f}; total {cpu_total:.0f}s CPU, {wall_total:.0f}s wall."
     )
-    print()
+
+
+def _print_table(
+    stats: dict[str, dict[str, float]],
+    free: dict[str, float],
+    truth: list[float],
+    truth_cpu: float,
+    truth_epochs: int,
+) -> None:
+    """The markdown table: one row per setting, then the free predictor and the truth."""
     print(
         "| setting | Spearman ρ [95 % CI] | Pearson r | reward mean [min, max] | regret "
         "| eval s/episode (wall) | CPU s/episode |"
@@ -358,28 +417,104 @@ def main() -> None:
         f"[{free['lo']:.2f}, {free['hi']:.2f}] | {free['pearson']:.2f} | - | - | 0 | 0 |"
     )
     print(
-        f"| (truth: {args.truth_epochs}-epoch fine-tune, test) | 1 | 1 "
+        f"| (truth: {truth_epochs}-epoch fine-tune, test) | 1 | 1 "
         f"| {statistics.mean(truth):.3f} [{min(truth):.3f}, {max(truth):.3f}] | 0 | - "
         f"| {truth_cpu:.1f} |"
     )
+
+
+def _write_json(
+    out_path: str,
+    args: argparse.Namespace,
+    *,
+    path: Path,
+    base_val: float,
+    base_test: float,
+    truth: list[float],
+    macs: list[float],
+    actions: list[tuple[float, np.ndarray]],
+    stats: dict[str, dict[str, float]],
+    free: dict[str, float],
+    rewards: dict[str, list[dict[str, Any]]],
+    policies: list[Policy],
+    cpu_total: float,
+    wall_total: float,
+) -> None:
+    """Every number of the run, rewards without their policies, to ``out_path``."""
+    out = {
+        "args": vars(args),
+        "baseline": {"path": str(path), "val": base_val, "test": base_test},
+        "truth": truth,
+        "macs_ratio": macs,
+        "levels": [h for h, _ in actions],
+        "stats": stats,
+        "free_macs": free,
+        "rewards": {
+            k: [{kk: v for kk, v in r.items() if kk != "policy"} for r in rows]
+            for k, rows in rewards.items()
+        },
+        "policies": [p.to_dict() for p in policies],
+        "cpu_s": cpu_total,
+        "wall_s": wall_total,
+    }
+    Path(out_path).write_text(json.dumps(out, indent=2, default=float))
+
+
+def main() -> None:
+    """Measure, print a markdown table, and optionally write JSON."""
+    args = _parse_args()
+    torch.set_num_threads(args.threads)
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+
+    splits, model, path, base_val, base_test = _prepare(args)
+    budgets = _budgets(args.flops, args.size)
+    base_cfg = EnvConfig(
+        model="resnet20", dataset="fashion-mnist", mode=args.mode, seed=args.seed, **budgets
+    )
+    chosen = _chosen_settings(args.settings)
+    rewards, actions, env = _measure_rewards(
+        chosen, base_cfg, model, splits, args.policies, args.seed
+    )
+    policies = [r["policy"] for r in next(iter(rewards.values()))]
+    truth, truth_cpu = _measure_truth(model, env, policies, splits, args)
+
+    macs = [r["macs_ratio"] for r in next(iter(rewards.values()))]
+    stats = _stats(rewards, truth, args.seed)
+    free = correlate(macs, truth, args.seed)
+
+    cpu_total = time.process_time() - cpu_start
+    wall_total = time.perf_counter() - wall_start
+    _print_setup(
+        args,
+        budgets=budgets,
+        n_policies=len(policies),
+        macs=macs,
+        base_val=base_val,
+        base_test=base_test,
+        truth=truth,
+        truth_cpu=truth_cpu,
+        cpu_total=cpu_total,
+        wall_total=wall_total,
+    )
+    print()
+    _print_table(stats, free, truth, truth_cpu, args.truth_epochs)
     if args.json:
-        out = {
-            "args": vars(args),
-            "baseline": {"path": str(path), "val": base_val, "test": base_test},
-            "truth": truth,
-            "macs_ratio": macs,
-            "levels": [h for h, _ in actions],
-            "stats": stats,
-            "free_macs": free,
-            "rewards": {
-                k: [{kk: v for kk, v in r.items() if kk != "policy"} for r in rows]
-                for k, rows in rewards.items()
-            },
-            "policies": [p.to_dict() for p in policies],
-            "cpu_s": cpu_total,
-            "wall_s": wall_total,
-        }
-        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
+        _write_json(
+            args.json,
+            args,
+            path=path,
+            base_val=base_val,
+            base_test=base_test,
+            truth=truth,
+            macs=macs,
+            actions=actions,
+            stats=stats,
+            free=free,
+            rewards=rewards,
+            policies=policies,
+            cpu_total=cpu_total,
+            wall_total=wall_total,
+        )
 
 
 if __name__ == "__main__":

@@ -23,11 +23,12 @@ import json
 import statistics
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from autoshrink.compression.cost import cost
+from autoshrink.compression.cost import Cost, cost
 from autoshrink.compression.importance import channel_scores
 from autoshrink.compression.models import ModelSpec, build_model
 from autoshrink.compression.prune import prune
@@ -57,8 +58,8 @@ def time_once(model: nn.Module, x: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    """Run the benchmark and print a markdown table."""
+def _parse_args() -> argparse.Namespace:
+    """The command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=10, help="timed repetitions (10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions (2)")
@@ -66,13 +67,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="image side (224)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2)")
     parser.add_argument("--json", default=None, help="also write the results here")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    return parser.parse_args()
 
-    base = build_model(ModelSpec("resnet18", num_classes=1000))
-    graph = build_units(base, torch.zeros(1, 3, args.size, args.size))
-    scores = channel_scores(graph, base, "l1")
+
+def _policies(graph: UnitGraph) -> Mapping[str, dict[str, float]]:
+    """The compared policies, by name: unit -> keep-ratio (empty for the baseline)."""
     inner = [u.name for u in graph.units if u.name.endswith(".conv1") and "layer" in u.name]
     policies: Mapping[str, dict[str, float]] = {
         "baseline": {},
@@ -80,18 +79,30 @@ def main() -> None:
         "uniform keep, ~50 % MACs": uniform_keep_for(graph, list(graph.unit_names), 0.5),
         "block-inner convs only, ~50 % MACs": uniform_keep_for(graph, inner, 0.5),
     }
-    models = {
-        name: prune(base, graph, keep, scores=scores).eval() for name, keep in policies.items()
-    }
-    full = cost(graph)
-    x = torch.randn(args.batch, 3, args.size, args.size)
+    return policies
+
+
+def _measure(
+    models: dict[str, nn.Module], x: torch.Tensor, warmup: int, reps: int
+) -> dict[str, list[float]]:
+    """Seconds per forward pass of each model, over the ``reps`` timed repetitions."""
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
-        for rep in range(args.warmup + args.reps):
+        for rep in range(warmup + reps):
             for name, model in models.items():  # interleaved: every model once per repetition
                 seconds = time_once(model, x)
-                if rep >= args.warmup:
+                if rep >= warmup:
                     times[name].append(seconds)
+    return times
+
+
+def _rows(
+    graph: UnitGraph,
+    policies: Mapping[str, dict[str, float]],
+    times: dict[str, list[float]],
+    full: Cost,
+) -> list[dict[str, Any]]:
+    """Per policy: its cost against ``full`` and its median latency, absolute and relative."""
     rows = []
     for name, keep in policies.items():
         c = cost(graph, keep)
@@ -107,6 +118,11 @@ def main() -> None:
                 "latency_ratio": statistics.median(ratios),
             }
         )
+    return rows
+
+
+def _print_table(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """The setup line and the markdown table."""
     print(
         f"resnet18, input {args.batch}x3x{args.size}x{args.size}, {args.threads} threads, "
         f"{args.reps} interleaved repetitions (medians)\n"
@@ -118,6 +134,26 @@ def main() -> None:
             f"| {r['policy']} | {r['keep']:.3f} | {r['macs'] / 1e9:.2f} | {r['macs_ratio']:.3f} "
             f"| {r['params_ratio']:.3f} | {r['latency_ms']:.0f} | {r['latency_ratio']:.3f} |"
         )
+
+
+def main() -> None:
+    """Run the benchmark and print a markdown table."""
+    args = _parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    base = build_model(ModelSpec("resnet18", num_classes=1000))
+    graph = build_units(base, torch.zeros(1, 3, args.size, args.size))
+    scores = channel_scores(graph, base, "l1")
+    policies = _policies(graph)
+    models = {
+        name: prune(base, graph, keep, scores=scores).eval() for name, keep in policies.items()
+    }
+    full = cost(graph)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    times = _measure(models, x, args.warmup, args.reps)
+    rows = _rows(graph, policies, times, full)
+    _print_table(args, rows)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "rows": rows, "times": times}, fh, indent=1)

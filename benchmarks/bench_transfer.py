@@ -116,8 +116,8 @@ def method_runs(
     }
 
 
-def main() -> None:
-    """Search the source per seed, compare the four methods on the target, print the table."""
+def _parser() -> argparse.ArgumentParser:
+    """The command-line flags."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", default="resnet20")
     p.add_argument("--target", default="resnet32")
@@ -145,16 +145,26 @@ def main() -> None:
     )
     p.add_argument("--out", default="runs/bench-transfer")
     p.add_argument("--json", default=None)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    return p
+
+
+def _selection(
+    p: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[list[int], list[int], list[str]]:
+    """The seeds, the seeds of the fresh search, and the methods (``p.error`` on unknown)."""
     seeds = [int(s) for s in args.seeds.split(",")]
     fresh_seeds = [int(s) for s in (args.fresh_seeds or args.seeds).split(",")]
     methods = [m.strip() for m in args.methods.split(",")]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         p.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
-    mode, budgets = parse_budget(args.budget)
+    return seeds, fresh_seeds, methods
 
+
+def _envs(
+    args: argparse.Namespace, mode: str, budgets: dict[str, str]
+) -> tuple[CompressionEnv, CompressionEnv]:
+    """The source's and the target's env, each on its cached baseline."""
     splits = load_dataset(args.dataset, seed=0, train_subset=args.train_subset or None)
     splits = with_val_subset(splits, args.val_size, seed=0)
     envs = {}
@@ -169,32 +179,45 @@ def main() -> None:
         if args.finetune_steps is not None:
             settings["finetune_steps"] = args.finetune_steps
         envs[name] = CompressionEnv(EnvConfig(**settings, **budgets), model=model, data=splits)
-    source, target = envs[args.source], envs[args.target]
+    return envs[args.source], envs[args.target]
 
+
+def _run_seed(
+    args: argparse.Namespace,
+    source: CompressionEnv,
+    target: CompressionEnv,
+    seed: int,
+    fresh_seeds: list[int],
+    methods: list[str],
+) -> list[dict[str, Any]]:
+    """The source search of ``seed`` (when a method needs it), then each method's run."""
     rows: list[dict[str, Any]] = []
     root = Path(args.out)
-    for seed in seeds:
-        src = Path(args.source_runs or root / "source") / f"seed{seed}"
-        mapped = Policy(units={})  # only the source-based methods need the source search
-        if {"transfer", "depth map"} & set(methods):
-            config = AgentConfig("ddpg", args.episodes, args.warmup, seed=seed)
-            found = run_search(source, config, src, resume=(src / "config.json").exists())
-            assert found.best_policy is not None
-            mapped = map_depth(found.best_policy, target.graph)
-        runs = method_runs(src / "agent.zip", mapped, seed, args.episodes, args.warmup)
-        for method, search in runs.items():
-            if method not in methods or (method == "fresh ddpg" and seed not in fresh_seeds):
-                continue
-            out = root / method.replace(" ", "-") / f"seed{seed}"
-            report = finished(target, out, args, search, seed)
-            comp = report["compressed"]
-            rows.append({"method": method, "seed": seed, **report})
-            log(
-                f"seed {seed} {method}: test {comp['accuracy']:.4f}, "
-                f"macs {comp.get('macs_ratio', 0):.3f}, bytes {comp.get('bytes_ratio', 0):.4f}, "
-                f"evals {report['bench']['evaluations']}, met {report['budgets_met']}"
-            )
+    src = Path(args.source_runs or root / "source") / f"seed{seed}"
+    mapped = Policy(units={})  # only the source-based methods need the source search
+    if {"transfer", "depth map"} & set(methods):
+        config = AgentConfig("ddpg", args.episodes, args.warmup, seed=seed)
+        found = run_search(source, config, src, resume=(src / "config.json").exists())
+        assert found.best_policy is not None
+        mapped = map_depth(found.best_policy, target.graph)
+    runs = method_runs(src / "agent.zip", mapped, seed, args.episodes, args.warmup)
+    for method, search in runs.items():
+        if method not in methods or (method == "fresh ddpg" and seed not in fresh_seeds):
+            continue
+        out = root / method.replace(" ", "-") / f"seed{seed}"
+        report = finished(target, out, args, search, seed)
+        comp = report["compressed"]
+        rows.append({"method": method, "seed": seed, **report})
+        log(
+            f"seed {seed} {method}: test {comp['accuracy']:.4f}, "
+            f"macs {comp.get('macs_ratio', 0):.3f}, bytes {comp.get('bytes_ratio', 0):.4f}, "
+            f"evals {report['bench']['evaluations']}, met {report['budgets_met']}"
+        )
+    return rows
 
+
+def _print_table(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """The heading line and the markdown table, one row per method that ran."""
     base = rows[0]["baseline"]["accuracy"] if rows else float("nan")
     print(
         f"{args.source} -> {args.target} on {args.dataset}, {args.budget}, "
@@ -216,6 +239,22 @@ def main() -> None:
             f"| {method} | {evals:.0f} | {wall:.0f} | {acc} | {macs:.3f} | {size:.4f} | "
             f"{met}/{len(mine)} |"
         )
+
+
+def main() -> None:
+    """Search the source per seed, compare the four methods on the target, print the table."""
+    p = _parser()
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    seeds, fresh_seeds, methods = _selection(p, args)
+    mode, budgets = parse_budget(args.budget)
+    source, target = _envs(args, mode, budgets)
+
+    rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        rows.extend(_run_seed(args, source, target, seed, fresh_seeds, methods))
+
+    _print_table(args, rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=str) + "\n")
 

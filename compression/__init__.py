@@ -11,8 +11,7 @@ are imported from the module, since the package attribute is the module itself.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from autoshrink.compression.errors import (
     AutoshrinkError,
@@ -22,6 +21,7 @@ from autoshrink.compression.errors import (
     PolicyError,
     UnsupportedModelError,
 )
+from autoshrink.compression.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from autoshrink.compression.apply import apply_policy
@@ -33,25 +33,22 @@ if TYPE_CHECKING:
     from autoshrink.compression.units import UnitGraph, build_units
 
 _LAZY = {
-    "apply_policy": "apply",
-    "load_artifact": "artifact",
-    "save_artifact": "artifact",
-    "Cost": "cost",
-    "ModelSpec": "models",
-    "build_model": "models",
-    "Policy": "policy",
-    "UnitPolicy": "policy",
-    "uniform_policy": "policy",
-    "map_depth": "policy_map",
-    "UnitGraph": "units",
-    "build_units": "units",
+    "apply_policy": "autoshrink.compression.apply",
+    "load_artifact": "autoshrink.compression.artifact",
+    "save_artifact": "autoshrink.compression.artifact",
+    "Cost": "autoshrink.compression.cost",
+    "ModelSpec": "autoshrink.compression.models",
+    "build_model": "autoshrink.compression.models",
+    "Policy": "autoshrink.compression.policy",
+    "UnitPolicy": "autoshrink.compression.policy",
+    "uniform_policy": "autoshrink.compression.policy",
+    "map_depth": "autoshrink.compression.policy_map",
+    "UnitGraph": "autoshrink.compression.units",
+    "build_units": "autoshrink.compression.units",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

@@ -157,6 +157,20 @@ def _distill_loss(
     return (1.0 - alpha) * hard + alpha * temperature**2 * soft
 
 
+def _cosine_sgd(
+    model: nn.Module, lr: float, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD with Nesterov momentum and weight decay, its rate a cosine from ``lr`` to 0."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        params, lr=lr, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / steps))
+    )
+    return optimizer, schedule
+
+
 def finetune(
     model: nn.Module,
     loader: Batches,
@@ -197,13 +211,7 @@ def finetune(
     if steps == 0:
         return model.eval()
     device = _device(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params, lr=lr, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / steps))
-    )
+    optimizer, schedule = _cosine_sgd(model, lr, steps)
     if teacher is not None:
         teacher.eval()
     devices = [device.index or 0] if device.type == "cuda" else []

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,12 +33,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.json_write import write_json
+from autoshrink.compression.versioned import unwrap, wrap
+
 if TYPE_CHECKING:
     from autoshrink.compression.units import UnitGraph
 
 logger = logging.getLogger(__name__)
 
-TABLE_VERSION = 1
+TABLE_TYPE = "autoshrink.LatencyTable"
+#: 2: the versioned envelope (a version-1 table in the cache is measured again).
+TABLE_VERSION = 2
 #: Keep-ratios at which each unit is measured (the full model is measured once).
 LEVELS: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75)
 PruneFn = Callable[[nn.Module, "UnitGraph", Mapping[str, int]], nn.Module]
@@ -75,14 +80,15 @@ class LatencyTable:
         return max(total, 0.0)
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready form, with the format version."""
-        return {"version": TABLE_VERSION, **asdict(self)}
+        """The versioned JSON-ready form."""
+        return wrap(TABLE_TYPE, TABLE_VERSION, asdict(self))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> LatencyTable:
+    def from_dict(cls, obj: object) -> LatencyTable:
         """Rebuild a table from :meth:`to_dict` output."""
-        if data.get("version") != TABLE_VERSION:
-            raise ValueError(f"latency table version {data.get('version')!r} is not supported")
+        if not isinstance(obj, dict) or obj.get("version") != TABLE_VERSION:
+            raise ValueError("not a latency table of this version")
+        data: Mapping[str, object] = unwrap(obj, TABLE_TYPE, TABLE_VERSION, "latency table")
         return cls(
             base=float(data["base"]),  # type: ignore[arg-type]
             channels={k: [int(c) for c in v] for k, v in data["channels"].items()},  # type: ignore[attr-defined]
@@ -182,13 +188,11 @@ def latency_table(
             if set(table.channels) == {u.name for u in graph.units}:
                 logger.info("loaded latency table %s", path)
                 return table
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            logger.warning("ignoring unreadable latency table %s: %s", path, exc)
+        except (AutoshrinkError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("measuring again: unreadable latency table %s: %s", path, exc)
     logger.info("measuring a latency table for %d units", len(graph.units))
     table = measure_table(model, graph, example_input, prune, levels)
     table = LatencyTable(table.base, table.channels, table.seconds, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(table.to_dict()))
-    os.replace(tmp, path)
+    write_json(path, table.to_dict())
     return table

@@ -37,19 +37,24 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     from autoshrink.agent.algorithms import ALGORITHMS
-    from autoshrink.agent.config import DEFAULT_EPISODES, DEFAULT_WARMUP
-    from autoshrink.agent.search.config import DATASET_DEFAULTS, FinalConfig
+    from autoshrink.agent.config import DEFAULT_EPISODES, DEFAULT_WARMUP, AgentConfig
+    from autoshrink.agent.search.config import DATASET_DEFAULTS
     from autoshrink.env.config import EnvConfig
 
     digits = DATASET_DEFAULTS["digits"]
-    final = FinalConfig()
-    p.add_argument("--model", default=None, help="model name or file.py:factory (resnet20)")
-    p.add_argument("--dataset", default=None, help="dataset name (digits, embedded)")
+    p.add_argument(
+        "--model", default=None, help=f"model name or file.py:factory ({EnvConfig.model})"
+    )
+    p.add_argument("--dataset", default=None, help=f"dataset name ({EnvConfig.dataset}, embedded)")
     p.add_argument("--data-dir", default=None, help="where the dataset files are")
     p.add_argument("--checkpoint", default=None, help="trained weights (default: cached)")
-    p.add_argument("--mode", choices=("prune", "quant", "joint"), default=None, help="(joint)")
+    p.add_argument(
+        "--mode", choices=("prune", "quant", "joint"), default=None, help=f"({EnvConfig.mode})"
+    )
     add_budget_flags(p)
-    p.add_argument("--agent", choices=sorted(ALGORITHMS), default=None, help="(ddpg)")
+    p.add_argument(
+        "--agent", choices=sorted(ALGORITHMS), default=None, help=f"({AgentConfig.algorithm})"
+    )
     p.add_argument("--episodes", type=int, default=None, help=f"({DEFAULT_EPISODES})")
     p.add_argument(
         "--warmup",
@@ -66,6 +71,21 @@ def add_parser(subparsers: Any) -> None:
             f"{digits['finetune_steps']} on digits)"
         ),
     )
+    _add_final_flags(p)
+    p.add_argument(
+        "--seed", type=int, default=None, help=f"seed of agent, env and data ({EnvConfig.seed})"
+    )
+    p.add_argument("--out", default=None, help="run folder (runs/<model>-<dataset>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the search in --out")
+    p.add_argument("--json", action="store_true", help="print result.json instead of a table")
+    p.set_defaults(func=run)
+
+
+def _add_final_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of the final fine-tune and its finalists."""
+    from autoshrink.agent.search.config import DATASET_DEFAULTS, FinalConfig
+
+    final, digits = FinalConfig(), DATASET_DEFAULTS["digits"]
     p.add_argument(
         "--final-epochs",
         type=int,
@@ -92,11 +112,6 @@ def add_parser(subparsers: Any) -> None:
             f"near-copies of one policy do not fill the list ({final.finalist_spacing})"
         ),
     )
-    p.add_argument("--seed", type=int, default=None, help="seed of agent, env and data (0)")
-    p.add_argument("--out", default=None, help="run folder (runs/<model>-<dataset>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the search in --out")
-    p.add_argument("--json", action="store_true", help="print result.json instead of a table")
-    p.set_defaults(func=run)
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -39,6 +39,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "command run again loads it instead of training."
         ),
     )
+    # The order of the calls is the order of the flags in --help.
+    _add_model_arguments(parser)
+    _add_training_arguments(parser)
+    _add_output_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and data flags: ``--model``, ``--dataset``, ``--data-dir``."""
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -58,6 +68,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="folder that holds the dataset files, or receives their download "
         "(default: the cache's datasets folder)",
     )
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the training run: ``--epochs``, ``--lr``, ``--batch-size``, ``--seed``."""
     parser.add_argument(
         "--epochs",
         type=_positive_int,
@@ -83,6 +97,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=0,
         help="seeds the weights, the val split and the batch order (default: %(default)s)",
     )
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the result goes, and whether to retrain: ``--out``, ``--retrain``."""
     parser.add_argument(
         "--out",
         type=Path,
@@ -94,8 +112,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--retrain", action="store_true", help="train even if a cached result exists"
     )
-    parser.set_defaults(func=run)
-    return parser
 
 
 def _positive_int(text: str) -> int:

@@ -13,7 +13,9 @@ import pytest
 from autoshrink.scripts.cli import main
 
 
-@pytest.mark.parametrize("name", ["agent", "env", "compression", "scripts"])
+@pytest.mark.parametrize(
+    "name", ["agent", "agent.search", "agent.batch", "env", "compression", "scripts"]
+)
 def test_subpackages_import_under_autoshrink(name: str) -> None:
     module = importlib.import_module(f"autoshrink.{name}")
     assert module.__file__ is not None

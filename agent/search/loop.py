@@ -106,22 +106,21 @@ def run_search(
     """Search ``env`` with the agent of ``config`` and write the run folder.
 
     Args:
-        env: A compression env (one step per unit, reward at the episode end, ``info`` at
-            the end holding ``policy`` and the metrics).
+        env: A compression env (one step per unit; the last step's reward and ``info``).
         config: The agent and its budget of episodes.
         out_dir: The run folder; created if missing.
         resume: Continue the search found in ``out_dir`` (or start one if there is none).
         progress: Called after every episode with the episode's record and the state.
         callbacks: Extra SB3 callbacks, e.g. to stop early.
-        final: The finish the search will get, recorded in ``config.json`` with the env's
-            and the agent's settings (the defaults when None).
+        final: The finish to record in ``config.json`` beside the env's and the agent's
+            settings (the defaults when None).
 
     Returns:
         The best policy and its metrics, the episodes run and the wall time.
 
     Raises:
-        AutoshrinkError: If ``out_dir`` holds a search and ``resume`` is False, or holds
-            a search of another algorithm.
+        AutoshrinkError: If ``out_dir`` holds a search and ``resume`` is False, or one of
+            another algorithm.
     """
     folder = RunFolder(Path(out_dir))
     spec = ALGORITHMS[config.algorithm]

@@ -126,11 +126,10 @@ def plan_policy(
     """Check a policy against ``model`` and plan its application; no training, no writing.
 
     Args:
-        policy: The policy, or the path of its ``policy.json`` (the plan's ``source``
-            names the path; None for a policy object).
+        policy: The policy, or the path of its ``policy.json`` (named in ``source``).
         model: The target model's name or ``file.py:factory``.
         checkpoint: Its trained weights; the cached baseline when None.
-        dataset: The dataset; the policy's (its meta), else ``digits``, when None.
+        dataset: The dataset; the policy's, else ``digits``, when None.
         data_dir: Where the dataset's files are.
         seed: Seed of the data split, the env and the replay.
         budgets: Budgets by metric (``Budget`` objects or values as the CLI takes them).
@@ -143,57 +142,78 @@ def plan_policy(
         The plan.
 
     Raises:
-        PolicyError: If the file is not a valid policy, does not match the model's units
-            and widths, holds per-layer bits apply cannot reproduce, or exceeds the budgets.
-        AutoshrinkError: On a bad setting, an unknown model or dataset, or a checkpoint of
-            another architecture (``CheckpointError``).
+        PolicyError: If the policy is invalid, does not match the model's units and widths,
+            holds layer bits apply cannot reproduce, or exceeds the budgets.
+        AutoshrinkError: On a bad setting, model, dataset or checkpoint.
     """
-    from autoshrink.compression.data import load_dataset
-    from autoshrink.compression.models import ModelSpec, build_model, load_weights
     from autoshrink.compression.policy import validate
     from autoshrink.compression.policy_map import MAPS, map_depth
-    from autoshrink.compression.units import build_units
 
     extra = dict(settings or {})
-    clash = sorted(set(extra) & {*POLICY_DECIDES, *_NAMED})
-    if clash:
+    if clash := sorted(set(extra) & {*POLICY_DECIDES, *_NAMED}):
         raise AutoshrinkError(f"settings {clash} are set by the policy or given as arguments")
     if map_name is not None and map_name not in MAPS:
         raise AutoshrinkError(f"unknown map {map_name!r}: use one of {MAPS}")
     given = {m: parse_budget(m, v) for m, v in (budgets or {}).items()}
     source: dict[str, Any] = {"policy": None if isinstance(policy, Policy) else str(policy)}
-    if not isinstance(policy, Policy):
-        policy = Policy.load(policy)
-    cfg = EnvConfig(dataset=policy.meta.get("dataset", "digits"), finetune_steps=0)
-    cfg = cfg.replace(
-        model=model,
-        dataset=dataset or cfg.dataset,
-        data_dir=None if data_dir is None else str(data_dir),
-        checkpoint=None if checkpoint is None else str(checkpoint),
-        seed=seed,
-        **extra,
-    )
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
-    net = build_model(ModelSpec(cfg.model, data.num_classes, data.in_channels))
-    loaded = load_weights(net, checkpoint) if checkpoint is not None else None
-    graph = build_units(net, data.example_input(1), round_to=policy.round_to)
-    name = "policy"
+    policy = policy if isinstance(policy, Policy) else Policy.load(policy)
+    named = {"model": model, "dataset": dataset, "data_dir": data_dir, "checkpoint": checkpoint}
+    cfg = _target_config(policy, named, seed, extra)
+    data, loaded, graph = _target(cfg, policy.round_to)
     if map_name:
         source.update(map=map_name, mapped_from=policy.meta.get("model"))
         policy = map_depth(policy, graph)
-        name = f"policy+{map_name}-map"
+    name = f"policy+{map_name}-map" if map_name else "policy"
     validate(policy, graph)
     mode, pinned = policy_mode(policy, graph)
-    active = dict(given)
-    if not map_name:
-        if not active:
-            active = meta_budgets(policy)
-        check_budgets(policy, graph, active)
+    active = _budgets(policy, graph, given, mapped=bool(map_name))
     cfg = cfg.replace(mode=mode, first_last_bits=pinned, round_to=policy.round_to)
     cfg = cfg.replace(**(active or {"flops": Budget("flops", 1.0)}))
-    replaying = bool(map_name) and bool(given)
     logger.info("applying %s on %s (%s)", source["policy"], model, name)
-    return PolicyPlan(cfg, policy, data, loaded, replaying, name, source)
+    return PolicyPlan(cfg, policy, data, loaded, bool(map_name and given), name, source)
+
+
+def _target(cfg: EnvConfig, round_to: int) -> tuple[Any, nn.Module | None, UnitGraph]:
+    """The target's data, its checkpoint's weights (None: the cached baseline) and units."""
+    from autoshrink.compression.data import load_dataset
+    from autoshrink.compression.models import ModelSpec, build_model, load_weights
+    from autoshrink.compression.units import build_units
+
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
+    net = build_model(ModelSpec(cfg.model, data.num_classes, data.in_channels))
+    loaded = load_weights(net, cfg.checkpoint) if cfg.checkpoint is not None else None
+    graph = build_units(net, data.example_input(1), round_to=round_to)
+    return data, loaded, graph
+
+
+def _budgets(
+    policy: Policy, graph: UnitGraph, given: dict[str, Budget], mapped: bool
+) -> dict[str, Budget]:
+    """The budgets the plan holds: the given ones, else the policy's own.
+
+    An unmapped policy must meet them as it is; a mapped one is replayed through the
+    clamp, which makes it meet them.
+    """
+    if mapped:
+        return dict(given)
+    active = dict(given) or meta_budgets(policy)
+    check_budgets(policy, graph, active)
+    return active
+
+
+def _target_config(
+    policy: Policy, named: Mapping[str, Any], seed: int, extra: Mapping[str, Any]
+) -> EnvConfig:
+    """The target env's settings before the policy's mode and budgets are known.
+
+    The dataset is the given one, else the policy's. The env only replays and scores once,
+    so it fine-tunes nothing per episode.
+    """
+    cfg = EnvConfig(dataset=policy.meta.get("dataset", "digits"), finetune_steps=0)
+    paths = {k: None if named[k] is None else str(named[k]) for k in ("data_dir", "checkpoint")}
+    return cfg.replace(
+        model=named["model"], dataset=named["dataset"] or cfg.dataset, seed=seed, **paths, **extra
+    )
 
 
 def meta_budgets(policy: Policy) -> dict[str, Budget]:

@@ -34,13 +34,17 @@ from pathlib import Path
 from typing import Any
 
 from autoshrink.compression.atomic import write_atomic
-from autoshrink.compression.json_write import to_jsonable, write_json
+from autoshrink.compression.errors import CheckpointError
+from autoshrink.compression.json_write import to_jsonable, write_document, write_json
 from autoshrink.compression.metrics import METRICS
+from autoshrink.compression.versioned import unwrap, wrap
 
 logger = logging.getLogger(__name__)
 
 STATE_TYPE = "autoshrink.SearchState"
 STATE_VERSION = 1
+POINTER_TYPE = "autoshrink.CheckpointPointer"
+POINTER_VERSION = 1
 
 
 @dataclass
@@ -65,16 +69,12 @@ class SearchState:
 
     def to_dict(self) -> dict[str, Any]:
         """Versioned JSON-ready form."""
-        return {"type": STATE_TYPE, "version": STATE_VERSION, "data": to_jsonable(asdict(self))}
+        return wrap(STATE_TYPE, STATE_VERSION, to_jsonable(asdict(self)))
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> SearchState:
         """Inverse of :meth:`to_dict`."""
-        from autoshrink.compression.errors import CheckpointError
-
-        if obj.get("type") != STATE_TYPE or obj.get("version") != STATE_VERSION:
-            raise CheckpointError(f"not a search state of version {STATE_VERSION}")
-        return cls(**obj["data"])
+        return cls(**unwrap(obj, STATE_TYPE, STATE_VERSION, "search state", CheckpointError))
 
     def offer(self, episode: int, reward: float, metrics: dict[str, Any], policy: Any) -> bool:
         """Record a finished episode; return True if it is the new best."""
@@ -250,7 +250,8 @@ class RunFolder:
         folder.mkdir()
         save_agent(folder)
         write_json(folder / "state.json", state.to_dict())
-        write_json(self.checkpoints / "latest.json", {"dir": name, "episodes": state.episodes})
+        pointer = {"dir": name, "episodes": state.episodes}
+        write_document(self.checkpoints / "latest.json", POINTER_TYPE, POINTER_VERSION, pointer)
         for old in self.checkpoints.glob("ckpt-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -261,7 +262,12 @@ class RunFolder:
         pointer = self.checkpoints / "latest.json"
         if not pointer.exists():
             return None
-        folder = self.checkpoints / json.loads(pointer.read_text())["dir"]
+        obj = json.loads(pointer.read_text())
+        if isinstance(obj, dict) and "type" not in obj:  # v0.1 wrote the pointer bare
+            data = obj
+        else:
+            data = unwrap(obj, POINTER_TYPE, POINTER_VERSION, "checkpoint pointer", CheckpointError)
+        folder = self.checkpoints / data["dir"]
         state = SearchState.from_dict(json.loads((folder / "state.json").read_text()))
         return folder, state
 

@@ -34,6 +34,7 @@ import numpy as np
 from autoshrink.agent.algorithms import ALGORITHMS
 from autoshrink.agent.config import AgentConfig
 from autoshrink.agent.env_view import episode_length, search_env
+from autoshrink.agent.scripted import STATE_FILE, scripted_state
 from autoshrink.agent.search.config import saved_agent
 from autoshrink.agent.search.loop import SearchResult
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError, PolicyError
@@ -75,8 +76,8 @@ def agent_algorithm(path: str | Path) -> str:
         with zipfile.ZipFile(path) as zf:
             files = set(zf.namelist())
             data = json.loads(zf.read("data")) if "data" in files else {}
-            if "baseline.json" in files:
-                name = json.loads(zf.read("baseline.json")).get("algorithm", "baseline")
+            if STATE_FILE in files:
+                name = scripted_state(json.loads(zf.read(STATE_FILE))).get("algorithm", "baseline")
     except (OSError, zipfile.BadZipFile, ValueError) as exc:
         raise CheckpointError(f"{path} is not a saved agent: {exc}") from exc
     if name is None and data:
