@@ -100,7 +100,8 @@ class ScriptedSearch:
         cb = CallbackList(list(callback)) if isinstance(callback, Sequence) else callback
         cb = cb or CallbackList([])
         cb.init_callback(self)  # type: ignore[arg-type]
-        set_random_seed(self.seed)
+        if reset_num_timesteps:  # a resume restores the generators' state instead
+            set_random_seed(self.seed)
         if self._last_obs is None:
             self.env.seed(self.seed)
             self._last_obs = self.env.reset()

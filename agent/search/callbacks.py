@@ -3,7 +3,7 @@
 Each callback sees an episode end in ``_on_step`` (a ``done`` in SB3's ``locals``) and turns
 it into the same :class:`EpisodeRecord` through the shared :class:`EpisodeBook`, whichever
 callback gets there first; so their order in a ``CallbackList`` does not matter. The book
-owns the :class:`~autoshrink.agent.run_folder.SearchState` (episode count and best policy).
+owns the :class:`~autoshrink.agent.search.episodes.SearchState` (episode count and best policy).
 
 Checkpoints of off-policy agents are written at the start of the next rollout (or at the end
 of training): by then SB3 has stored the episode's last transition, reset the noise and done
@@ -22,12 +22,8 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from autoshrink.agent.search.run_folder import (
-    EpisodeBook,
-    EpisodeRecord,
-    RunFolder,
-    SearchState,
-)
+from autoshrink.agent.search.episodes import EpisodeBook, EpisodeRecord, SearchState
+from autoshrink.agent.search.run_folder import RunFolder
 from autoshrink.compression.metrics import METRICS
 
 logger = logging.getLogger(__name__)
@@ -109,6 +105,9 @@ class TensorBoardCallback(EpisodeCallback):
             tag = f"budget/{key}" if key in RATIO_KEYS else f"episode/{key}"
             w.add_scalar(tag, value, step)
         w.add_scalar("search/best_reward", record.best_reward, step)
+        w.add_scalar("time/elapsed_s", record.time_s, step)
+        for key, value in record.timing.items():
+            w.add_scalar(f"time/{key}", value, step)
         best_acc = self.book.state.best_metrics.get("accuracy")
         if best_acc is not None:
             w.add_scalar("search/best_accuracy", best_acc, step)

@@ -29,6 +29,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.utils import set_random_seed
 
+from autoshrink.agent import rng_state
 from autoshrink.agent.agent_file import save_agent
 from autoshrink.agent.algorithms import ALGORITHMS, Agent, build_agent
 from autoshrink.agent.config import AgentConfig
@@ -49,7 +50,8 @@ from autoshrink.agent.search.config import (
     SearchConfig,
     saved_agent,
 )
-from autoshrink.agent.search.run_folder import EpisodeBook, EpisodeRecord, RunFolder, SearchState
+from autoshrink.agent.search.episodes import EpisodeBook, EpisodeRecord, SearchState
+from autoshrink.agent.search.run_folder import RunFolder
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.json_write import write_document, write_json
 from autoshrink.compression.metrics import by_result_key
@@ -166,12 +168,13 @@ def _resume(
     """The state and agent of the folder's checkpoint, the log cut back to what it knows."""
     _check_same_algorithm(folder, config)
     ckpt_dir, state = checkpoint
-    set_random_seed(config.seed + state.episodes)
     agent = ALGORITHMS[config.algorithm].load(ckpt_dir / "agent.zip", env, config, n_units)
     if isinstance(agent, OffPolicyAlgorithm):
         assert agent.replay_buffer is not None
         load_replay_buffer(agent.replay_buffer, ckpt_dir)
-    dropped = folder.truncate_episodes(state.episodes)
+    if not rng_state.load(agent, ckpt_dir):  # a checkpoint of autoshrink 0.1
+        set_random_seed(config.seed + state.episodes)
+    dropped = folder.restore_log(ckpt_dir, state.episodes)
     logger.info(
         "resuming %s at episode %d (%d unlogged lines dropped)",
         config.algorithm,
@@ -214,6 +217,7 @@ def _callbacks(
         if isinstance(agent, OffPolicyAlgorithm):
             assert agent.replay_buffer is not None
             save_replay_buffer(agent.replay_buffer, where)
+        rng_state.save(agent, where)
 
     def extra() -> dict[str, Any]:
         sigma = getattr(getattr(agent, "action_noise", None), "current_sigma", None)
@@ -222,13 +226,16 @@ def _callbacks(
     cbs: list[BaseCallback] = [
         EpisodeLogCallback(book, folder.episodes, extra),
         TensorBoardCallback(book, folder.tensorboard, purge_step=book.state.episodes),
+        # Off-policy agents are checkpointed after their training step, so a resume is the
+        # same search. PPO trains once per rollout of four episodes, so its checkpoint is
+        # every episode's: a resume loses at most one, but starts a new rollout there.
         CheckpointCallback(book, folder, save_files, deferred=off_policy),
     ]
     if progress is not None:
         cbs.append(ProgressCallback(book, progress))
     if isinstance(agent, BaseAlgorithm):
         cbs.append(AgentThreadsCallback(threads=1))
-    if not off_policy:  # on-policy rollouts (and scripted searches) may overshoot the episode count
+    if not off_policy:  # on-policy rollouts (and scripted searches) may overshoot the episodes
         cbs.append(StopAfterEpisodes(book, config.episodes))
     return cbs
 

@@ -25,167 +25,45 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import re
 import shutil
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoshrink.agent.search.episodes import SearchState
 from autoshrink.compression.atomic import write_atomic
 from autoshrink.compression.errors import CheckpointError
-from autoshrink.compression.json_write import to_jsonable, write_document, write_json
-from autoshrink.compression.metrics import METRICS
-from autoshrink.compression.versioned import unwrap, wrap
+from autoshrink.compression.json_write import write_document, write_json
+from autoshrink.compression.versioned import parse_json, read_text, unwrap
 
 logger = logging.getLogger(__name__)
 
-STATE_TYPE = "autoshrink.SearchState"
-STATE_VERSION = 1
 POINTER_TYPE = "autoshrink.CheckpointPointer"
 POINTER_VERSION = 1
 
 
-@dataclass
-class SearchState:
-    """What a search knows between episodes; enough to resume it.
+#: The checkpoint's copy of the episode log.
+LOG_COPY = "episodes.jsonl"
+_CHECKPOINT_NAME = re.compile(r"ckpt-[0-9]{6}")
 
-    Args:
-        episodes: Episodes finished (and logged).
-        best_reward: Highest episode reward so far (None before the first episode).
-        best_episode: Index of that episode.
-        best_metrics: Its metrics (accuracy, macs, params, bytes, ratios, ...).
-        best_policy: Its realised policy as ``Policy.to_dict()``.
-        elapsed_s: Wall time spent in earlier runs of this search (before a resume).
-    """
 
-    episodes: int = 0
-    best_reward: float | None = None
-    best_episode: int | None = None
-    best_metrics: dict[str, Any] = field(default_factory=dict)
-    best_policy: dict[str, Any] | None = None
-    elapsed_s: float = 0.0
+def read_json(path: Path, what: str) -> object:
+    """A JSON file of the run folder, parsed; failures are one line naming the file."""
+    return parse_json(read_text(path, what, CheckpointError), f"{what} {path}", CheckpointError)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Versioned JSON-ready form."""
-        return wrap(STATE_TYPE, STATE_VERSION, to_jsonable(asdict(self)))
 
-    @classmethod
-    def from_dict(cls, obj: dict[str, Any]) -> SearchState:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**unwrap(obj, STATE_TYPE, STATE_VERSION, "search state", CheckpointError))
-
-    def offer(self, episode: int, reward: float, metrics: dict[str, Any], policy: Any) -> bool:
-        """Record a finished episode; return True if it is the new best."""
-        self.episodes = max(self.episodes, episode + 1)
-        if not math.isfinite(reward) or (
-            self.best_reward is not None and reward <= self.best_reward
-        ):
+def _numbered(lines: list[str]) -> bool:
+    """Whether ``lines`` are JSON records of episodes 0, 1, ... in order."""
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
             return False
-        self.best_reward = float(reward)
-        self.best_episode = episode
-        self.best_metrics = to_jsonable(metrics)
-        self.best_policy = policy.to_dict() if hasattr(policy, "to_dict") else policy
-        return True
-
-
-#: info keys of the episode's metrics, copied into each record when present.
-METRIC_KEYS: tuple[str, ...] = ("accuracy", *(m.key for m in METRICS))
-#: other info keys copied into each record when present.
-EXTRA_KEYS: tuple[str, ...] = ("budgets_met", "eval_cached", "eval_seconds")
-
-
-@dataclass
-class EpisodeRecord:
-    """One finished episode, as logged to ``episodes.jsonl``."""
-
-    episode: int
-    reward: float
-    metrics: dict[str, float]
-    keep: dict[str, float]
-    bits: dict[str, int]
-    is_best: bool
-    best_reward: float
-    time_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON line."""
-        return to_jsonable(
-            {
-                "episode": self.episode,
-                "reward": self.reward,
-                **self.metrics,
-                "is_best": self.is_best,
-                "best_reward": self.best_reward,
-                "time_s": round(self.time_s, 3),
-                **self.extra,
-                "keep": self.keep,
-                "bits": self.bits,
-            }
-        )
-
-
-class EpisodeBook:
-    """Turns episode ends into records once, and keeps the search state.
-
-    Args:
-        state: The state to continue (a fresh one, or a checkpoint's on resume).
-        reference: The uncompressed model's ``macs``, ``params`` and ``bytes``, for ratios.
-        clock_start: ``time.perf_counter()`` at the start of this run of the search.
-    """
-
-    def __init__(
-        self,
-        state: SearchState,
-        reference: Mapping[str, float] | None = None,
-        clock_start: float | None = None,
-    ) -> None:
-        self.state = state
-        self.reference = dict(reference or {})
-        self.clock_start = time.perf_counter() if clock_start is None else clock_start
-        self._seen_step = -1
-        self._seen: dict[int, EpisodeRecord] = {}
-
-    def elapsed(self) -> float:
-        """Wall time of the whole search, earlier runs included."""
-        return self.state.elapsed_s + time.perf_counter() - self.clock_start
-
-    def record(
-        self, step: int, env_index: int, reward: float, info: Mapping[str, Any]
-    ) -> EpisodeRecord:
-        """The record of the episode that ended at ``step`` in env ``env_index``."""
-        if step != self._seen_step:
-            self._seen_step, self._seen = step, {}
-        if env_index in self._seen:
-            return self._seen[env_index]
-        policy = info.get("policy")
-        metrics = {k: float(info[k]) for k in METRIC_KEYS if info.get(k) is not None}
-        for m in METRICS:
-            if info.get(m.ratio_key) is not None:
-                metrics[m.ratio_key] = float(info[m.ratio_key])
-            elif m.key in metrics and self.reference.get(m.key):
-                metrics[m.ratio_key] = metrics[m.key] / self.reference[m.key]
-        episode = self.state.episodes
-        reward = float(reward)
-        is_best = self.state.offer(episode, reward, metrics, policy)
-        units = getattr(policy, "units", {}) or {}
-        record = EpisodeRecord(
-            episode=episode,
-            reward=reward,
-            metrics=metrics,
-            keep={name: float(u.keep) for name, u in units.items()},
-            bits={name: int(u.bits) for name, u in units.items()},
-            is_best=is_best,
-            best_reward=float(
-                self.state.best_reward if self.state.best_reward is not None else reward
-            ),
-            time_s=self.elapsed(),
-            extra={k: info[k] for k in EXTRA_KEYS if k in info},
-        )
-        self._seen[env_index] = record
-        return record
+        if not isinstance(record, dict) or record.get("episode") != i:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -239,8 +117,10 @@ class RunFolder:
     def save_checkpoint(self, state: SearchState, save_agent: Callable[[Path], None]) -> Path:
         """Write a checkpoint of ``state`` and let ``save_agent(dir)`` add the agent's files.
 
-        The checkpoint becomes the current one only once it is complete, by an atomic
-        rewrite of ``checkpoint/latest.json``; older checkpoints are then deleted.
+        The checkpoint keeps a copy of the episode log as it stands (one line per episode
+        ``state`` knows), from which a resume repairs a log that was torn or lost. It
+        becomes the current one only once it is complete, by an atomic rewrite of
+        ``checkpoint/latest.json``; older checkpoints are then deleted.
         """
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         name = f"ckpt-{state.episodes:06d}"
@@ -249,6 +129,8 @@ class RunFolder:
             shutil.rmtree(folder)
         folder.mkdir()
         save_agent(folder)
+        lines = self._log_lines(state.episodes)
+        write_atomic(folder / LOG_COPY, lambda p: p.write_text("".join(lines)))
         write_json(folder / "state.json", state.to_dict())
         pointer = {"dir": name, "episodes": state.episodes}
         write_document(self.checkpoints / "latest.json", POINTER_TYPE, POINTER_VERSION, pointer)
@@ -258,18 +140,70 @@ class RunFolder:
         return folder
 
     def latest_checkpoint(self) -> tuple[Path, SearchState] | None:
-        """The current checkpoint's folder and state, or None if there is none."""
+        """The current checkpoint's folder and state, or None if there is none.
+
+        Raises:
+            CheckpointError: If ``latest.json`` or the state is unreadable, or the pointer
+                names a folder that is not a checkpoint of this run folder.
+        """
         pointer = self.checkpoints / "latest.json"
         if not pointer.exists():
             return None
-        obj = json.loads(pointer.read_text())
+        obj = read_json(pointer, "checkpoint pointer")
         if isinstance(obj, dict) and "type" not in obj:  # v0.1 wrote the pointer bare
-            data = obj
+            data: Any = obj
         else:
-            data = unwrap(obj, POINTER_TYPE, POINTER_VERSION, "checkpoint pointer", CheckpointError)
-        folder = self.checkpoints / data["dir"]
-        state = SearchState.from_dict(json.loads((folder / "state.json").read_text()))
+            data = unwrap(obj, POINTER_TYPE, POINTER_VERSION, f"{pointer}", CheckpointError)
+        name = data.get("dir")
+        if not isinstance(name, str) or not _CHECKPOINT_NAME.fullmatch(name):
+            raise CheckpointError(f"{pointer}: 'dir' must name a ckpt-NNNNNN folder of this run")
+        folder = self.checkpoints / name
+        state = SearchState.from_dict(read_json(folder / "state.json", "search state"))
         return folder, state
+
+    def restore_log(self, checkpoint: Path, episodes: int) -> int:
+        """Make the episode log the checkpoint's: its ``episodes`` lines, nothing after.
+
+        A log torn, garbled or deleted since is repaired from the checkpoint's copy (with a
+        warning); lines past the checkpoint are dropped, since the search runs them again.
+        A checkpoint of autoshrink 0.1 has no copy: the log must then hold those episodes.
+
+        Returns:
+            How many lines of the log were dropped.
+
+        Raises:
+            CheckpointError: If the log cannot be made whole.
+        """
+        copy = checkpoint / LOG_COPY
+        if not copy.is_file():
+            lines = self._log_lines(episodes)
+        else:
+            lines = copy.read_text().splitlines(keepends=True)
+            if len(lines) != episodes or not _numbered(lines):
+                raise CheckpointError(f"{copy} does not hold episodes 0..{episodes - 1}")
+        current = self.episodes.read_text() if self.episodes.exists() else ""
+        had = current.splitlines(keepends=True)
+        if had[:episodes] != lines:
+            logger.warning("repaired %s from the checkpoint (%d episodes)", self.episodes, episodes)
+        text = "".join(lines)
+        write_atomic(self.episodes, lambda p: p.write_text(text))
+        return max(0, len(had) - episodes)
+
+    def _log_lines(self, episodes: int) -> list[str]:
+        """The log's first ``episodes`` lines, checked to be episodes 0, 1, ... in order.
+
+        Raises:
+            CheckpointError: If the log has fewer, or a line is torn or out of place.
+        """
+        text = self.episodes.read_text() if self.episodes.exists() else ""
+        lines = [line if line.endswith("\n") else line + "\n" for line in text.splitlines()]
+        lines = lines[:episodes]
+        if len(lines) < episodes or not _numbered(lines):
+            raise CheckpointError(
+                f"{self.episodes} does not hold episodes 0..{episodes - 1} as the checkpoint "
+                "does (lines lost or garbled); start the search again in a new folder"
+            )
+        return lines
 
     # --- the episode log -----------------------------------------------------------------
     def read_episodes(self) -> list[dict[str, Any]]:
