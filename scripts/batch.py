@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 from rich.progress import TextColumn
 
 from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.locking import hold
 from autoshrink.scripts.console import console, err_console, make_progress
 
 
@@ -42,7 +44,6 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the spec, run the batch with a progress bar, and say where the results are."""
-    from autoshrink.agent.batch.runner import BatchEvent, BatchOptions, run_batch
     from autoshrink.agent.batch.spec import EXAMPLE_SPEC, load_spec
 
     if args.example:
@@ -51,6 +52,14 @@ def run(args: argparse.Namespace) -> int:
     if args.spec is None or args.out is None:
         raise AutoshrinkError("give a spec and --out DIR (or --example for a spec to start from)")
     spec = load_spec(args.spec)
+    with hold(Path(args.out), "batch"):  # refused here, before a line is printed
+        return _run(spec, args)
+
+
+def _run(spec: Any, args: argparse.Namespace) -> int:
+    """Run a loaded spec in its locked folder, with the progress bar and the summary."""
+    from autoshrink.agent.batch.runner import BatchEvent, BatchOptions, run_batch
+
     options = BatchOptions(
         backend=args.backend,
         workers=args.workers,

@@ -18,6 +18,7 @@ from rich.progress import TextColumn
 from rich.table import Table
 
 from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.locking import check_free
 from autoshrink.compression.metrics import BUDGET_NAMES, MEASURED_LATENCY, result_key
 from autoshrink.scripts.console import console, err_console, make_progress
 from autoshrink.scripts.options import add_budget_flags
@@ -156,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         raise AutoshrinkError("--resume needs --out, the run folder to continue")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/{args.model or 'resnet20'}-{args.dataset or 'digits'}-{stamp}")
+    check_free(out, "search")  # before the env is built, which can take minutes
     config = _config(args, out)
     env_cfg, agent_cfg = config.env, config.agent
     with err_console.status(f"preparing {env_cfg.model} on {env_cfg.dataset} (trains once)"):

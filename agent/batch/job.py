@@ -32,6 +32,7 @@ from typing import Any
 
 from autoshrink.agent.batch.results import FAILED, OK, TIMEOUT
 from autoshrink.agent.batch.spec import Job
+from autoshrink.compression.locking import hold
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def _run(job: Job, run_dir: Path) -> dict[str, Any]:
 
     torch.set_num_threads(job.cpus)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _flock(run_dir / ".lock"):
+    with hold(run_dir, "batch job"):
         done = run_dir / "result.json"
         if done.is_file():
             logger.info("job %s finished before it was recorded; reusing %s", job.id, done)
@@ -237,20 +238,3 @@ def _deadline(seconds: float | None) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-@contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (released by the OS if the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover (not POSIX)
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

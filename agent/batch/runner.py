@@ -50,6 +50,7 @@ from autoshrink.agent.batch.results import (
 from autoshrink.agent.batch.spec import BatchSpec, Job
 from autoshrink.compression.atomic import write_atomic
 from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.locking import hold
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,17 @@ def run_batch(
     """
     options = options or BatchOptions()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with hold(out, "batch"):  # a second driver on this folder would record jobs twice
+        return _run_batch(spec, out, options, on_event)
+
+
+def _run_batch(
+    spec: BatchSpec,
+    out: Path,
+    options: BatchOptions,
+    on_event: Callable[[BatchEvent], None] | None,
+) -> BatchReport:
+    """:func:`run_batch` in its locked folder."""
     results = out / RESULTS
     repair_tail(results)
     write_atomic(out / "spec.toml", lambda p: p.write_text(spec.text))

@@ -28,6 +28,7 @@ from autoshrink.agent.search.finalists import Candidate, top_candidates
 from autoshrink.agent.search.report import Shipped, build_result, write_result
 from autoshrink.agent.search.run_folder import RunFolder
 from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.locking import hold
 from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.policy import Policy, kept_channels, layer_bits
 
@@ -97,12 +98,25 @@ def finish_search(
     Raises:
         AutoshrinkError: If the search found no policy (it ran no episode).
     """
-    from autoshrink.compression.artifact import save_artifact
-    from autoshrink.compression.models import ModelSpec
-
     final = final or FinalConfig()
     if search.best_policy is None:
         raise AutoshrinkError("the search ran no episode, so there is no policy to finish")
+    with hold(Path(search.run_dir), "search"):
+        return _finish(env, search, final, seed, on_step, data)
+
+
+def _finish(
+    env: gym.Env,
+    search: Any,
+    final: FinalConfig,
+    seed: int,
+    on_step: Callable[[int, float], None] | None,
+    data: Any,
+) -> dict[str, Any]:
+    """:func:`finish_search` in its locked run folder."""
+    from autoshrink.compression.artifact import save_artifact
+    from autoshrink.compression.models import ModelSpec
+
     start = time.perf_counter()
     folder = RunFolder(Path(search.run_dir))
     inner = search_env(env)

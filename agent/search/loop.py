@@ -54,6 +54,7 @@ from autoshrink.agent.search.episodes import EpisodeBook, EpisodeRecord, SearchS
 from autoshrink.agent.search.run_folder import RunFolder
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.json_write import write_document, write_json
+from autoshrink.compression.locking import hold
 from autoshrink.compression.metrics import by_result_key
 from autoshrink.compression.policy import Policy
 from autoshrink.env.config import EnvConfig
@@ -125,6 +126,20 @@ def run_search(
             another algorithm.
     """
     folder = RunFolder(Path(out_dir))
+    with hold(folder.root, "search"):
+        return _run(env, config, folder, resume, progress, callbacks, final)
+
+
+def _run(
+    env: gym.Env,
+    config: AgentConfig,
+    folder: RunFolder,
+    resume: bool,
+    progress: Progress | None,
+    callbacks: Sequence[BaseCallback],
+    final: FinalConfig | None,
+) -> SearchResult:
+    """:func:`run_search` in its locked folder."""
     spec = ALGORITHMS[config.algorithm]
     n_units = episode_length(env)
     start = time.perf_counter()

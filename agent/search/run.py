@@ -21,6 +21,7 @@ import gymnasium as gym
 from autoshrink.agent.search.config import SearchConfig
 from autoshrink.agent.search.finish import finish_search
 from autoshrink.agent.search.loop import Progress, run_search
+from autoshrink.compression.locking import hold
 
 
 def search(
@@ -45,8 +46,9 @@ def search(
     Returns:
         The content of ``result.json``.
     """
-    env = env if env is not None else config.make_env()
-    result = run_search(
-        env, config.agent, out_dir, resume=resume, progress=progress, final=config.final
-    )
-    return finish_search(env, result, config.final, seed=config.agent.seed, on_step=on_step)
+    with hold(Path(out_dir), "search"):
+        env = env if env is not None else config.make_env()
+        result = run_search(
+            env, config.agent, out_dir, resume=resume, progress=progress, final=config.final
+        )
+        return finish_search(env, result, config.final, seed=config.agent.seed, on_step=on_step)
