@@ -360,7 +360,11 @@ def _validate(cfg: EnvConfig) -> None:
         cfg.importance in IMPORTANCES,
         f"importance must be one of {IMPORTANCES}, got {cfg.importance!r}",
     )
-    need(bool(cfg.model), "model must be named")
-    need(bool(cfg.dataset), "dataset must be named")
+    for name in ("model", "dataset"):
+        value = getattr(cfg, name)
+        need(isinstance(value, str) and bool(value), f"{name} must be a name, got {value!r}")
+    for name in ("data_dir", "checkpoint"):
+        value = getattr(cfg, name)
+        need(value is None or isinstance(value, str), f"{name} must be a path, got {value!r}")
     if problems:
         raise AutoshrinkError("invalid environment config: " + "; ".join(problems))

@@ -8,6 +8,7 @@ table and key, so that a problem found later (an unknown key, a bad budget) can 
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from autoshrink.compression.metrics import BUDGET_NAMES
 #: Grid axis -> the setting each of its values sets.
 AXES = {"models": "model", "datasets": "dataset", "agents": "agent", "seeds": "seed"}
 BUDGET_KEYS = BUDGET_NAMES
+#: The most jobs a spec may hold: past that a typo in an axis, not a plan (each is a search).
+MAX_GRID_JOBS = 10_000
 #: The axes in expansion order; the last varies fastest.
 AXIS_ORDER = ("models", "datasets", "budgets", "agents", "seeds")
 #: Words in config errors -> the spec key to blame.
@@ -71,6 +74,10 @@ def expand_grid(grid: Any, base: RawJob, where: str, problem: Problem) -> list[R
         axes[axis] = values
     if not axes:
         problem(where, f"a grid needs at least one axis of {list(AXIS_ORDER)}")
+        return []
+    size = math.prod(len(v) for v in axes.values())
+    if size > MAX_GRID_JOBS:
+        problem(where, f"expands to {size} jobs; a spec holds at most {MAX_GRID_JOBS}")
         return []
     own = base.merge(where, {k: v for k, v in grid.items() if k not in axes}, where)
     out = []

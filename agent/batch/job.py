@@ -122,14 +122,20 @@ def _run(job: Job, run_dir: Path) -> dict[str, Any]:
     import torch
 
     from autoshrink.agent.search.report import read_result
+    from autoshrink.compression.errors import CheckpointError
 
     torch.set_num_threads(job.cpus)
     run_dir.mkdir(parents=True, exist_ok=True)
     with hold(run_dir, "batch job"):
         done = run_dir / "result.json"
         if done.is_file():
-            logger.info("job %s finished before it was recorded; reusing %s", job.id, done)
-            return read_result(done)
+            try:
+                result = read_result(done)
+            except CheckpointError as exc:  # run the job again: its search resumes
+                logger.warning("job %s: %s; finishing it again", job.id, exc)
+            else:
+                logger.info("job %s finished before it was recorded; reusing %s", job.id, done)
+                return result
         if job.kind == "search":
             return _search(job, run_dir)
         return _apply(job, run_dir)

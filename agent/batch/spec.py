@@ -31,6 +31,7 @@ from typing import Any
 
 from autoshrink.agent.batch.grid import (
     BUDGET_KEYS,
+    MAX_GRID_JOBS,
     Problem,
     RawJob,
     blame,
@@ -251,6 +252,9 @@ def parse_spec(text: str, name: str = "<spec>", base_dir: str | Path | None = No
     single = isinstance(grids, dict)
     for i, grid in enumerate([grids] if single else grids if isinstance(grids, list) else []):
         raw += expand_grid(grid, base, "grid" if single else f"grid[{i}]", problem)
+    if len(raw) > MAX_GRID_JOBS:
+        problem("jobs", f"the spec holds {len(raw)} jobs; at most {MAX_GRID_JOBS}")
+        raw = []
     if not raw and not problems:
         problem("jobs", "the spec holds no job: add [[jobs]] or a [grid]")
     built = [job for r in raw if (job := _build_job(r, problem, base_dir)) is not None]
