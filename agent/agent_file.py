@@ -58,6 +58,25 @@ def save_agent(agent: Agent, path: Path) -> None:
         agent.__dict__.pop(AGENT_STATE_KEY, None)
 
 
+#: Entries of an agent zip's data that SB3 uses as numbers, and the types they must have.
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "num_timesteps": (int,),
+    "_total_timesteps": (int,),
+    "_episode_num": (int,),
+    "_n_updates": (int,),
+    "learning_starts": (int,),
+    "buffer_size": (int,),
+    "batch_size": (int,),
+    "n_steps": (int,),
+    "n_epochs": (int,),
+    "gradient_steps": (int,),
+    "seed": (int, type(None)),
+    "gamma": (int, float),
+    "tau": (int, float),
+    "_current_progress_remaining": (int, float),
+}
+
+
 def _agent_state(agent: BaseAlgorithm) -> dict[str, Any]:
     noise = getattr(agent, "action_noise", None)
     state = {
@@ -94,6 +113,10 @@ def _read_agent_zip(path: Path) -> tuple[bytes, dict[str, Any]]:
         raise CheckpointError(f"{path} is not a saved agent: {exc}") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a saved agent: its data is not an object")
+    for key, kinds in _SCALARS.items():
+        value = data.get(key)
+        if key in data and (isinstance(value, bool) or not isinstance(value, kinds)):
+            raise CheckpointError(f"{path} is not a saved agent: its {key!r} has the wrong type")
     odd = [n for n in names if n.endswith(".pth") and not _PTH_NAME.fullmatch(n)]
     if odd:
         raise CheckpointError(f"{path} holds unexpected weight files {odd}")
