@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import logging
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -311,6 +312,15 @@ def build_model(spec: ModelSpec) -> nn.Module:
     return model.eval()
 
 
+def _one_line(exc: BaseException) -> str:
+    """Torch's ``weights_only`` refusal is ten lines with ANSI codes: keep what it found."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it holds a Python object ({found.group(1)}), not tensors; it was not unpickled"
+    return " ".join(text.split())[:200]
+
+
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a state dict saved by ``autoshrink train`` (or ``torch.save(state_dict)``).
 
@@ -338,11 +348,11 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {_one_line(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (names to tensors)")
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
