@@ -318,6 +318,10 @@ def _one_line(exc: BaseException) -> str:
     found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if found:
         return f"it holds a Python object ({found.group(1)}), not tensors; it was not unpickled"
+    if text.startswith("Weights only load failed"):
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        detail = f" ({reason.group(1).strip()[:80]})" if reason else ""
+        return f"not a PyTorch state dict{detail}; it was not unpickled"
     return " ".join(text.split())[:200]
 
 
