@@ -19,6 +19,7 @@ from autoshrink.compression.errors import (
     BudgetInfeasibleError,
     CheckpointError,
     DataError,
+    DocumentError,
     PolicyError,
     UnsupportedModelError,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "CheckpointError",
     "Cost",
     "DataError",
+    "DocumentError",
     "ModelSpec",
     "Policy",
     "PolicyError",

@@ -138,6 +138,29 @@ def _digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> str
     return h.hexdigest()
 
 
+def _payload(model: nn.Module, bits: Mapping[str, int]) -> dict[str, torch.Tensor]:
+    """Packed quantized weights with their scales, and every other float tensor."""
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if not value.is_floating_point():
+            continue
+        layer, _, leaf = key.rpartition(".")
+        if leaf == "weight" and layer in bits:
+            q, scale = quantize_per_channel(value, bits[layer])
+            tensors[key] = pack(q, bits[layer])
+            tensors[key + SCALE_SUFFIX] = scale.cpu().contiguous()
+        else:
+            tensors[key] = value.detach().to(torch.float32).cpu().contiguous().clone()
+    return tensors
+
+
+def _header_strings(fields: Mapping[str, Any], policy_json: str) -> dict[str, str]:
+    """The safetensors metadata: format, version and each field as a JSON string."""
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
+    meta |= {name: json.dumps(value) for name, value in fields.items()}
+    return meta | {"policy": policy_json}
+
+
 def save_artifact(
     path: str | Path,
     model: nn.Module,
@@ -184,31 +207,17 @@ def save_artifact(
         policy_json = json.dumps({"layer_bits": bits})
     bits = {n: b for n, b in check_layer_bits(model, bits).items() if b < FLOAT_BITS}
 
-    tensors: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
-        if not value.is_floating_point():
-            continue
-        layer, _, leaf = key.rpartition(".")
-        if leaf == "weight" and layer in bits:
-            q, scale = quantize_per_channel(value, bits[layer])
-            tensors[key] = pack(q, bits[layer])
-            tensors[key + SCALE_SUFFIX] = scale.cpu().contiguous()
-        else:
-            tensors[key] = value.detach().to(torch.float32).cpu().contiguous().clone()
+    tensors = _payload(model, bits)
     meta = {
-        "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
-        "spec": json.dumps(spec.to_dict()),
-        "input_shape": json.dumps([int(d) for d in input_shape]),
-        "kept": json.dumps(kept),
-        "weight_bits": json.dumps(bits),
-        "act_quant": json.dumps(activation_quant_state(model)),
-        "policy": policy_json,
-        "metadata": json.dumps(dict(metadata or {})),
-        "factory": json.dumps(
-            asdict(factory_source(spec.name)) if is_factory_ref(spec.name) else None
-        ),
+        "spec": spec.to_dict(),
+        "input_shape": [int(d) for d in input_shape],
+        "kept": kept,
+        "weight_bits": bits,
+        "act_quant": activation_quant_state(model),
+        "metadata": dict(metadata or {}),
+        "factory": asdict(factory_source(spec.name)) if is_factory_ref(spec.name) else None,
     }
+    meta = _header_strings(meta, policy_json)
     meta["sha256"] = _digest(tensors, meta)
 
     from safetensors.torch import save_file

@@ -256,13 +256,10 @@ def baseline(
     # the first one to train it instead of all training it.
     with FileLock(str(path.with_suffix(".lock"))):
         if path.is_file() and not retrain:
-            try:
-                model = load_weights(build_model(spec), path).eval()
-                logger.info("loaded cached baseline %s", path)
+            cached = _load_cached(spec, path)
+            if cached is not None:
                 _warn_if_near_chance(read_result(path), spec, dataset, min_accuracy)
-                return model, path
-            except CheckpointError as exc:
-                logger.warning("cached baseline unusable, training again: %s", exc)
+                return cached, path
         elif not retrain:
             why, changed = _why_training(path, key)
             (logger.warning if changed else logger.info)("training the baseline again: %s", why)
@@ -271,6 +268,16 @@ def baseline(
         model, result = _train(spec, dataset, splits, key, on_epoch, path)
         _warn_if_near_chance(result, spec, dataset, min_accuracy)
         return model, path
+
+
+def _load_cached(spec: ModelSpec, path: Path) -> nn.Module | None:
+    try:
+        model = load_weights(build_model(spec), path).eval()
+    except CheckpointError as exc:
+        logger.warning("cached baseline unusable, training again: %s", exc)
+        return None
+    logger.info("loaded cached baseline %s", path)
+    return model
 
 
 def _train(
