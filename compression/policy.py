@@ -90,6 +90,8 @@ class Policy(JsonFile):
 
     json_what: ClassVar[str] = "autoshrink policy"
     json_error: ClassVar[type[AutoshrinkError]] = PolicyError
+    # from_dict checks every number it reads (a NaN keep-ratio is "must lie in (0, 1]").
+    json_allow_nonfinite: ClassVar[bool] = True
 
     def keep(self) -> dict[str, float]:
         """Keep-ratio per unit name."""
@@ -175,9 +177,9 @@ def _meta_problems(meta: dict[str, Any]) -> list[str]:
     if not isinstance(budgets, dict):
         return [f"'meta.budgets' must be an object, got {type(budgets).__name__}"]
     return [
-        f"'meta.budgets.{name}' must be a number, got {value!r}"[:120]
+        f"'meta.budgets.{name}' must be a finite number, got {value!r}"[:120]
         for name, value in budgets.items()
-        if isinstance(value, bool) or not isinstance(value, int | float)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
     ]
 
 

@@ -86,6 +86,9 @@ class JsonFile:
 
     json_what: ClassVar[str] = "file"
     json_error: ClassVar[type[AutoshrinkError]] = AutoshrinkError
+    #: Let NaN and Infinity through the reader, for a class whose ``from_dict`` checks
+    #: every number itself (and so names the rule a NaN breaks).
+    json_allow_nonfinite: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return the versioned JSON-ready form (subclasses implement it)."""
@@ -112,7 +115,10 @@ class JsonFile:
     @classmethod
     def from_json(cls: type[_T], text: str) -> _T:
         """Parse a JSON string; malformed JSON raises ``json_error`` with its position."""
-        return cls.from_dict(parse_json(text, cls.json_what, cls.json_error))
+        obj = parse_document(
+            text, cls.json_what, allow_nonfinite=cls.json_allow_nonfinite, error=cls.json_error
+        )
+        return cls.from_dict(obj)
 
     @classmethod
     def load(cls: type[_T], path: str | Path) -> _T:
@@ -120,10 +126,12 @@ class JsonFile:
 
         Size, nesting, integer size and UTF-8 are checked before any field is read (see
         :func:`autoshrink.compression.documents.read_document`); NaN and Infinity are
-        refused.
+        refused unless ``json_allow_nonfinite``.
         """
         path = Path(path)
-        obj = read_document(path, cls.json_what, error=cls.json_error)
+        obj = read_document(
+            path, cls.json_what, allow_nonfinite=cls.json_allow_nonfinite, error=cls.json_error
+        )
         try:
             return cls.from_dict(obj)
         except cls.json_error as exc:

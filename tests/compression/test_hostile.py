@@ -155,7 +155,14 @@ POLICIES: dict[str, tuple[str | bytes, str]] = {
     "binary": (random.Random(1).randbytes(2000), "not UTF-8"),
     "png": (b"\x89PNG\r\n\x1a\n" + bytes(100), "not UTF-8"),
     "nul": (b"\x00" * 64, "binary file"),
-    "nan-keep": (envelope({"units": {"a": {"keep": 0.5}}}).replace("0.5", "NaN"), "keep is nan"),
+    "nan-keep": (
+        envelope({"units": {"a": {"keep": 0.5}}}).replace("0.5", "NaN"),
+        "keep-ratio must lie in (0, 1], got nan for unit a",
+    ),
+    "budget-nan": (
+        envelope({"units": {}, "meta": {"budgets": {"macs": 0.5}}}).replace("0.5", "NaN"),
+        "'meta.budgets.macs' must be a finite number",
+    ),
     "units-list": (envelope({"units": []}), "units"),
     "unit-str": (envelope({"units": {"a": "half"}}), "expected an object"),
     "keep-str": (envelope({"units": {"a": {"keep": "1"}}}), "number"),
