@@ -18,6 +18,7 @@ from autoshrink.compression.errors import (
     BudgetInfeasibleError,
     CheckpointError,
     DataError,
+    DocumentError,
     PolicyError,
     UnsupportedModelError,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "CheckpointError",
     "Cost",
     "DataError",
+    "DocumentError",
     "ModelSpec",
     "Policy",
     "PolicyError",

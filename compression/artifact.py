@@ -11,7 +11,14 @@ What the file holds:
 - **header metadata** (JSON strings in the safetensors header): the format name and
   version, the base :class:`ModelSpec`, the example input shape, the kept channel count per
   unit, the weight bits per layer, any calibrated activation quantizers, the policy, the
-  user's metadata and a SHA-256 over tensors and metadata.
+  user's metadata, for a user-factory model the factory's file path, name and the SHA-256
+  of the file's bytes, and a SHA-256 over tensors and metadata.
+
+Loading never runs code named by the file. A built-in model is rebuilt from its name; a
+user-factory model only from a factory the caller names (``load_artifact(path,
+factory="mynet.py:build")``, ``--model`` on the CLI), and only if that file's hash equals
+the recorded one (unless ``allow_changed_factory``). The header is read and fully checked
+(:mod:`autoshrink.compression.artifact_header`) before any payload byte is read.
 
 The pruned architecture is stored implicitly: loading rebuilds the base model from its spec,
 finds its units, removes channels down to the stored counts (which channels does not matter:
@@ -29,9 +36,8 @@ import copy
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +45,22 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autoshrink.compression.errors import CheckpointError
+from autoshrink.compression.artifact_header import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    ArtifactHeader,
+    decode_header,
+    read_raw_header,
+)
+from autoshrink.compression.atomic import write_atomic
+from autoshrink.compression.errors import AutoshrinkError, CheckpointError
 from autoshrink.compression.metrics import FLOAT_BITS
-from autoshrink.compression.models import ModelSpec, build_model
+from autoshrink.compression.models import (
+    ModelSpec,
+    build_model,
+    factory_source,
+    is_factory_ref,
+)
 from autoshrink.compression.packing import pack, unpack
 from autoshrink.compression.policy import Policy, kept_channels, layer_bits
 from autoshrink.compression.quantize import (
@@ -49,16 +68,25 @@ from autoshrink.compression.quantize import (
     bake_,
     check_layer_bits,
     dequantize_per_channel,
+    quantizable_layers,
     quantize_per_channel,
     set_activation_quant_,
 )
 
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "SCALE_SUFFIX",
+    "ArtifactHeader",
+    "ArtifactInfo",
+    "load_artifact",
+    "read_header",
+    "save_artifact",
+]
+
 logger = logging.getLogger(__name__)
 
-FORMAT_NAME = "autoshrink.artifact"
-FORMAT_VERSION = 1
 SCALE_SUFFIX = "#scale"
-_FIELDS = ("spec", "input_shape", "kept", "weight_bits", "act_quant", "policy", "metadata")
 
 
 @dataclass(frozen=True)
@@ -86,19 +114,6 @@ class ArtifactInfo:
         return self.overhead_bytes / max(self.payload_bytes, 1)
 
 
-@dataclass(frozen=True)
-class ArtifactHeader:
-    """The decoded metadata of an artifact (see :func:`read_header`)."""
-
-    spec: ModelSpec
-    input_shape: tuple[int, ...]
-    kept: dict[str, int]
-    weight_bits: dict[str, int]
-    act_quant: dict[str, tuple[int, float, float]]
-    policy: Policy | dict[str, int]
-    metadata: dict[str, Any]
-
-
 def _graph(model: nn.Module, input_shape: Sequence[int]) -> Any:
     from autoshrink.compression.units import build_units
 
@@ -121,6 +136,29 @@ def _digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> str
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     h.update(json.dumps(dict(meta), sort_keys=True).encode())
     return h.hexdigest()
+
+
+def _payload(model: nn.Module, bits: Mapping[str, int]) -> dict[str, torch.Tensor]:
+    """Packed quantized weights with their scales, and every other float tensor."""
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if not value.is_floating_point():
+            continue
+        layer, _, leaf = key.rpartition(".")
+        if leaf == "weight" and layer in bits:
+            q, scale = quantize_per_channel(value, bits[layer])
+            tensors[key] = pack(q, bits[layer])
+            tensors[key + SCALE_SUFFIX] = scale.cpu().contiguous()
+        else:
+            tensors[key] = value.detach().to(torch.float32).cpu().contiguous().clone()
+    return tensors
+
+
+def _header_strings(fields: Mapping[str, Any], policy_json: str) -> dict[str, str]:
+    """The safetensors metadata: format, version and each field as a JSON string."""
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
+    meta |= {name: json.dumps(value) for name, value in fields.items()}
+    return meta | {"policy": policy_json}
 
 
 def save_artifact(
@@ -169,145 +207,171 @@ def save_artifact(
         policy_json = json.dumps({"layer_bits": bits})
     bits = {n: b for n, b in check_layer_bits(model, bits).items() if b < FLOAT_BITS}
 
-    tensors: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
-        if not value.is_floating_point():
-            continue
-        layer, _, leaf = key.rpartition(".")
-        if leaf == "weight" and layer in bits:
-            q, scale = quantize_per_channel(value, bits[layer])
-            tensors[key] = pack(q, bits[layer])
-            tensors[key + SCALE_SUFFIX] = scale.cpu().contiguous()
-        else:
-            tensors[key] = value.detach().to(torch.float32).cpu().contiguous().clone()
+    tensors = _payload(model, bits)
     meta = {
-        "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
-        "spec": json.dumps(spec.to_dict()),
-        "input_shape": json.dumps([int(d) for d in input_shape]),
-        "kept": json.dumps(kept),
-        "weight_bits": json.dumps(bits),
-        "act_quant": json.dumps(activation_quant_state(model)),
-        "policy": policy_json,
-        "metadata": json.dumps(dict(metadata or {})),
+        "spec": spec.to_dict(),
+        "input_shape": [int(d) for d in input_shape],
+        "kept": kept,
+        "weight_bits": bits,
+        "act_quant": activation_quant_state(model),
+        "metadata": dict(metadata or {}),
+        "factory": asdict(factory_source(spec.name)) if is_factory_ref(spec.name) else None,
     }
+    meta = _header_strings(meta, policy_json)
     meta["sha256"] = _digest(tensors, meta)
 
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     payload = sum(t.numel() * t.element_size() for t in tensors.values())
     return ArtifactInfo(path, payload, path.stat().st_size)
 
 
-def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Read and verify an artifact file: structure, format, version, checksum."""
-    if not path.is_file():
-        raise CheckpointError(f"artifact not found: {path}")
-    raw = path.read_bytes()
-    if len(raw) < 8:
-        raise CheckpointError(f"{path} is truncated or not an artifact ({len(raw)} bytes)")
-    n = int.from_bytes(raw[:8], "little")
-    if 8 + n > len(raw):
-        if n > 100_000_000:
-            raise CheckpointError(f"{path} is not an autoshrink artifact (no safetensors header)")
-        raise CheckpointError(f"{path} is truncated: header needs {n} bytes, has {len(raw) - 8}")
-    try:
-        header = json.loads(raw[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path} is not an autoshrink artifact (no JSON header)") from None
-    meta = header.pop("__metadata__", None) if isinstance(header, dict) else None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise CheckpointError(f"{path} is not an autoshrink artifact (format {found!r})")
-    version = meta.get("format_version", "")
-    if not version.isdigit() or int(version) < 1:
-        raise CheckpointError(f"{path} has an invalid format version {version!r}")
-    if int(version) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format version {version}, newer than this autoshrink reads "
-            f"({FORMAT_VERSION}); upgrade autoshrink"
-        )
-    try:
-        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
-    except (TypeError, KeyError, IndexError, ValueError):
-        raise CheckpointError(f"{path} has a corrupt tensor table") from None
-    if len(raw) - 8 - n != end:
-        have = len(raw) - 8 - n
-        what = "truncated" if have < end else "corrupt (trailing bytes)"
-        raise CheckpointError(f"{path} is {what}: {have} data bytes, header says {end}")
+def _read(path: Path) -> tuple[ArtifactHeader, dict[str, torch.Tensor]]:
+    """Read an artifact: header checked in full first, then payload, then the checksum."""
+    raw = read_raw_header(path)
+    head = decode_header(path, raw.meta)
+    stored = raw.meta.get("sha256", "")
     from safetensors.torch import load
 
     try:
-        tensors = load(raw)
+        with path.open("rb") as fh:
+            data = fh.read(raw.file_bytes)
+        tensors = load(data)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read artifact {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"{path} is corrupt: {exc}") from exc
-    stored = meta.pop("sha256", None)
+        raise CheckpointError(f"{path} is corrupt: {_one_line(exc)}") from None
+    meta = {k: v for k, v in raw.meta.items() if k != "sha256"}
     if stored != _digest(tensors, meta):
         raise CheckpointError(f"{path} failed its checksum: the file was modified or corrupted")
-    return meta, tensors
+    return head, tensors
 
 
-def _header(path: Path, meta: Mapping[str, str]) -> ArtifactHeader:
-    try:
-        fields = {k: json.loads(meta[k]) for k in _FIELDS}
-        obj = fields["policy"]
-        policy = dict(obj["layer_bits"]) if "layer_bits" in obj else Policy.from_dict(obj)
-        return ArtifactHeader(
-            spec=ModelSpec.from_dict(fields["spec"]),
-            input_shape=tuple(int(d) for d in fields["input_shape"]),
-            kept={str(k): int(v) for k, v in fields["kept"].items()},
-            weight_bits={str(k): int(v) for k, v in fields["weight_bits"].items()},
-            act_quant={
-                k: (int(b), float(lo), float(hi)) for k, (b, lo, hi) in fields["act_quant"].items()
-            },
-            policy=policy,
-            metadata=dict(fields["metadata"]),
-        )
-    except Exception as exc:  # any malformed field: one line, not a traceback
-        raise CheckpointError(f"{path} has a malformed header: {exc!r}") from exc
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200]
 
 
 def read_header(path: str | Path) -> ArtifactHeader:
     """Read and verify an artifact, returning its metadata (spec, policy, ...) only.
 
+    Nothing is imported or built: a user-factory artifact's header can be read without
+    its factory.
+
     Raises:
-        CheckpointError: On a missing, truncated, tampered, foreign or newer file.
+        CheckpointError: On a missing, truncated, tampered, foreign or newer file, or a
+            header field of the wrong type.
     """
     path = Path(path)
-    meta, _ = _read(path)
-    return _header(path, meta)
+    head, _ = _read(path)
+    return head
 
 
-def load_artifact(path: str | Path) -> nn.Module:
+def _base_spec(
+    path: Path, head: ArtifactHeader, factory: str | None, allow_changed: bool
+) -> ModelSpec:
+    """The spec to rebuild from: the header's, or the caller's factory after its checks."""
+    name = head.spec.name
+    if not is_factory_ref(name):
+        if factory is not None and factory != name:
+            raise CheckpointError(
+                f"{path} holds the built-in model {name!r}; a factory ({factory!r}) is only "
+                "for artifacts of user models"
+            )
+        return head.spec
+    if factory is None:
+        raise CheckpointError(
+            f"{path} holds a user model ({name!r}); loading it runs that Python file, so it "
+            "is never imported unless you name it: pass --model FILE.py:FUNCTION "
+            "(load_artifact(..., factory=...))"
+        )
+    try:
+        source = factory_source(factory)
+    except AutoshrinkError as exc:
+        raise CheckpointError(f"cannot use factory {factory!r} for {path}: {exc}") from None
+    recorded = head.factory
+    if recorded is None:
+        logger.warning("%s records no hash of its factory's code; using %s as given", path, factory)
+    elif (source.sha256, source.function) != (recorded.sha256, recorded.function):
+        change = (
+            f"{factory} is not the factory {path} was made with ({recorded.function} in "
+            f"{recorded.path}, sha256 {recorded.sha256[:12]}; now {source.function}, "
+            f"sha256 {source.sha256[:12]})"
+        )
+        if not allow_changed:
+            raise CheckpointError(
+                f"{change}; pass --allow-changed-model (allow_changed_factory=True) to load it"
+            )
+        logger.warning("%s; loading anyway as asked", change)
+    return ModelSpec(factory, head.spec.num_classes, head.spec.in_channels)
+
+
+def _rebuild(path: Path, spec: ModelSpec, head: ArtifactHeader) -> nn.Module:
+    """Build and prune the base model; every name in the header must exist in it."""
+    try:
+        from autoshrink.compression.prune import prune_channels
+
+        base = build_model(spec)
+        graph = _graph(base, head.input_shape)
+    except Exception as exc:  # unknown spec, changed zoo, failed trace: all one message
+        raise CheckpointError(
+            f"cannot rebuild the base model {spec.name!r} of {path}: {_one_line(exc)}"
+        ) from None
+    problems = [f"unit {n!r}" for n in head.kept if n not in graph.unit_names]
+    layers = quantizable_layers(base)
+    problems += [f"weight_bits layer {n!r}" for n in head.weight_bits if n not in layers]
+    problems += [f"act_quant layer {n!r}" for n in head.act_quant if n not in layers]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(
+            f"{path} names what its base model {spec.name!r} does not have: "
+            f"{', '.join(problems[:3])}{more}"[:300]
+        )
+    try:
+        return prune_channels(base, graph, head.kept)
+    except Exception as exc:  # out-of-range counts
+        raise CheckpointError(f"{path} cannot be pruned as it says: {_one_line(exc)}") from None
+
+
+def load_artifact(
+    path: str | Path, factory: str | None = None, *, allow_changed_factory: bool = False
+) -> nn.Module:
     """Rebuild the compressed model stored in an artifact.
 
     Args:
         path: A file written by :func:`save_artifact`.
+        factory: For an artifact of a user model, the factory ``path/to/file.py:fn`` to
+            rebuild it with; the file is imported (its code runs) only when named here.
+            For a built-in model leave it None (or pass the model's own name).
+        allow_changed_factory: Load even if the factory's file differs from the one the
+            artifact was made with (its SHA-256 or function name); a warning is logged.
 
     Returns:
         The model in eval mode, with dequantized weights (and activation quantizers, if the
         saved model had them): its outputs equal the simulated model's.
 
     Raises:
-        CheckpointError: On a missing, truncated, tampered, foreign or newer file, or when
-            the base model cannot be rebuilt.
+        CheckpointError: On a missing, truncated, tampered, foreign or newer file, a bad
+            header field, a user model without (or with a changed) ``factory``, or when the
+            base model cannot be rebuilt as the header says.
     """
     path = Path(path)
-    meta, tensors = _read(path)
-    head = _header(path, meta)
-    try:
-        from autoshrink.compression.prune import prune_channels
-
-        base = build_model(head.spec)
-        model = prune_channels(base, _graph(base, head.input_shape), head.kept)
-    except Exception as exc:  # unknown spec, changed zoo, failed trace: all one message
-        raise CheckpointError(
-            f"cannot rebuild the base model {head.spec.name!r} of {path}: {exc}"
-        ) from exc
+    head, tensors = _read(path)
+    model = _rebuild(path, _base_spec(path, head, factory, allow_changed_factory), head)
     state = model.state_dict()
+    floats = {k for k, v in state.items() if v.is_floating_point()}
+    expected = floats | {
+        k + SCALE_SUFFIX
+        for k in floats
+        if k.rpartition(".")[2] == "weight" and k.rpartition(".")[0] in head.weight_bits
+    }
+    if set(tensors) != expected:
+        odd = sorted(set(tensors) ^ expected)
+        raise CheckpointError(
+            f"{path} does not match its rebuilt architecture: {len(odd)} tensor(s) missing "
+            f"or unexpected (e.g. {odd[0]!r})"[:300]
+        )
     try:
         for key, own in state.items():
             if not own.is_floating_point():
@@ -323,6 +387,8 @@ def load_artifact(path: str | Path) -> nn.Module:
             state[key] = value.to(own.dtype)
         model.load_state_dict(state)
         set_activation_quant_(model, head.act_quant)
-    except (KeyError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} does not match its rebuilt architecture: {exc}") from exc
+    except (KeyError, ValueError, RuntimeError, AutoshrinkError) as exc:
+        raise CheckpointError(
+            f"{path} does not match its rebuilt architecture: {_one_line(exc)}"
+        ) from None
     return model.eval()

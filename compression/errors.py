@@ -30,3 +30,7 @@ class DataError(AutoshrinkError):
 
 class CheckpointError(AutoshrinkError):
     """A checkpoint or artifact is missing, corrupt, foreign or of another architecture."""
+
+
+class DocumentError(AutoshrinkError):
+    """A JSON or TOML document is unreadable, too large, too deep or of the wrong shape."""

@@ -36,6 +36,10 @@ MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 
 
+#: A model within this many accuracy points of chance has learned (next to) nothing.
+NEAR_CHANCE_MARGIN = 0.02
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What :func:`train_model` reached.
@@ -45,12 +49,33 @@ class TrainResult:
         test_accuracy: Top-1 accuracy on the test split.
         epochs: Epochs trained.
         seconds: Wall-clock training time, evaluation included.
+        chance_accuracy: Accuracy of guessing (``1 / classes``), when known; set by
+            :func:`autoshrink.compression.baselines.baseline`.
     """
 
     val_accuracy: float
     test_accuracy: float
     epochs: int
     seconds: float
+    chance_accuracy: float | None = None
+
+    def near_chance(
+        self, min_accuracy: float | None = None, margin: float = NEAR_CHANCE_MARGIN
+    ) -> bool:
+        """Whether the test accuracy is within ``margin`` of chance, or under ``min_accuracy``.
+
+        A search on such a baseline compresses a model that learned nothing, and its
+        "points kept" mean nothing: callers report it (a warning, ``result.json``).
+
+        >>> TrainResult(0.11, 0.105, 1, 1.0, chance_accuracy=0.1).near_chance()
+        True
+        >>> TrainResult(0.97, 0.96, 20, 9.0, chance_accuracy=0.1).near_chance(min_accuracy=0.98)
+        True
+        """
+        if min_accuracy is not None and self.test_accuracy < min_accuracy:
+            return True
+        chance = self.chance_accuracy
+        return chance is not None and self.test_accuracy <= chance + margin
 
 
 def _device(model: nn.Module) -> torch.device:

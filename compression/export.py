@@ -57,6 +57,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from autoshrink.compression.atomic import temporary_path
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.quantize import (
     ActFakeQuant,
@@ -133,8 +134,25 @@ def _onnx_ready(model: nn.Module, native_bits: int) -> nn.Module:
     return model
 
 
+def check_output_path(out: str | Path) -> Path:
+    """Return ``out`` if a file can be written there: its folder exists, it is no folder.
+
+    Raises:
+        AutoshrinkError: Otherwise, before anything is loaded or written.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise AutoshrinkError(f"output {out} is a folder; name a file such as {out / 'model'}")
+    if not out.parent.is_dir():
+        raise AutoshrinkError(f"output folder {out.parent} does not exist")
+    return out
+
+
 def _source(
-    source: str | Path | nn.Module, example_input: torch.Tensor | None
+    source: str | Path | nn.Module,
+    example_input: torch.Tensor | None,
+    factory: str | None = None,
+    allow_changed_factory: bool = False,
 ) -> tuple[nn.Module, torch.Tensor, dict[str, int] | None]:
     if isinstance(source, nn.Module):
         if example_input is None:
@@ -147,7 +165,8 @@ def _source(
 
     header = read_header(source)
     example = example_input if example_input is not None else torch.zeros(header.input_shape)
-    return load_artifact(source), example, dict(header.weight_bits)
+    model = load_artifact(source, factory, allow_changed_factory=allow_changed_factory)
+    return model, example, dict(header.weight_bits)
 
 
 def _check_batch(example: torch.Tensor, calibration: list[torch.Tensor]) -> torch.Tensor:
@@ -238,6 +257,8 @@ def export(
     calibration: Iterable[Any] | None = None,
     calib_batches: int = 8,
     exporter: str = "auto",
+    factory: str | None = None,
+    allow_changed_factory: bool = False,
 ) -> ExportInfo:
     """Export an artifact (or a model) to ONNX or TorchScript, and check its outputs.
 
@@ -252,6 +273,9 @@ def export(
             activation ranges; the check runs on the first of them.
         calib_batches: How many calibration batches to use.
         exporter: ``auto`` (dynamo, else legacy), ``dynamo`` or ``legacy`` (ONNX only).
+        factory: For an artifact of a user model, the factory that rebuilds it (see
+            :func:`~autoshrink.compression.artifact.load_artifact`).
+        allow_changed_factory: Accept a factory file that differs from the recorded one.
 
     Returns:
         The path, exporter, the largest output difference and the tolerance it met.
@@ -272,8 +296,8 @@ def export(
         if isinstance(source, nn.Module):
             raise AutoshrinkError("exporting a model needs an output path")
         out = Path(source).with_suffix(SUFFIXES[format])
-    out = Path(out)
-    model, example, bits = _source(source, example_input)
+    out = check_output_path(out)
+    model, example, bits = _source(source, example_input, factory, allow_changed_factory)
     batches = _inputs(calibration or [], calib_batches) if int8 else []
     if int8:
         from autoshrink.compression.int8 import to_int8
@@ -284,7 +308,7 @@ def export(
     x = _check_batch(example, batches)
     with torch.no_grad():
         reference = model(x).detach().numpy()
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = temporary_path(out)
     try:
         if format == "onnx":
             used = _export_onnx(model, example, tmp, exporter)
@@ -315,4 +339,4 @@ def export(
     return ExportInfo(out, format, used, int8, diff, atol, rtol, out.stat().st_size)
 
 
-__all__ = ["EXPORTERS", "FORMATS", "ExportInfo", "export"]
+__all__ = ["EXPORTERS", "FORMATS", "ExportInfo", "check_output_path", "export"]

@@ -11,11 +11,14 @@ True
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import logging
+import math
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -181,6 +184,69 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
             return
 
 
+#: Most elements of an example input (a float32 batch of 256 MB): a larger shape is a typo
+#: or a hostile file, and would exhaust memory when traced.
+MAX_INPUT_ELEMENTS = 1 << 26
+
+
+def check_input_shape(shape: Sequence[object], where: str) -> tuple[int, ...]:
+    """Return ``shape`` as ints if it is 2 to 8 positive integers of sane total size.
+
+    Raises:
+        UnsupportedModelError: Naming ``where`` (e.g. ``"--input-shape"``) otherwise.
+    """
+    if not 2 <= len(shape) <= 8 or any(
+        isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape
+    ):
+        raise UnsupportedModelError(
+            f"{where} must be 2 to 8 positive integers, got {list(shape)!r}"[:200]
+        )
+    dims = tuple(int(d) for d in shape)  # type: ignore[call-overload]
+    if math.prod(dims) > MAX_INPUT_ELEMENTS:
+        raise UnsupportedModelError(
+            f"{where} {'x'.join(map(str, dims))} has {math.prod(dims):,} elements, more than "
+            f"the {MAX_INPUT_ELEMENTS:,} allowed"[:200]
+        )
+    return dims
+
+
+def is_factory_ref(name: str) -> bool:
+    """Whether a model name is a user factory ``path/to/file.py:fn`` (which runs code)."""
+    return ":" in name and name.rpartition(":")[0].endswith(".py")
+
+
+@dataclass(frozen=True)
+class FactorySource:
+    """Where a user factory's code is and what it was, recorded without importing it.
+
+    Args:
+        path: The resolved path of the ``.py`` file.
+        function: The factory's name in it.
+        sha256: SHA-256 of the file's bytes.
+    """
+
+    path: str
+    function: str
+    sha256: str
+
+
+def factory_source(ref: str) -> FactorySource:
+    """Resolve and hash the file of ``path.py:fn`` (reads it; never imports it).
+
+    Raises:
+        UnsupportedModelError: If ``ref`` is not a factory reference or its file is missing.
+    """
+    if not is_factory_ref(ref):
+        raise UnsupportedModelError(f"{ref!r} is not a path/to/file.py:factory reference")
+    path_str, _, fn_name = ref.rpartition(":")
+    path = Path(path_str).expanduser()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UnsupportedModelError(f"model file not readable: {path}: {exc.strerror}") from None
+    return FactorySource(str(path.resolve()), fn_name, hashlib.sha256(data).hexdigest())
+
+
 def _load_user_factory(ref: str) -> Callable[..., nn.Module]:
     path_str, _, fn_name = ref.rpartition(":")
     path = Path(path_str)
@@ -218,7 +284,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
     zoo = _zoo()
     if spec.name in zoo:
         model = zoo[spec.name](spec.num_classes, spec.in_channels)
-    elif ":" in spec.name and spec.name.rpartition(":")[0].endswith(".py"):
+    elif is_factory_ref(spec.name):
         factory = _load_user_factory(spec.name)
         params = inspect.signature(factory).parameters
         kwargs = {
@@ -244,6 +310,19 @@ def build_model(spec: ModelSpec) -> nn.Module:
         if spec.in_channels != 3:
             _replace_first_conv(model, spec.in_channels)
     return model.eval()
+
+
+def _one_line(exc: BaseException) -> str:
+    """Torch's ``weights_only`` refusal is ten lines with ANSI codes: keep what it found."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it holds a Python object ({found.group(1)}), not tensors; it was not unpickled"
+    if text.startswith("Weights only load failed"):
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        detail = f" ({reason.group(1).strip()[:80]})" if reason else ""
+        return f"not a PyTorch state dict{detail}; it was not unpickled"
+    return " ".join(text.split())[:200]
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
@@ -273,11 +352,11 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {_one_line(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (names to tensors)")
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -90,6 +90,8 @@ class Policy(JsonFile):
 
     json_what: ClassVar[str] = "autoshrink policy"
     json_error: ClassVar[type[AutoshrinkError]] = PolicyError
+    # from_dict checks every number it reads (a NaN keep-ratio is "must lie in (0, 1]").
+    json_allow_nonfinite: ClassVar[bool] = True
 
     def keep(self) -> dict[str, float]:
         """Keep-ratio per unit name."""
@@ -161,9 +163,24 @@ class Policy(JsonFile):
         if not isinstance(meta, dict):
             problems.append("'meta' must be an object")
             meta = {}
+        problems.extend(_meta_problems(meta))
         if problems:
             raise PolicyError(_join(problems))
         return cls(units=units, layers=layers, round_to=round_to, meta=meta)
+
+
+def _meta_problems(meta: dict[str, Any]) -> list[str]:
+    """Problems of the few ``meta`` fields that autoshrink reads back (``budgets``)."""
+    budgets = meta.get("budgets")
+    if budgets is None:
+        return []
+    if not isinstance(budgets, dict):
+        return [f"'meta.budgets' must be an object, got {type(budgets).__name__}"]
+    return [
+        f"'meta.budgets.{name}' must be a finite number, got {value!r}"[:120]
+        for name, value in budgets.items()
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+    ]
 
 
 def _join(problems: Iterable[str], most: int = 8) -> str:

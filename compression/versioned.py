@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from autoshrink.compression.atomic import write_text_atomic
+from autoshrink.compression.documents import parse_document, read_document
 from autoshrink.compression.errors import AutoshrinkError
 
 
@@ -59,19 +61,18 @@ def unwrap(
 
 
 def parse_json(text: str, what: str, error: type[AutoshrinkError] = AutoshrinkError) -> object:
-    """``json.loads`` whose failure is one line naming ``what`` and the position."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise error(f"malformed {what} JSON: {exc}") from exc
+    """Parse JSON through the checked reader; a failure is one line naming ``what``."""
+    return parse_document(text, what, error=error)
 
 
 def read_text(path: Path, what: str, error: type[AutoshrinkError] = AutoshrinkError) -> str:
-    """Read a file whose failure (missing, unreadable) is one line naming ``what``."""
+    """Read a file whose failure (missing, unreadable, not UTF-8) is one line naming ``what``."""
     try:
-        return path.read_text()
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: {what} is not UTF-8 text (bad byte at {exc.start})") from None
 
 
 _T = TypeVar("_T", bound="JsonFile")
@@ -85,6 +86,9 @@ class JsonFile:
 
     json_what: ClassVar[str] = "file"
     json_error: ClassVar[type[AutoshrinkError]] = AutoshrinkError
+    #: Let NaN and Infinity through the reader, for a class whose ``from_dict`` checks
+    #: every number itself (and so names the rule a NaN breaks).
+    json_allow_nonfinite: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return the versioned JSON-ready form (subclasses implement it)."""
@@ -100,22 +104,35 @@ class JsonFile:
         return json.dumps(self.to_dict(), indent=indent)
 
     def save(self, path: str | Path) -> Path:
-        """Write the JSON to ``path`` and return the path."""
+        """Write the JSON to ``path`` atomically and return the path.
+
+        A reader (or a resumed run after a kill) sees the old file or the whole new one.
+        """
         path = Path(path)
-        path.write_text(self.to_json() + "\n")
+        write_text_atomic(path, self.to_json() + "\n")
         return path
 
     @classmethod
     def from_json(cls: type[_T], text: str) -> _T:
         """Parse a JSON string; malformed JSON raises ``json_error`` with its position."""
-        return cls.from_dict(parse_json(text, cls.json_what, cls.json_error))
+        obj = parse_document(
+            text, cls.json_what, allow_nonfinite=cls.json_allow_nonfinite, error=cls.json_error
+        )
+        return cls.from_dict(obj)
 
     @classmethod
     def load(cls: type[_T], path: str | Path) -> _T:
-        """Read a file written by :meth:`save`; errors name the file."""
+        """Read a file written by :meth:`save` through the checked reader; errors name it.
+
+        Size, nesting, integer size and UTF-8 are checked before any field is read (see
+        :func:`autoshrink.compression.documents.read_document`); NaN and Infinity are
+        refused unless ``json_allow_nonfinite``.
+        """
         path = Path(path)
-        text = read_text(path, cls.json_what, cls.json_error)
+        obj = read_document(
+            path, cls.json_what, allow_nonfinite=cls.json_allow_nonfinite, error=cls.json_error
+        )
         try:
-            return cls.from_json(text)
+            return cls.from_dict(obj)
         except cls.json_error as exc:
             raise cls.json_error(f"{path}: {exc}") from exc

@@ -14,8 +14,12 @@ from typing import Any
 
 from rich.table import Table
 
-from autoshrink.compression.errors import CheckpointError
+from autoshrink.compression.errors import AutoshrinkError, CheckpointError
 from autoshrink.scripts.console import console, err_console
+
+#: Largest batch sizes and repeat counts accepted: beyond these a value is a typo.
+MAX_BATCH = 1 << 16
+MAX_REPEATS = 100_000
 
 
 def add_parser(subparsers: Any) -> None:
@@ -34,8 +38,70 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (256)")
     p.add_argument("--latency-batch", type=int, default=1, help="batch of the timed pass (1)")
     p.add_argument("--repeats", type=int, default=30, help="timed passes, median taken (30)")
+    add_model_flags(p)
     p.add_argument("--json", action="store_true", help="print only JSON")
     p.set_defaults(func=run)
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--allow-changed-model``: the factory of a user-model artifact."""
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="FILE.py:FN",
+        help="for an artifact of a user model: the factory that rebuilds it (its code runs; "
+        "an artifact never imports a file by itself)",
+    )
+    p.add_argument(
+        "--allow-changed-model",
+        action="store_true",
+        help="load even if --model's file differs from the one the artifact was made with",
+    )
+
+
+def check_count(value: int, flag: str, most: int) -> None:
+    """Refuse a count flag outside ``1..most`` in one line."""
+    if not 1 <= value <= most:
+        raise AutoshrinkError(f"{flag} must be between 1 and {most:,}, got {value}")
+
+
+def check_model_flag(model: str | None) -> None:
+    """Refuse a ``--model`` that is not an existing ``FILE.py:FUNCTION``."""
+    from autoshrink.compression.models import is_factory_ref
+
+    if model is None:
+        return
+    if not is_factory_ref(model):
+        raise AutoshrinkError(f"--model must be FILE.py:FUNCTION (a user factory), got {model!r}")
+    path = Path(model.rpartition(":")[0]).expanduser()
+    if not path.is_file():
+        raise AutoshrinkError(f"--model file not found: {path}")
+
+
+def check_dataset_flag(name: str | None) -> None:
+    """Refuse an unknown ``--dataset`` name before anything is loaded."""
+    from autoshrink.compression.data import DATASETS
+
+    if name is None or name.strip().lower().startswith("imagefolder:"):
+        return
+    if name.strip().lower() not in DATASETS:
+        raise AutoshrinkError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+
+
+def check_artifact_flag(path: Path) -> None:
+    """Refuse a missing artifact (or a folder) in one line."""
+    if not path.is_file():
+        raise CheckpointError(f"no artifact at {path}")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Every flag of ``evaluate``, checked before any file is read or model built."""
+    check_count(args.batch_size, "--batch-size", MAX_BATCH)
+    check_count(args.latency_batch, "--latency-batch", MAX_BATCH)
+    check_count(args.repeats, "--repeats", MAX_REPEATS)
+    check_dataset_flag(args.dataset)
+    check_model_flag(args.model)
+    check_artifact_flag(Path(args.artifact))
 
 
 def payload_bytes(path: Path) -> int:
@@ -60,8 +126,14 @@ def evaluate_artifact(
     batch_size: int = 256,
     latency_batch: int = 1,
     repeats: int = 30,
+    factory: str | None = None,
+    allow_changed_factory: bool = False,
 ) -> dict[str, Any]:
-    """Measure an artifact; the keys are those of ``result.json``'s ``compressed``."""
+    """Measure an artifact; the keys are those of ``result.json``'s ``compressed``.
+
+    ``factory`` (and ``allow_changed_factory``) rebuild an artifact of a user model, see
+    :func:`~autoshrink.compression.artifact.load_artifact`.
+    """
     import torch
 
     from autoshrink.compression.artifact import load_artifact, read_header
@@ -69,12 +141,15 @@ def evaluate_artifact(
     from autoshrink.compression.data import load_dataset
     from autoshrink.compression.errors import DataError
     from autoshrink.compression.evaluate import accuracy
+    from autoshrink.compression.models import check_input_shape
     from autoshrink.env.latency import time_forward
 
-    model = load_artifact(path)
-    header = read_header(path)
-    data = load_dataset(dataset, data_dir=data_dir)
+    header = read_header(path)  # checked in full; nothing is built or imported yet
     shape = tuple(header.input_shape[1:])
+    check_input_shape((latency_batch, *shape), "--latency-batch times the artifact's input")
+    check_input_shape((batch_size, *shape), "--batch-size times the artifact's input")
+    model = load_artifact(path, factory, allow_changed_factory=allow_changed_factory)
+    data = load_dataset(dataset, data_dir=data_dir)
     if (data.in_channels, data.image_size, data.image_size) != shape:
         raise DataError(
             f"{dataset} images are {data.in_channels}x{data.image_size}x{data.image_size}, "
@@ -97,19 +172,16 @@ def evaluate_artifact(
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate the artifact and print a table (or JSON)."""
+    check_flags(args)
     path = Path(args.artifact)
-    if not path.is_file():
-        raise CheckpointError(f"no artifact at {path}")
+    flags = (args.dataset, args.data_dir, args.batch_size, args.latency_batch, args.repeats)
+    factory = {"factory": args.model, "allow_changed_factory": args.allow_changed_model}
     if args.json:
-        report = evaluate_artifact(
-            path, args.dataset, args.data_dir, args.batch_size, args.latency_batch, args.repeats
-        )
+        report = evaluate_artifact(path, *flags, **factory)
         sys.stdout.write(json.dumps(report) + "\n")  # plain JSON for pipes, no rich markup
         return 0
     with err_console.status(f"evaluating {path.name} on {args.dataset}"):
-        report = evaluate_artifact(
-            path, args.dataset, args.data_dir, args.batch_size, args.latency_batch, args.repeats
-        )
+        report = evaluate_artifact(path, *flags, **factory)
     table = Table(title=f"{path.name} ({report['model']}) on {args.dataset}")
     table.add_column("metric")
     table.add_column("value", justify="right")

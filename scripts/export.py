@@ -16,8 +16,17 @@ from typing import Any
 
 from rich.table import Table
 
-from autoshrink.compression.errors import AutoshrinkError, CheckpointError
+from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.scripts.console import console, err_console
+from autoshrink.scripts.evaluate import (
+    add_model_flags,
+    check_artifact_flag,
+    check_count,
+    check_dataset_flag,
+    check_model_flag,
+)
+
+MAX_CALIB_BATCHES = 10_000
 
 
 def add_parser(subparsers: Any) -> None:
@@ -41,21 +50,38 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--dataset", default=None, help="dataset whose train split calibrates --int8")
     p.add_argument("--data-dir", default=None, help="where the dataset files are")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches (8)")
+    add_model_flags(p)
     p.add_argument("--json", action="store_true", help="print only JSON")
     p.set_defaults(func=run)
+
+
+def check_flags(args: argparse.Namespace) -> Path:
+    """Every flag of ``export``, checked before any file is read or model built.
+
+    Returns:
+        The output file (``--out``, or next to the artifact with the format's suffix).
+    """
+    from autoshrink.compression.export import SUFFIXES, check_output_path
+
+    path = Path(args.artifact)
+    check_artifact_flag(path)
+    if args.int8 and args.dataset is None:
+        raise AutoshrinkError("--int8 needs --dataset, whose train split calibrates it")
+    if args.calib_batches < 1:
+        raise AutoshrinkError(f"--calib-batches must be at least 1, got {args.calib_batches}")
+    check_count(args.calib_batches, "--calib-batches", MAX_CALIB_BATCHES)
+    check_dataset_flag(args.dataset)
+    check_model_flag(args.model)
+    out = Path(args.out) if args.out is not None else path.with_suffix(SUFFIXES[args.format])
+    return check_output_path(out)
 
 
 def run(args: argparse.Namespace) -> int:
     """Export, check, and report the file, exporter and output difference."""
     from autoshrink.compression.export import export
 
+    out = check_flags(args)
     path = Path(args.artifact)
-    if not path.is_file():
-        raise CheckpointError(f"no artifact at {path}")
-    if args.int8 and args.dataset is None:
-        raise AutoshrinkError("--int8 needs --dataset, whose train split calibrates it")
-    if args.calib_batches < 1:
-        raise AutoshrinkError(f"--calib-batches must be at least 1, got {args.calib_batches}")
     calibration = None
     if args.int8:
         from autoshrink.compression.data import load_dataset
@@ -66,11 +92,13 @@ def run(args: argparse.Namespace) -> int:
         info = export(
             path,
             args.format,
-            args.out,
+            out,
             int8=args.int8,
             calibration=calibration,
             calib_batches=args.calib_batches,
             exporter=args.exporter,
+            factory=args.model,
+            allow_changed_factory=args.allow_changed_model,
         )
     report = {
         "path": str(info.path),

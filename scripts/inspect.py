@@ -69,16 +69,44 @@ def parse_shape(text: str) -> tuple[int, ...]:
     Raises:
         InputShapeError: Unless it is at least two comma-separated positive integers.
     """
+    from autoshrink.compression.models import MAX_INPUT_ELEMENTS, check_input_shape
+
     parts = [s.strip() for s in text.replace("x", ",").split(",")] if text else []
     try:
-        shape = tuple(int(s) for s in parts)
+        shape = tuple(int(s) for s in parts if len(s) <= 12)  # longer: absurd, or a DoS
     except ValueError:
         shape = ()
-    if len(shape) < 2 or min(shape) < 1:
+    if len(shape) != len(parts) or not 2 <= len(shape) <= 8 or min(shape) < 1:
         raise InputShapeError(
-            f"malformed --input-shape {text!r}: expected positive integers such as 1,3,224,224"
+            f"malformed --input-shape {text[:40]!r}: expected 2 to 8 positive integers such "
+            "as 1,3,224,224"
         )
-    return shape
+    try:
+        return check_input_shape(shape, "--input-shape")
+    except AutoshrinkError:
+        raise InputShapeError(
+            f"--input-shape {text[:40]} has more than {MAX_INPUT_ELEMENTS:,} elements"
+        ) from None
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Every flag of ``inspect``, checked before any dataset is read or model built."""
+    from pathlib import Path
+
+    from autoshrink.compression.policy import check_keep
+
+    if args.keep is not None:
+        check_keep(args.keep, "--keep")
+    if args.input_shape is not None:
+        parse_shape(args.input_shape)
+    if args.num_classes is not None and not 1 <= args.num_classes <= 1_000_000:
+        raise AutoshrinkError(
+            f"--num-classes must be between 1 and 1,000,000, got {args.num_classes}"
+        )
+    if not 1 <= args.round_to <= 4096:
+        raise AutoshrinkError(f"--round-to must be between 1 and 4096, got {args.round_to}")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise AutoshrinkError(f"checkpoint not found: {args.checkpoint}")
 
 
 def _shape_and_classes(args: argparse.Namespace) -> tuple[tuple[int, ...], int]:
@@ -96,11 +124,9 @@ def inspect_model(args: argparse.Namespace) -> tuple[dict[str, Any], UnitGraph]:
 
     from autoshrink.compression.cost import cost
     from autoshrink.compression.models import ModelSpec, build_model, load_weights
-    from autoshrink.compression.policy import check_keep
     from autoshrink.compression.units import build_units
 
-    if args.keep is not None:
-        check_keep(args.keep, "--keep")
+    check_flags(args)
     shape, num_classes = _shape_and_classes(args)
     if num_classes < 1:
         raise AutoshrinkError(f"--num-classes must be positive, got {num_classes}")

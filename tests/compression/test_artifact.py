@@ -212,9 +212,14 @@ def test_unbuildable_base_model(tmp_path: Path) -> None:
     spec = ModelSpec(f"{factory}:build", 10, 3)
     model = build_model(spec)
     path = save_artifact(tmp_path / "m.safetensors", model, spec, (1, 3, 8, 8), {"0": 4}).path
-    assert isinstance(load_artifact(path), nn.Sequential)  # loads while the code exists
+    # A user model is rebuilt only from a factory the caller names (issue 17), while the
+    # code exists; without the name, the file named in the header is never imported.
+    assert isinstance(load_artifact(path, factory=spec.name), nn.Sequential)
+    assert_one_line_error(path, "holds a user model")
     factory.unlink()
-    assert_one_line_error(path, "cannot rebuild the base model")
+    with pytest.raises(CheckpointError, match=r"cannot use factory .*not readable") as info:
+        load_artifact(path, factory=spec.name)
+    assert "\n" not in str(info.value)
 
 
 def test_header_is_json_with_format_and_checksum(artifact: Path) -> None:
@@ -238,3 +243,65 @@ def test_eight_bit_artifact_keeps_digits_accuracy(tmp_path: Path) -> None:
     info = save_artifact(tmp_path / "r20.safetensors", model, spec, (1, 1, 8, 8), bits)
     assert abs(accuracy(load_artifact(info.path), test) - accuracy(model, test)) <= 0.005
     assert info.file_bytes < 0.3 * 4 * sum(p.numel() for p in model.parameters())
+
+
+# --- user-model artifacts: the factory is named by the caller, never by the file --------
+from tests.compression.artifact_files import TINY_NET, edit_field, edit_meta  # noqa: E402
+
+
+@pytest.fixture
+def user_artifact(tmp_path: Path) -> tuple[Path, Path, str]:
+    factory = tmp_path / "mynet.py"
+    factory.write_text(TINY_NET)
+    spec = ModelSpec(f"{factory}:build", 10, 3)
+    path = save_artifact(tmp_path / "u.safetensors", build_model(spec), spec, (1, 3, 8, 8), {})
+    return path.path, factory, spec.name
+
+
+def test_user_artifact_records_its_factory_file_and_hash(user_artifact) -> None:
+    import hashlib
+
+    path, factory, _ = user_artifact
+    head = read_header(path)  # reading a header never needs (or imports) the factory
+    assert head.factory is not None and head.format_version == FORMAT_VERSION == 2
+    assert head.factory.path == str(factory.resolve()) and head.factory.function == "build"
+    assert head.factory.sha256 == hashlib.sha256(factory.read_bytes()).hexdigest()
+
+
+def test_changed_factory_is_refused_unless_allowed(user_artifact) -> None:
+    path, factory, ref = user_artifact
+    factory.write_text(TINY_NET + "# edited\n")
+    with pytest.raises(CheckpointError, match="allow-changed-model") as info:
+        load_artifact(path, factory=ref)
+    assert "\n" not in str(info.value)
+    assert isinstance(load_artifact(path, factory=ref, allow_changed_factory=True), nn.Module)
+
+
+def test_factory_for_a_builtin_model_must_be_its_own_name(artifact: Path) -> None:
+    assert isinstance(load_artifact(artifact, factory="resnet20"), nn.Module)
+    with pytest.raises(CheckpointError, match="only for artifacts of user models"):
+        load_artifact(artifact, factory="other.py:build")
+
+
+def test_format_1_artifact_still_loads(artifact: Path, user_artifact) -> None:
+    def to_v1(meta: dict[str, str]) -> None:
+        meta["format_version"] = "1"
+        del meta["factory"]
+
+    before = load_artifact(artifact)
+    edit_meta(artifact, to_v1)
+    assert read_header(artifact).format_version == 1
+    after = load_artifact(artifact)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(before(x), after(x))
+    path, _, ref = user_artifact
+    edit_meta(path, to_v1)  # an old user-model artifact: loads with the explicit factory
+    assert_one_line_error(path, "holds a user model")
+    assert isinstance(load_artifact(path, factory=ref), nn.Sequential)
+
+
+def test_unknown_layer_in_weight_bits_is_refused(artifact: Path) -> None:
+    bits = read_header(artifact).weight_bits
+    edit_field(artifact, "weight_bits", {**bits, "no.such.layer": 4})
+    assert_one_line_error(artifact, "weight_bits layer 'no.such.layer'")

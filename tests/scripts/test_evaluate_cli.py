@@ -57,3 +57,20 @@ def test_evaluate_table_and_errors(artifact, tmp_path, capsys):
     (tmp_path / "bad.safetensors").write_bytes(b"not an artifact")
     assert main(["evaluate", str(tmp_path / "bad.safetensors"), "--dataset", "digits"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_user_model_artifact_loads_only_with_the_model_flag(tmp_path, capsys):
+    from tests.compression.artifact_files import TINY_NET
+
+    factory = tmp_path / "mynet.py"
+    factory.write_text(TINY_NET)
+    spec = ModelSpec(f"{factory}:build", 10, 1)
+    art = save_artifact(tmp_path / "u.safetensors", build_model(spec), spec, (1, 1, 8, 8), {})
+    argv = ["evaluate", str(art.path), "--dataset", "digits", "--json", "--repeats", "2"]
+    assert main(argv) == 2 and "--model FILE.py:FUNCTION" in capsys.readouterr().err
+    assert main([*argv, "--model", spec.name]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == spec.name
+    factory.write_text(TINY_NET + "# edited\n")
+    assert main([*argv, "--model", spec.name]) == 2
+    assert "--allow-changed-model" in capsys.readouterr().err
+    assert main([*argv, "--model", spec.name, "--allow-changed-model"]) == 0

@@ -60,3 +60,19 @@ def test_export_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys, args
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_export_cli_user_model_needs_the_model_flag(tmp_path, capsys):
+    from autoshrink.compression.artifact import save_artifact
+    from autoshrink.compression.models import ModelSpec, build_model
+    from tests.compression.artifact_files import TINY_NET
+
+    factory = tmp_path / "mynet.py"
+    factory.write_text(TINY_NET)
+    spec = ModelSpec(f"{factory}:build", 10, 1)
+    art = save_artifact(tmp_path / "u.safetensors", build_model(spec), spec, (1, 1, 8, 8), {})
+    argv = ["export", str(art.path), "--format", "torchscript", "--json"]
+    assert main(argv) == 2 and "holds a user model" in capsys.readouterr().err
+    assert not (tmp_path / "u.pt").exists()
+    assert main([*argv, "--model", spec.name]) == 0
+    assert json.loads(capsys.readouterr().out)["path"] == str(tmp_path / "u.pt")
