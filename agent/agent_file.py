@@ -27,6 +27,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.utils import FloatSchedule
 
 from autoshrink.agent.noise import TruncatedNormalActionNoise, bind_noise
+from autoshrink.compression.documents import MAX_BYTES, parse_document
 from autoshrink.compression.errors import CheckpointError
 from autoshrink.compression.json_write import to_jsonable
 
@@ -77,6 +78,24 @@ _SCALARS: dict[str, tuple[type, ...]] = {
 }
 
 
+def zip_document(zf: zipfile.ZipFile, name: str, path: Path) -> object:
+    """The JSON member ``name`` of an agent zip, through the checked reader.
+
+    Its size in the zip's directory is checked before it is inflated (a zip bomb stops
+    there), then the text is parsed with the reader's caps.
+
+    Raises:
+        CheckpointError: If the member is missing, too large or not well-formed JSON.
+    """
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise CheckpointError(f"{path} is not a saved agent: it has no {name!r}") from None
+    if info.file_size > MAX_BYTES:
+        raise CheckpointError(f"{path}: its {name!r} is {info.file_size:,} bytes, too large")
+    return parse_document(zf.read(info), f"{path}: {name}", error=CheckpointError)
+
+
 def _agent_state(agent: BaseAlgorithm) -> dict[str, Any]:
     noise = getattr(agent, "action_noise", None)
     state = {
@@ -108,7 +127,7 @@ def _read_agent_zip(path: Path) -> tuple[bytes, dict[str, Any]]:
         raw = Path(path).read_bytes()
         with zipfile.ZipFile(io.BytesIO(raw)) as zf:
             names = zf.namelist()
-            data = json.loads(zf.read("data"))
+            data = zip_document(zf, "data", Path(path))
     except (OSError, KeyError, RuntimeError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path} is not a saved agent: {exc}") from exc
     if not isinstance(data, dict):

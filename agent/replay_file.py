@@ -6,7 +6,6 @@ A checkpoint holds the buffer's numpy arrays in ``replay_buffer.npz``, written a
 
 from __future__ import annotations
 
-import json
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from autoshrink.compression.atomic import write_atomic
+from autoshrink.compression.documents import read_document
 from autoshrink.compression.json_write import write_document
 
 REPLAY_TYPE = "autoshrink.ReplayBuffer"
@@ -85,10 +85,7 @@ def load_replay_buffer(buffer: Any, folder: Path) -> None:
                 "loaded; start the search again in a new folder"
             )
         raise CheckpointError(f"the checkpoint {folder} has no replay buffer{hint}")
-    try:
-        obj = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{meta_path} is malformed: {exc}") from exc
+    obj = read_document(meta_path, "replay buffer", error=CheckpointError)
     if not isinstance(obj, dict) or (obj.get("type"), obj.get("version")) != (
         REPLAY_TYPE,
         REPLAY_VERSION,

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from autoshrink.compression.documents import read_document
 from autoshrink.compression.errors import CheckpointError
 from autoshrink.compression.json_write import write_document
-from autoshrink.compression.versioned import parse_json, read_text, unwrap
+from autoshrink.compression.versioned import unwrap
 
 RNG_TYPE = "autoshrink.RandomState"
 RNG_VERSION = 1
@@ -77,7 +78,6 @@ def load(agent: Any, folder: Path) -> bool:
     path = folder / RNG_FILE
     if not path.is_file():
         return False
-    what = f"random state {path}"
-    obj = parse_json(read_text(path, "random state", CheckpointError), what, CheckpointError)
-    restore(agent, unwrap(obj, RNG_TYPE, RNG_VERSION, what, CheckpointError))
+    obj = read_document(path, "random state", error=CheckpointError)
+    restore(agent, unwrap(obj, RNG_TYPE, RNG_VERSION, f"random state {path}", CheckpointError))
     return True

@@ -33,6 +33,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
+from autoshrink.agent.agent_file import zip_document
 from autoshrink.agent.env_view import search_env
 from autoshrink.compression.errors import CheckpointError
 from autoshrink.compression.versioned import unwrap, wrap
@@ -142,7 +143,7 @@ class ScriptedSearch:
         """Restore what :meth:`save` wrote."""
         try:
             with zipfile.ZipFile(path) as zf:
-                state = scripted_state(json.loads(zf.read(STATE_FILE)))
+                state = scripted_state(zip_document(zf, STATE_FILE, Path(path)))
         except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
             raise CheckpointError(f"cannot read baseline state {path}: {exc}") from exc
         if state.get("algorithm") != self.config.algorithm:

@@ -196,6 +196,23 @@ def _cosine_sgd(
     return optimizer, schedule
 
 
+def _loss(
+    model: nn.Module,
+    teacher: nn.Module | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    distill_alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    """The fine-tune's loss on one batch: cross-entropy, or distillation with a teacher."""
+    logits = model(x)
+    if teacher is None:
+        return F.cross_entropy(logits, y)
+    with torch.no_grad():
+        teacher_logits = teacher(x)
+    return _distill_loss(logits, y, teacher_logits, distill_alpha, temperature)
+
+
 def finetune(
     model: nn.Module,
     loader: Batches,
@@ -245,15 +262,8 @@ def finetune(
         batches = _cycle(loader)
         for step in range(1, steps + 1):
             x, y = next(batches)
-            x, y = x.to(device), y.to(device)
             model.train()
-            logits = model(x)
-            if teacher is None:
-                loss = F.cross_entropy(logits, y)
-            else:
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-                loss = _distill_loss(logits, y, teacher_logits, distill_alpha, temperature)
+            loss = _loss(model, teacher, x.to(device), y.to(device), distill_alpha, temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -247,6 +247,104 @@ def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
     return np.asarray(session.run(None, {name: x.numpy()})[0])
 
 
+def _output_path(
+    source: str | Path | nn.Module, format: str, out: str | Path | None, int8: bool, exporter: str
+) -> Path:
+    """Check the format, exporter and int8 options, and return the checked file to write.
+
+    Raises:
+        AutoshrinkError: On a bad option, a model without ``out``, or an unwritable ``out``.
+    """
+    if format not in FORMATS:
+        raise AutoshrinkError(f"unknown export format {format!r}: use one of {FORMATS}")
+    if exporter not in EXPORTERS:
+        raise AutoshrinkError(f"unknown exporter {exporter!r}: use one of {EXPORTERS}")
+    if int8 and format != "onnx":
+        raise AutoshrinkError("the int8 path exports as QDQ ONNX only: use format='onnx'")
+    if out is None:
+        if isinstance(source, nn.Module):
+            raise AutoshrinkError("exporting a model needs an output path")
+        out = Path(source).with_suffix(SUFFIXES[format])
+    return check_output_path(out)
+
+
+def _export_model(
+    source: str | Path | nn.Module,
+    example_input: torch.Tensor | None,
+    int8: bool,
+    calibration: Iterable[Any] | None,
+    calib_batches: int,
+    factory: str | None,
+    allow_changed_factory: bool,
+) -> tuple[nn.Module, torch.Tensor, list[torch.Tensor]]:
+    """The model (on the int8 path if ``int8``), example input and int8 calibration inputs."""
+    model, example, bits = _source(source, example_input, factory, allow_changed_factory)
+    batches = _inputs(calibration or [], calib_batches) if int8 else []
+    if int8:
+        from autoshrink.compression.int8 import to_int8
+
+        with _quiet():
+            model = to_int8(model, batches, len(batches), bits_by_layer=bits)
+    return model, example, batches
+
+
+def _check_outputs(
+    got: np.ndarray, reference: np.ndarray, format: str, int8: bool
+) -> tuple[float, float, float]:
+    """The largest ``|got - reference|`` and the tolerances (atol, rtol) it is within.
+
+    Raises:
+        AutoshrinkError: If the shapes differ or an output is beyond the tolerance.
+    """
+    step = float(reference.max() - reference.min()) / 127.0  # the int8 output grid
+    atol = FLOAT_TOL + (INT8_STEPS * step if int8 else 0.0)
+    rtol = 0.0 if int8 else FLOAT_TOL
+    if got.shape != reference.shape:
+        raise AutoshrinkError(
+            f"the {format} export returns shape {got.shape}, the model {reference.shape}"
+        )
+    diff = float(np.abs(got - reference).max())
+    if not np.all(np.abs(got - reference) <= atol + rtol * np.abs(reference)):
+        raise AutoshrinkError(
+            f"the {format} export's outputs differ from the model's by up to {diff:.3g} "
+            f"(tolerance {atol:.3g} + {rtol:.3g}*|y|); nothing was written"
+        )
+    return diff, atol, rtol
+
+
+def _write_checked(
+    model: nn.Module,
+    example: torch.Tensor,
+    x: torch.Tensor,
+    out: Path,
+    format: str,
+    exporter: str,
+    int8: bool,
+) -> tuple[str, float, float, float]:
+    """Write ``out`` if it matches the model on ``x``: the exporter used, max |diff|, atol, rtol.
+
+    The file is written to a temporary path first; one that does not match is removed.
+    """
+    with torch.no_grad():
+        reference = model(x).detach().numpy()
+    tmp = temporary_path(out)
+    try:
+        if format == "onnx":
+            used = _export_onnx(model, example, tmp, exporter)
+            got = _run_onnx(tmp, x)
+        else:
+            with _quiet(), torch.no_grad():
+                torch.jit.save(torch.jit.trace(model, example, check_trace=False), str(tmp))
+                got = torch.jit.load(str(tmp))(x).detach().numpy()
+            used = "jit.trace"
+        diff, atol, rtol = _check_outputs(got, reference, format, int8)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return used, diff, atol, rtol
+
+
 def export(
     source: str | Path | nn.Module,
     format: str = "onnx",
@@ -286,55 +384,14 @@ def export(
         PolicyError: If ``int8`` is asked of a layer below 8 bits.
         CheckpointError: If the artifact cannot be read.
     """
-    if format not in FORMATS:
-        raise AutoshrinkError(f"unknown export format {format!r}: use one of {FORMATS}")
-    if exporter not in EXPORTERS:
-        raise AutoshrinkError(f"unknown exporter {exporter!r}: use one of {EXPORTERS}")
-    if int8 and format != "onnx":
-        raise AutoshrinkError("the int8 path exports as QDQ ONNX only: use format='onnx'")
-    if out is None:
-        if isinstance(source, nn.Module):
-            raise AutoshrinkError("exporting a model needs an output path")
-        out = Path(source).with_suffix(SUFFIXES[format])
-    out = check_output_path(out)
-    model, example, bits = _source(source, example_input, factory, allow_changed_factory)
-    batches = _inputs(calibration or [], calib_batches) if int8 else []
+    out = _output_path(source, format, out, int8, exporter)
+    model, example, batches = _export_model(
+        source, example_input, int8, calibration, calib_batches, factory, allow_changed_factory
+    )
     if int8:
-        from autoshrink.compression.int8 import to_int8
-
-        with _quiet():
-            model = to_int8(model, batches, len(batches), bits_by_layer=bits)
         exporter = "legacy"  # torch.export cannot trace quantized tensors
     x = _check_batch(example, batches)
-    with torch.no_grad():
-        reference = model(x).detach().numpy()
-    tmp = temporary_path(out)
-    try:
-        if format == "onnx":
-            used = _export_onnx(model, example, tmp, exporter)
-            got = _run_onnx(tmp, x)
-        else:
-            with _quiet(), torch.no_grad():
-                torch.jit.save(torch.jit.trace(model, example, check_trace=False), str(tmp))
-                got = torch.jit.load(str(tmp))(x).detach().numpy()
-            used = "jit.trace"
-        step = float(reference.max() - reference.min()) / 127.0  # the int8 output grid
-        atol = FLOAT_TOL + (INT8_STEPS * step if int8 else 0.0)
-        rtol = 0.0 if int8 else FLOAT_TOL
-        if got.shape != reference.shape:
-            raise AutoshrinkError(
-                f"the {format} export returns shape {got.shape}, the model {reference.shape}"
-            )
-        diff = float(np.abs(got - reference).max())
-        if not np.all(np.abs(got - reference) <= atol + rtol * np.abs(reference)):
-            raise AutoshrinkError(
-                f"the {format} export's outputs differ from the model's by up to {diff:.3g} "
-                f"(tolerance {atol:.3g} + {rtol:.3g}*|y|); nothing was written"
-            )
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    used, diff, atol, rtol = _write_checked(model, example, x, out, format, exporter, int8)
     logger.info("exported %s (%s) to %s, max |diff| %.3g", format, used, out, diff)
     return ExportInfo(out, format, used, int8, diff, atol, rtol, out.stat().st_size)
 

@@ -13,6 +13,7 @@ from torch import nn
 from autoshrink.compression.cost import cost_from_channels
 from autoshrink.compression.data import DataSplits, load_dataset
 from autoshrink.compression.errors import UnsupportedModelError
+from autoshrink.compression.evaluate import TrainResult
 from autoshrink.compression.metrics import FLOAT_BITS, ratio_key, result_key
 from autoshrink.compression.models import ModelSpec, build_model, load_weights
 from autoshrink.compression.policy import Policy, UnitPolicy
@@ -143,6 +144,8 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         self.config = cfg = cfg.replace(**overrides) if overrides else cfg
         self.render_mode = render_mode
         self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
+        #: How the cached baseline trained (None for a given model or checkpoint).
+        self.baseline_training: TrainResult | None = None
         self.model = (model if model is not None else self._load_model()).eval()
         self.graph = build_units(self.model, self.data.example_input(1), round_to=cfg.round_to)
         if not self.graph.units:
@@ -191,11 +194,18 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         spec = ModelSpec(cfg.model, self.data.num_classes, self.data.in_channels)
         if cfg.checkpoint is not None:
             return load_weights(build_model(spec), cfg.checkpoint)
-        from autoshrink.compression.baselines import baseline
+        from autoshrink.compression.baselines import baseline, read_result
 
-        model, _ = baseline(
-            spec, cfg.dataset, cfg.baseline_epochs, cfg.seed, cfg.data_dir, splits=self.data
+        model, path = baseline(
+            spec,
+            cfg.dataset,
+            cfg.baseline_epochs,
+            cfg.seed,
+            cfg.data_dir,
+            splits=self.data,
+            min_accuracy=cfg.min_baseline_accuracy,
         )
+        self.baseline_training = read_result(path)
         return model
 
     def _baseline_metrics(self) -> dict[str, float]:

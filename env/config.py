@@ -171,6 +171,8 @@ class EnvConfig(JsonFile):
         data_dir: Where datasets live, for those that are not embedded.
         checkpoint: Trained weights; None trains (or loads from cache) the baseline.
         baseline_epochs: Epochs for that baseline; None = the zoo default.
+        min_baseline_accuracy: Warn when that baseline's test accuracy is under this (it is
+            always reported when within 2 points of chance).
         mode: ``prune`` (keep-ratio per unit), ``quant`` (bits per unit) or ``joint`` (both).
         flops: Budget on MACs; a Budget, a ratio, or a string for :func:`parse_budget`.
         params: Budget on parameters.
@@ -217,6 +219,7 @@ class EnvConfig(JsonFile):
     data_dir: str | None = None
     checkpoint: str | None = None
     baseline_epochs: int | None = None
+    min_baseline_accuracy: float | None = None
     mode: Mode = "joint"
     flops: BudgetLike = None
     params: BudgetLike = None
@@ -307,64 +310,89 @@ def _default_reward(cfg: EnvConfig) -> str:
 
 
 def _validate(cfg: EnvConfig) -> None:
-    problems: list[str] = []
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            problems.append(message)
-
-    def is_int(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    need(cfg.mode in MODES, f"mode must be one of {MODES}, got {cfg.mode!r}")
-    need(cfg.reward in REWARDS, f"reward must be one of {REWARDS}, got {cfg.reward!r}")
-    need(
-        cfg.hard or cfg.reward == "penalty",
-        f"soft budgets (hard=False) need reward='penalty', got {cfg.reward!r}",
-    )
-    need(
-        isinstance(cfg.fill_budget, bool),
-        f"fill_budget must be true or false, got {cfg.fill_budget!r}",
-    )
-    need(
-        isinstance(cfg.min_keep, int | float) and 0 < cfg.min_keep <= 1,
-        f"min_keep must lie in (0, 1], got {cfg.min_keep!r}",
-    )
-    need(
-        cfg.keep_action in KEEP_ACTIONS,
-        f"keep_action must be one of {KEEP_ACTIONS}, got {cfg.keep_action!r}",
-    )
-    need(
-        bool(cfg.bit_choices) and all(is_int(b) and 2 <= b <= 8 for b in cfg.bit_choices),
-        f"bit_choices must be a non-empty set of 2..8, got {cfg.bit_choices!r}",
-    )
-    need(
-        cfg.first_last_bits is None or cfg.first_last_bits in (2, 3, 4, 5, 6, 7, 8, 32),
-        f"first_last_bits must be 2..8, 32 or None, got {cfg.first_last_bits!r}",
-    )
-    for name in ("bn_batches", "finetune_steps"):
-        value = getattr(cfg, name)
-        need(is_int(value) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
-    for name in ("batch_size", "round_to", "latency_batch"):
-        value = getattr(cfg, name)
-        need(is_int(value) and value >= 1, f"{name} must be an integer >= 1, got {value!r}")
-    for name in ("eval_batches", "baseline_epochs"):
-        value = getattr(cfg, name)
-        need(value is None or (is_int(value) and value >= 1), f"{name} must be None or >= 1")
-    need(cfg.finetune_lr > 0, f"finetune_lr must be positive, got {cfg.finetune_lr!r}")
-    need(cfg.penalty_weight >= 0, f"penalty_weight must be >= 0, got {cfg.penalty_weight!r}")
-    need(is_int(cfg.seed), f"seed must be an integer, got {cfg.seed!r}")
-    from autoshrink.compression.importance import IMPORTANCES
-
-    need(
-        cfg.importance in IMPORTANCES,
-        f"importance must be one of {IMPORTANCES}, got {cfg.importance!r}",
-    )
-    for name in ("model", "dataset"):
-        value = getattr(cfg, name)
-        need(isinstance(value, str) and bool(value), f"{name} must be a name, got {value!r}")
-    for name in ("data_dir", "checkpoint"):
-        value = getattr(cfg, name)
-        need(value is None or isinstance(value, str), f"{name} must be a path, got {value!r}")
+    problems = [*_choice_problems(cfg), *_number_problems(cfg)]
     if problems:
         raise AutoshrinkError("invalid environment config: " + "; ".join(problems))
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _choice_problems(cfg: EnvConfig) -> list[str]:
+    """What is wrong with the settings that name or choose something."""
+    from autoshrink.compression.importance import IMPORTANCES
+
+    checks = [
+        (cfg.mode in MODES, f"mode must be one of {MODES}, got {cfg.mode!r}"),
+        (cfg.reward in REWARDS, f"reward must be one of {REWARDS}, got {cfg.reward!r}"),
+        (
+            cfg.hard or cfg.reward == "penalty",
+            f"soft budgets (hard=False) need reward='penalty', got {cfg.reward!r}",
+        ),
+        (isinstance(cfg.hard, bool), f"hard must be true or false, got {cfg.hard!r}"),
+        (
+            isinstance(cfg.fill_budget, bool),
+            f"fill_budget must be true or false, got {cfg.fill_budget!r}",
+        ),
+        (
+            cfg.keep_action in KEEP_ACTIONS,
+            f"keep_action must be one of {KEEP_ACTIONS}, got {cfg.keep_action!r}",
+        ),
+        (
+            bool(cfg.bit_choices) and all(_is_int(b) and 2 <= b <= 8 for b in cfg.bit_choices),
+            f"bit_choices must be a non-empty set of 2..8, got {cfg.bit_choices!r}",
+        ),
+        (
+            cfg.first_last_bits is None or cfg.first_last_bits in (2, 3, 4, 5, 6, 7, 8, 32),
+            f"first_last_bits must be 2..8, 32 or None, got {cfg.first_last_bits!r}",
+        ),
+        (
+            cfg.importance in IMPORTANCES,
+            f"importance must be one of {IMPORTANCES}, got {cfg.importance!r}",
+        ),
+    ]
+    for name in ("model", "dataset"):
+        value = getattr(cfg, name)
+        checks.append(
+            (isinstance(value, str) and bool(value), f"{name} must be a name, got {value!r}")
+        )
+    for name in ("data_dir", "checkpoint"):
+        value = getattr(cfg, name)
+        checks.append(
+            (value is None or isinstance(value, str), f"{name} must be a path, got {value!r}")
+        )
+    return [message for ok, message in checks if not ok]
+
+
+def _number_problems(cfg: EnvConfig) -> list[str]:
+    """What is wrong with the settings that count or measure something."""
+    out: list[str] = []
+    for name, low in (("bn_batches", 0), ("finetune_steps", 0), ("batch_size", 1)):
+        value = getattr(cfg, name)
+        if not (_is_int(value) and value >= low):
+            out.append(f"{name} must be an integer >= {low}, got {value!r}")
+    for name in ("round_to", "latency_batch"):
+        value = getattr(cfg, name)
+        if not (_is_int(value) and value >= 1):
+            out.append(f"{name} must be an integer >= 1, got {value!r}")
+    for name in ("eval_batches", "baseline_epochs"):
+        value = getattr(cfg, name)
+        if not (value is None or (_is_int(value) and value >= 1)):
+            out.append(f"{name} must be None or >= 1")
+    if not (_is_num(cfg.min_keep) and 0 < cfg.min_keep <= 1):
+        out.append(f"min_keep must lie in (0, 1], got {cfg.min_keep!r}")
+    if not (_is_num(cfg.finetune_lr) and cfg.finetune_lr > 0):
+        out.append(f"finetune_lr must be positive, got {cfg.finetune_lr!r}")
+    if not (_is_num(cfg.penalty_weight) and cfg.penalty_weight >= 0):
+        out.append(f"penalty_weight must be >= 0, got {cfg.penalty_weight!r}")
+    floor = cfg.min_baseline_accuracy
+    if not (floor is None or (_is_num(floor) and 0 <= floor <= 1)):
+        out.append(f"min_baseline_accuracy must be None or in [0, 1], got {floor!r}")
+    if not _is_int(cfg.seed):
+        out.append(f"seed must be an integer, got {cfg.seed!r}")
+    return out

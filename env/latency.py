@@ -20,7 +20,6 @@ The latency budget is guaranteed on this table's estimate, not on a fresh measur
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import statistics
 import time
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoshrink.compression.documents import read_document
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.json_write import write_json
 from autoshrink.compression.versioned import unwrap, wrap
@@ -184,7 +184,7 @@ def latency_table(
     path = cache / f"{key}.json"
     if path.is_file():
         try:
-            table = LatencyTable.from_dict(json.loads(path.read_text()))
+            table = LatencyTable.from_dict(read_document(path, "latency table"))
             if set(table.channels) == {u.name for u in graph.units}:
                 logger.info("loaded latency table %s", path)
                 return table

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from autoshrink.agent.search.run_folder import RunFolder
     from autoshrink.agent.search.transfer import transfer
     from autoshrink.env.compression_env import CompressionEnv
-    from autoshrink.scripts.search import comparison_table
+    from autoshrink.scripts.search import comparison_table, warn_weak_baseline
 
     out = Path(args.out)
     plan = _prepare(args, out)
@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = plan["config"]
     with err_console.status(f"preparing {cfg.model} on {cfg.dataset} (trains once)"):
         env = CompressionEnv(cfg, model=plan.get("model"), data=plan["data"])
+    warn_weak_baseline(env)
     if args.agent is not None:
         played = plan["transfer"]
         result = transfer(played.agent, env, out, algorithm=played.algorithm, seed=args.seed)

@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     env_cfg, agent_cfg = config.env, config.agent
     with err_console.status(f"preparing {env_cfg.model} on {env_cfg.dataset} (trains once)"):
         env = config.make_env()
+    warn_weak_baseline(env)
     budgets = ", ".join(str(b) for b in env_cfg.budgets.values())
     err_console.print(
         f"searching {len(env.units)} units of {env_cfg.model} on {env_cfg.dataset}, "
@@ -181,6 +182,25 @@ def run(args: argparse.Namespace) -> int:
         console.print(comparison_table(report))
         console.print(f"run folder: {out}", highlight=False)
     return 0
+
+
+def warn_weak_baseline(env: Any) -> None:
+    """One warning line when the env's cached baseline learned (next to) nothing."""
+    from autoshrink.agent.search.report import baseline_training
+
+    trained = baseline_training(env)
+    if trained is None or not trained["near_chance"]:
+        return
+    chance = trained["chance_accuracy"]
+    floor = env.config.min_baseline_accuracy
+    why = f"chance is {chance:.1%}" if chance is not None else "chance is unknown"
+    if floor is not None:
+        why += f", the floor given {floor:.1%}"
+    err_console.print(
+        f"warning: the baseline reaches {trained['test_accuracy']:.1%} test accuracy ({why}); "
+        "train it longer (autoshrink train) before compressing it",
+        highlight=False,
+    )
 
 
 class _SearchBars:

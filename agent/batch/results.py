@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from autoshrink.compression.atomic import write_atomic
+from autoshrink.compression.documents import parse_document
+from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.json_write import to_jsonable
 from autoshrink.compression.metrics import BUDGET_NAMES, METRICS
 
@@ -102,16 +104,20 @@ def repair_tail(path: Path) -> int:
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Every whole, valid record of ``path`` in file order (none if it does not exist)."""
     try:
-        text = path.read_text()
+        text = path.read_text(errors="replace")
     except FileNotFoundError:
         return []
     records = []
     for number, line in enumerate(text.splitlines(keepends=True), start=1):
         try:
-            obj = json.loads(line)
-        except ValueError:
+            obj = parse_document(line, f"line {number} of {path}", allow_nonfinite=True)
+        except AutoshrinkError:
             obj = None
-        if not line.endswith("\n") or not isinstance(obj, dict) or "job" not in obj:
+        if (
+            not line.endswith("\n")
+            or not isinstance(obj, dict)
+            or not isinstance(obj.get("job"), str)
+        ):
             logger.warning("skipping unreadable line %d of %s", number, path)
             continue
         records.append(obj)

@@ -24,7 +24,6 @@ import difflib
 import hashlib
 import json
 import re
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -38,12 +37,8 @@ from autoshrink.agent.batch.grid import (
     expand_grid,
     key_lines,
 )
+from autoshrink.compression.documents import parse_document, read_document
 from autoshrink.compression.errors import AutoshrinkError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 KINDS = ("search", "apply")
 BATCH_KEYS = ("kind", "name", "cpus", "timeout")
@@ -208,8 +203,9 @@ def load_spec(path: str | Path) -> BatchSpec:
         SpecError: If the file cannot be read, is not TOML, or any job is invalid.
     """
     path = Path(path)
+    read_document(path, "batch spec", kind="toml", error=SpecError)  # caps, UTF-8, syntax
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode()
     except OSError as exc:
         raise SpecError(f"cannot read batch spec {path}: {exc.strerror}") from exc
     return parse_spec(text, path.name, base_dir=path.parent)
@@ -223,10 +219,7 @@ def parse_spec(text: str, name: str = "<spec>", base_dir: str | Path | None = No
         name: The spec's name in messages (its file name).
         base_dir: Where relative ``agent_from`` paths start; left relative when None.
     """
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{name} is not valid TOML: {exc}") from exc
+    data: Any = parse_document(text, name, kind="toml", error=SpecError)
     lines = key_lines(text)
     problems: dict[str, None] = {}  # ordered, without the repeats of a grid's jobs
 

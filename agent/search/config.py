@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from autoshrink.agent.config import AgentConfig
+from autoshrink.compression.documents import read_document
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
-from autoshrink.compression.versioned import JsonFile, parse_json, read_text, unwrap, wrap
+from autoshrink.compression.versioned import JsonFile, unwrap, wrap
 from autoshrink.env.config import EnvConfig
 
 SEARCH_TYPE = "autoshrink.SearchConfig"
@@ -225,7 +226,7 @@ def saved_agent(path: str | Path) -> AgentConfig:
     """The agent settings of a run folder's ``config.json`` (any version, any env)."""
     path = Path(path)
     what = f"search config {path}"
-    obj = parse_json(read_text(path, "search config", CheckpointError), what, CheckpointError)
+    obj = read_document(path, "search config", error=CheckpointError)
     if isinstance(obj, dict) and "type" not in obj:  # v0.1: {"agent": ..., "env": ...}
         data: Mapping[str, Any] = obj
     else:

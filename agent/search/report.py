@@ -24,11 +24,12 @@ import gymnasium as gym
 from autoshrink.agent.env_view import search_env
 from autoshrink.agent.search.config import FinalConfig
 from autoshrink.agent.search.run_folder import RunFolder
+from autoshrink.compression.documents import read_document
 from autoshrink.compression.errors import CheckpointError
 from autoshrink.compression.json_write import write_document
 from autoshrink.compression.metrics import FLOAT_BITS, MEASURED_LATENCY, METRICS, by_result_key
 from autoshrink.compression.policy import Policy, kept_channels
-from autoshrink.compression.versioned import parse_json, read_text, unwrap
+from autoshrink.compression.versioned import unwrap
 
 RESULT_TYPE = "autoshrink.SearchRunResult"
 #: 2: the versioned envelope, and the measured latency as ``measured_latency_s``.
@@ -66,9 +67,8 @@ def read_result(path: str | Path) -> dict[str, Any]:
         CheckpointError: If the file is missing, not JSON or not a search result.
     """
     path = Path(path)
-    what = f"search result {path}"
-    obj = parse_json(read_text(path, "search result", CheckpointError), what, CheckpointError)
-    return upgrade(obj, what)
+    obj = read_document(path, "search result", allow_nonfinite=True, error=CheckpointError)
+    return upgrade(obj, f"search result {path}")
 
 
 def upgrade(obj: object, what: str = "search result") -> dict[str, Any]:
@@ -101,7 +101,7 @@ def build_result(
     cfg = inner.config
     values = realised_costs(env, shipped.policy)
     limits = dict(inner.limits)
-    model = load_artifact(shipped.artifact.path)
+    model = load_artifact(shipped.artifact.path, factory=cfg.model)
     baseline = {**_side(inner.model, data, final), **by_result_key(inner.baseline)}
     compressed = {
         **_side(model, data, final),
@@ -127,6 +127,7 @@ def build_result(
             for m, b in cfg.budgets.items()
         },
         "baseline": baseline,
+        "baseline_training": baseline_training(env),
         "compressed": compressed,
         "budgets_met": all(values[m] <= lim for m, lim in limits.items()),
         "seed": seed,
@@ -143,6 +144,25 @@ def build_result(
         "env": cfg.to_dict()["data"],
         "artifact": Path(shipped.artifact.path).name,
         "policy": RunFolder(Path(search.run_dir)).policy.name,
+    }
+
+
+def baseline_training(env: gym.Env) -> dict[str, Any] | None:
+    """How the env's cached baseline trained, and whether it is near chance (or too low).
+
+    None when the env was given its model or a checkpoint (nothing is known of them).
+    """
+    inner: Any = env.unwrapped
+    trained = getattr(inner, "baseline_training", None)
+    if trained is None:
+        return None
+    floor = inner.config.min_baseline_accuracy
+    return {
+        "val_accuracy": trained.val_accuracy,
+        "test_accuracy": trained.test_accuracy,
+        "epochs": trained.epochs,
+        "chance_accuracy": trained.chance_accuracy,
+        "near_chance": trained.near_chance(floor),
     }
 
 

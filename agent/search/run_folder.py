@@ -34,9 +34,10 @@ from typing import Any
 
 from autoshrink.agent.search.episodes import SearchState
 from autoshrink.compression.atomic import write_atomic
+from autoshrink.compression.documents import parse_document, read_document
 from autoshrink.compression.errors import CheckpointError
 from autoshrink.compression.json_write import write_document, write_json
-from autoshrink.compression.versioned import parse_json, read_text, unwrap
+from autoshrink.compression.versioned import unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +51,21 @@ _CHECKPOINT_NAME = re.compile(r"ckpt-[0-9]{6}")
 
 
 def read_json(path: Path, what: str) -> object:
-    """A JSON file of the run folder, parsed; failures are one line naming the file."""
-    return parse_json(read_text(path, what, CheckpointError), f"{what} {path}", CheckpointError)
+    """A JSON file of the run folder, through the checked reader; failures are one line."""
+    return read_document(path, what, error=CheckpointError)
+
+
+def parse_record(line: str, what: str) -> object:
+    """One line of a JSON-lines log, through the checked reader (NaN allowed: a reward may be)."""
+    return parse_document(line, what, allow_nonfinite=True, error=CheckpointError)
 
 
 def _numbered(lines: list[str]) -> bool:
     """Whether ``lines`` are JSON records of episodes 0, 1, ... in order."""
     for i, line in enumerate(lines):
         try:
-            record = json.loads(line)
-        except ValueError:
+            record = parse_record(line, "episode record")
+        except CheckpointError:
             return False
         if not isinstance(record, dict) or record.get("episode") != i:
             return False
@@ -211,11 +217,14 @@ class RunFolder:
         if not self.episodes.exists():
             return []
         rows = []
-        for line in self.episodes.read_text().splitlines():
+        for line in self.episodes.read_text(errors="replace").splitlines():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+                row = parse_record(line, f"a line of {self.episodes}")
+            except CheckpointError:
                 logger.warning("skipping a torn line in %s", self.episodes)
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
         return rows
 
     def truncate_episodes(self, keep: int) -> int:

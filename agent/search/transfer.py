@@ -20,7 +20,6 @@ target's budgets.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import zipfile
@@ -31,6 +30,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from autoshrink.agent.agent_file import zip_document
 from autoshrink.agent.algorithms import ALGORITHMS
 from autoshrink.agent.config import AgentConfig
 from autoshrink.agent.env_view import episode_length, search_env
@@ -75,11 +75,14 @@ def agent_algorithm(path: str | Path) -> str:
     try:
         with zipfile.ZipFile(path) as zf:
             files = set(zf.namelist())
-            data = json.loads(zf.read("data")) if "data" in files else {}
+            data = zip_document(zf, "data", path) if "data" in files else {}
             if STATE_FILE in files:
-                name = scripted_state(json.loads(zf.read(STATE_FILE))).get("algorithm", "baseline")
+                state = scripted_state(zip_document(zf, STATE_FILE, path))
+                name = state.get("algorithm", "baseline")
     except (OSError, zipfile.BadZipFile, ValueError) as exc:
         raise CheckpointError(f"{path} is not a saved agent: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(name, str | None):
+        raise CheckpointError(f"{path} is not a saved autoshrink agent")
     if name is None and data:
         if "policy_delay" in data:
             name = "td3" if data.get("policy_delay", 1) > 1 else "ddpg"
@@ -105,7 +108,7 @@ def agent_spaces(path: str | Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """
     try:
         with zipfile.ZipFile(path) as zf:
-            data = json.loads(zf.read("data"))
+            data: Any = zip_document(zf, "data", Path(path))
         obs = tuple(int(d) for d in data["observation_space"]["_shape"])
         act = tuple(int(d) for d in data["action_space"]["_shape"])
     except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
