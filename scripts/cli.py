@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import NoReturn
 
 from rich.markup import escape
 
@@ -33,9 +34,17 @@ def _version() -> str:
         return "unknown"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (the usage stays in ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``message`` as one line and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with one sub-parser per subcommand module."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="autoshrink",
         description=(
             "AutoML compression search for PyTorch: an RL agent picks a channel keep-ratio "

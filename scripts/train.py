@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,10 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "fashion-mnist)",
     )
     parser.add_argument(
-        "--lr", type=float, default=DEFAULT_LR, help="peak SGD learning rate (default: %(default)s)"
+        "--lr",
+        type=_positive_float,
+        default=DEFAULT_LR,
+        help="peak SGD learning rate (default: %(default)s)",
     )
     parser.add_argument(
         "--batch-size",
@@ -112,6 +116,16 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retrain", action="store_true", help="train even if a cached result exists"
     )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
