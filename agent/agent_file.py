@@ -117,7 +117,7 @@ def _is_serialized(value: Any) -> bool:
     return isinstance(value, dict) and ":serialized:" in value
 
 
-def _read_agent_zip(path: Path) -> tuple[bytes, dict[str, Any]]:
+def read_agent_zip(path: Path) -> tuple[bytes, dict[str, Any]]:
     """The zip's bytes and its ``data`` JSON, parsed with ``json`` only.
 
     SB3 hands every ``.pth`` member to ``set_parameters``, which looks its name up as an
@@ -132,6 +132,9 @@ def _read_agent_zip(path: Path) -> tuple[bytes, dict[str, Any]]:
         raise CheckpointError(f"{path} is not a saved agent: {exc}") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a saved agent: its data is not an object")
+    for key in ("observation_space", "action_space"):
+        if not isinstance(data.get(key), dict):
+            raise CheckpointError(f"{path} is not a saved agent: it has no {key!r}")
     for key, kinds in _SCALARS.items():
         value = data.get(key)
         if key in data and (isinstance(value, bool) or not isinstance(value, kinds)):
@@ -264,7 +267,7 @@ def sb3_loader(
     """
 
     def load(path: Path, env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
-        raw, data = _read_agent_zip(path)
+        raw, data = read_agent_zip(path)
         custom = _custom_objects(path, data, cls, policy_class, agent_kwargs(config, n_units), env)
         # SB3 replaces every entry named in custom_objects instead of unpickling it, and reads
         # the weights with torch.load(weights_only=True). The bytes read above are loaded, so

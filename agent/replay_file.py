@@ -16,6 +16,7 @@ import numpy as np
 from autoshrink.compression.atomic import write_atomic
 from autoshrink.compression.documents import read_document
 from autoshrink.compression.json_write import write_document
+from autoshrink.compression.versioned import unwrap
 
 REPLAY_TYPE = "autoshrink.ReplayBuffer"
 REPLAY_VERSION = 1
@@ -65,14 +66,11 @@ def _savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
 
 
-def load_replay_buffer(buffer: Any, folder: Path) -> None:
-    """Fill ``buffer`` (built by SB3 for the same config) in place from ``folder``.
-
-    The arrays are read with ``np.load(allow_pickle=False)`` and must have the names,
-    shapes and dtypes of the buffer's own; ``pos`` and ``full`` come from the JSON.
+def read_replay_meta(folder: Path) -> dict[str, Any]:
+    """The replay buffer's JSON of a checkpoint folder, checked to be one (arrays not read).
 
     Raises:
-        CheckpointError: If the files are missing, malformed or do not fit ``buffer``.
+        CheckpointError: If the files are missing, or the JSON is not a replay buffer's.
     """
     from autoshrink.compression.errors import CheckpointError
 
@@ -86,12 +84,23 @@ def load_replay_buffer(buffer: Any, folder: Path) -> None:
             )
         raise CheckpointError(f"the checkpoint {folder} has no replay buffer{hint}")
     obj = read_document(meta_path, "replay buffer", error=CheckpointError)
-    if not isinstance(obj, dict) or (obj.get("type"), obj.get("version")) != (
-        REPLAY_TYPE,
-        REPLAY_VERSION,
-    ):
-        raise CheckpointError(f"{meta_path} is not a replay buffer of version {REPLAY_VERSION}")
-    meta = obj.get("data")
+    meta = unwrap(obj, REPLAY_TYPE, REPLAY_VERSION, f"replay buffer {meta_path}", CheckpointError)
+    return meta
+
+
+def load_replay_buffer(buffer: Any, folder: Path) -> None:
+    """Fill ``buffer`` (built by SB3 for the same config) in place from ``folder``.
+
+    The arrays are read with ``np.load(allow_pickle=False)`` and must have the names,
+    shapes and dtypes of the buffer's own; ``pos`` and ``full`` come from the JSON.
+
+    Raises:
+        CheckpointError: If the files are missing, malformed or do not fit ``buffer``.
+    """
+    from autoshrink.compression.errors import CheckpointError
+
+    arrays_path, meta_path = folder / REPLAY_ARRAYS, folder / REPLAY_META
+    meta = read_replay_meta(folder)
     targets = _buffer_arrays(buffer)
     want = {
         "class": type(buffer).__name__,

@@ -69,15 +69,35 @@ def save(agent: Any, folder: Path) -> None:
     write_document(folder / RNG_FILE, RNG_TYPE, RNG_VERSION, capture(agent))
 
 
-def load(agent: Any, folder: Path) -> bool:
-    """Restore the generators from a checkpoint folder; False if it has no such file.
+def read(folder: Path) -> dict[str, Any] | None:
+    """The generators' state saved in a checkpoint folder (None if it has none), checked.
+
+    It is checked by restoring it and putting the present state back, so a state that
+    reads is a state that restores.
 
     Raises:
         CheckpointError: If the file is unreadable or malformed.
     """
     path = folder / RNG_FILE
     if not path.is_file():
-        return False
+        return None
     obj = read_document(path, "random state", error=CheckpointError)
-    restore(agent, unwrap(obj, RNG_TYPE, RNG_VERSION, f"random state {path}", CheckpointError))
-    return True
+    state = unwrap(obj, RNG_TYPE, RNG_VERSION, f"random state {path}", CheckpointError)
+    present = capture(None)
+    try:
+        restore(None, state)
+    finally:
+        restore(None, present)
+    return state
+
+
+def load(agent: Any, folder: Path) -> bool:
+    """Restore the generators from a checkpoint folder; False if it has no such file.
+
+    Raises:
+        CheckpointError: If the file is unreadable or malformed.
+    """
+    state = read(folder)
+    if state is not None:
+        restore(agent, state)
+    return state is not None

@@ -158,24 +158,40 @@ def run(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/{args.model or 'resnet20'}-{args.dataset or 'digits'}-{stamp}")
     check_free(out, "search")  # before the env is built, which can take minutes
+    if args.resume:
+        from autoshrink.agent.search.preflight import check_resume
+
+        check_resume(out)
     config = _config(args, out)
     env_cfg, agent_cfg = config.env, config.agent
     with err_console.status(f"preparing {env_cfg.model} on {env_cfg.dataset} (trains once)"):
         env = config.make_env()
     warn_weak_baseline(env)
     budgets = ", ".join(str(b) for b in env_cfg.budgets.values())
-    err_console.print(
+    header = (
         f"searching {len(env.units)} units of {env_cfg.model} on {env_cfg.dataset}, "
         f"{env_cfg.mode} mode, {budgets}; agent {agent_cfg.algorithm}, "
-        f"{agent_cfg.episodes} episodes -> {out}",
-        highlight=False,
+        f"{agent_cfg.episodes} episodes -> {out}"
     )
     bars = _SearchBars(config, env)
-    with bars.progress:
+
+    def start() -> None:  # once the run folder is checked: a refusal stays one line
+        err_console.print(header, highlight=False)
+        bars.progress.start()
+
+    try:
         report = search(
-            config, out, resume=args.resume, env=env, progress=bars.episode, on_step=bars.step
+            config,
+            out,
+            resume=args.resume,
+            env=env,
+            progress=bars.episode,
+            on_step=bars.step,
+            on_start=start,
         )
         bars.done(report["episodes"])
+    finally:
+        bars.progress.stop()
     if args.json:
         sys.stdout.write(json.dumps(report) + "\n")
     else:

@@ -105,6 +105,7 @@ def run_search(
     progress: Progress | None = None,
     callbacks: Sequence[BaseCallback] = (),
     final: FinalConfig | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> SearchResult:
     """Search ``env`` with the agent of ``config`` and write the run folder.
 
@@ -117,6 +118,7 @@ def run_search(
         callbacks: Extra SB3 callbacks, e.g. to stop early.
         final: The finish to record in ``config.json`` beside the env's and the agent's
             settings (the defaults when None).
+        on_start: Called once the agent is built or resumed, before the first episode.
 
     Returns:
         The best policy and its metrics, the episodes run and the wall time.
@@ -127,7 +129,7 @@ def run_search(
     """
     folder = RunFolder(Path(out_dir))
     with hold(folder.root, "search"):
-        return _run(env, config, folder, resume, progress, callbacks, final)
+        return _run(env, config, folder, resume, progress, callbacks, final, on_start)
 
 
 def _run(
@@ -138,6 +140,7 @@ def _run(
     progress: Progress | None,
     callbacks: Sequence[BaseCallback],
     final: FinalConfig | None,
+    on_start: Callable[[], None] | None,
 ) -> SearchResult:
     """:func:`run_search` in its locked folder."""
     spec = ALGORITHMS[config.algorithm]
@@ -156,6 +159,8 @@ def _run(
         folder.truncate_episodes(0)
         _write_config(folder, env, config, final)
         agent = build_agent(env, config, n_units)
+    if on_start is not None:
+        on_start()
     book = EpisodeBook(state, reference_metrics(env), clock_start=start)
     cbs = _callbacks(agent, book, folder, spec.off_policy, config, progress)
     remaining = config.episodes - state.episodes

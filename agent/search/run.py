@@ -32,6 +32,7 @@ def search(
     env: gym.Env | None = None,
     progress: Progress | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Search, fine-tune and ship: the run folder of ``config`` in ``out_dir``.
 
@@ -42,6 +43,7 @@ def search(
         env: ``config.make_env()`` already built (a caller that reports on it first).
         progress: Called after every episode (see :func:`~.loop.run_search`).
         on_step: Called after every final fine-tune step with ``(step, loss)``.
+        on_start: Called once the search is set up (resumed, or its agent built).
 
     Returns:
         The content of ``result.json``.
@@ -49,6 +51,12 @@ def search(
     with hold(Path(out_dir), "search"):
         env = env if env is not None else config.make_env()
         result = run_search(
-            env, config.agent, out_dir, resume=resume, progress=progress, final=config.final
+            env,
+            config.agent,
+            out_dir,
+            resume=resume,
+            progress=progress,
+            final=config.final,
+            on_start=on_start,
         )
         return finish_search(env, result, config.final, seed=config.agent.seed, on_step=on_step)

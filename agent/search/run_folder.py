@@ -180,13 +180,7 @@ class RunFolder:
         Raises:
             CheckpointError: If the log cannot be made whole.
         """
-        copy = checkpoint / LOG_COPY
-        if not copy.is_file():
-            lines = self._log_lines(episodes)
-        else:
-            lines = copy.read_text().splitlines(keepends=True)
-            if len(lines) != episodes or not _numbered(lines):
-                raise CheckpointError(f"{copy} does not hold episodes 0..{episodes - 1}")
+        lines = self.checkpoint_log(checkpoint, episodes)
         current = self.episodes.read_text() if self.episodes.exists() else ""
         had = current.splitlines(keepends=True)
         if had[:episodes] != lines:
@@ -194,6 +188,20 @@ class RunFolder:
         text = "".join(lines)
         write_atomic(self.episodes, lambda p: p.write_text(text))
         return max(0, len(had) - episodes)
+
+    def checkpoint_log(self, checkpoint: Path, episodes: int) -> list[str]:
+        """The log lines a resume from ``checkpoint`` restores (nothing is written).
+
+        Raises:
+            CheckpointError: If neither the checkpoint's copy nor the log holds them.
+        """
+        copy = checkpoint / LOG_COPY
+        if not copy.is_file():
+            return self._log_lines(episodes)
+        lines = copy.read_text(errors="replace").splitlines(keepends=True)
+        if len(lines) != episodes or not _numbered(lines):
+            raise CheckpointError(f"{copy} does not hold episodes 0..{episodes - 1}")
+        return lines
 
     def _log_lines(self, episodes: int) -> list[str]:
         """The log's first ``episodes`` lines, checked to be episodes 0, 1, ... in order.
