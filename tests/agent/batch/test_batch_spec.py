@@ -104,7 +104,7 @@ def test_bad_values_name_the_line_of_the_key_that_is_wrong():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[[jobs]]\nmodel = \n", "not valid TOML"),
+        ("[[jobs]]\nmodel = \n", "malformed TOML"),
         ("", "holds no job"),
         ("workers = 2\n[[jobs]]\n", "line 1 (workers): unknown top-level key"),
         ("[grid]\nmodels = []\n", "line 2 (grid.models): must be a non-empty array"),
