@@ -46,6 +46,8 @@ _REPLACED = {
 
 #: (module type, dimension) -> Torch-Pruning's pruning function; the most derived type wins.
 #: ``out`` cuts output channels, ``in`` input channels, ``c`` a norm's (or PReLU's) channels.
+#: Subclasses such as timm's ``BatchNormAct2d``, ``GroupNormAct`` and ``LayerNorm2d`` find
+#: their base class here; the activation inside them has no channels of its own.
 CUTTERS: dict[tuple[type[nn.Module], str], _Cut] = {
     (nn.Conv1d, "out"): tpf.prune_conv_out_channels,
     (nn.Conv2d, "out"): tpf.prune_conv_out_channels,
@@ -57,6 +59,7 @@ CUTTERS: dict[tuple[type[nn.Module], str], _Cut] = {
     (nn.Linear, "in"): tpf.prune_linear_in_channels,
     (nn.modules.batchnorm._BatchNorm, "c"): tpf.prune_batchnorm_out_channels,
     (nn.GroupNorm, "c"): tpf.prune_groupnorm_out_channels,
+    (nn.LayerNorm, "c"): tpf.prune_layernorm_out_channels,
     (nn.modules.instancenorm._InstanceNorm, "c"): tpf.prune_instancenorm_out_channels,
     (nn.PReLU, "c"): tpf.prune_prelu_out_channels,
 }
