@@ -31,7 +31,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,8 @@ from autoshrink.compression.quantize import (
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "autoshrink.artifact"
-FORMAT_VERSION = 1
+#: 2: the ``frozen`` field (units kept at full width; absent, i.e. none, in version 1).
+FORMAT_VERSION = 2
 SCALE_SUFFIX = "#scale"
 _FIELDS = ("spec", "input_shape", "kept", "weight_bits", "act_quant", "policy", "metadata")
 
@@ -97,12 +98,13 @@ class ArtifactHeader:
     act_quant: dict[str, tuple[int, float, float]]
     policy: Policy | dict[str, int]
     metadata: dict[str, Any]
+    frozen: dict[str, str] = field(default_factory=dict)
 
 
-def _graph(model: nn.Module, input_shape: Sequence[int]) -> Any:
+def _graph(model: nn.Module, input_shape: Sequence[int], frozen: Sequence[str] = ()) -> Any:
     from autoshrink.compression.units import build_units
 
-    return build_units(model, torch.zeros(tuple(input_shape)))
+    return build_units(model, torch.zeros(tuple(input_shape)), ignored_layers=frozen)
 
 
 def _out_channels(module: nn.Module) -> int:
@@ -152,7 +154,8 @@ def save_artifact(
     path = Path(path)
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         model = bake_(copy.deepcopy(model))
-    graph = _graph(build_model(spec), input_shape)
+    frozen = list(policy.frozen) if isinstance(policy, Policy) else []
+    graph = _graph(build_model(spec), input_shape, frozen)
     try:
         kept = {u.name: _out_channels(model.get_submodule(u.layers[0])) for u in graph.units}
     except (AttributeError, TypeError) as exc:
@@ -190,6 +193,7 @@ def save_artifact(
         "act_quant": json.dumps(activation_quant_state(model)),
         "policy": policy_json,
         "metadata": json.dumps(dict(metadata or {})),
+        "frozen": json.dumps(graph.frozen),
     }
     meta["sha256"] = _digest(tensors, meta)
 
@@ -265,6 +269,7 @@ def _header(path: Path, meta: Mapping[str, str]) -> ArtifactHeader:
             },
             policy=policy,
             metadata=dict(fields["metadata"]),
+            frozen={str(k): str(v) for k, v in json.loads(meta.get("frozen", "{}")).items()},
         )
     except Exception as exc:  # any malformed field: one line, not a traceback
         raise CheckpointError(f"{path} has a malformed header: {exc!r}") from exc
@@ -302,7 +307,8 @@ def load_artifact(path: str | Path) -> nn.Module:
         from autoshrink.compression.prune import prune_channels
 
         base = build_model(head.spec)
-        model = prune_channels(base, _graph(base, head.input_shape), head.kept)
+        graph = _graph(base, head.input_shape, list(head.frozen))
+        model = prune_channels(base, graph, head.kept)
     except Exception as exc:  # unknown spec, changed zoo, failed trace: all one message
         raise CheckpointError(
             f"cannot rebuild the base model {head.spec.name!r} of {path}: {exc}"
