@@ -44,6 +44,9 @@ _NORM_OPS = {
     re.compile(r"^NativeGroupNormBackward\d*$"): ("_saved_weight",),
     re.compile(r"^NativeLayerNormBackward\d*$"): ("_saved_weight",),
 }
+# The matmul that nn.Linear runs on a (batch, ..., features) input: inside the module, so
+# its channels are the Linear's own.
+_LINEAR_INNER = re.compile(r"^(Addmm|Mm|Bmm|UnsafeView|View|Expand)Backward\d*$")
 _STRUCTURAL = (ops.OPTYPE.CONCAT, ops.OPTYPE.SPLIT, ops.OPTYPE.RESHAPE, ops.OPTYPE.SLICE)
 
 
@@ -100,6 +103,12 @@ def op_problem(node: Any, norm_ptrs: frozenset[int]) -> str | None:
         return f"op {grad_fn_name(node)} ({node.type.name.lower()})"
     name = grad_fn_name(node)
     if _CHANNELWISE.match(name):
+        return None
+    if (
+        _LINEAR_INNER.match(name)
+        and node.outputs
+        and all(isinstance(out.module, nn.Linear) for out in node.outputs)
+    ):
         return None
     fn = node.grad_fn
     for pattern, attrs in _NORM_OPS.items():

@@ -15,6 +15,7 @@ from torch import nn
 from autoshrink.compression.errors import PolicyError, UnsupportedModelError
 from autoshrink.compression.models import ModelSpec, build_model
 from autoshrink.compression.units import Unit, UnitGraph, build_units
+from tests.compression.exact import assert_exact
 
 X32 = torch.zeros(1, 3, 32, 32)
 
@@ -95,14 +96,14 @@ def test_grouped_convs_are_balanced_over_their_groups() -> None:
         assert any(getattr(model.get_submodule(n), "groups", 1) > 1 for n in touched)
 
 
-def test_shufflenet_is_refused_naming_a_layer() -> None:
+def test_shufflenet_prunes_its_branches_and_freezes_the_shuffled_stream() -> None:
     model = build_model(ModelSpec("shufflenet_v2_x0_5"))
-    with pytest.raises(UnsupportedModelError) as err:
-        build_units(model, X32)
+    graph = assert_exact(model, torch.randn(1, 3, 64, 64), policies=2)
     names = {n for n, _ in model.named_modules() if n}
-    quoted = str(err.value).split("'")
-    assert any(part in names for part in quoted), str(err.value)
-    assert "Transpose" in str(err.value)
+    assert len(graph.units) >= 12 and graph.frozen
+    for root, why in graph.frozen.items():  # every reason names a real layer
+        assert root in names and any(part in names for part in why.split("'")), why
+    assert any("View" in why or "Transpose" in why for why in graph.frozen.values())
 
 
 class _Scale(nn.Module):
