@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -68,9 +68,37 @@ def _per_channel_tensors(m: nn.Module, c: int) -> list[torch.Tensor]:
     return [t for t in tensors if t.shape == (c,) and t.is_floating_point()]
 
 
+def _norm_tables(
+    parts: dict[str, Any], rows: dict[str, np.ndarray], pdims: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, set[int]]:
+    """Per norm-like entry: channels, parameter and float-buffer elements per channel.
+
+    A norm module has one element per channel in each per-channel tensor; a parameter cut
+    along dim ``d`` (a layer scale, a position embedding) has ``numel / shape[d]``.
+    Returns those three columns and the ids of the tensors they cover.
+    """
+    c0, params, fbufs, ids = [], [], [], set()
+    for name in rows:
+        part = parts[name]
+        if isinstance(part, nn.Parameter):
+            c = int(part.shape[pdims[name]])
+            c0.append(c)
+            params.append(part.numel() // c)
+            fbufs.append(0)
+            ids.add(id(part))
+            continue
+        c = norm_channels(part)
+        tensors = _per_channel_tensors(part, c)
+        c0.append(c)
+        params.append(sum(isinstance(t, nn.Parameter) for t in tensors))
+        fbufs.append(sum(not isinstance(t, nn.Parameter) for t in tensors))
+        ids.update(id(t) for t in tensors)
+    return np.array(c0, np.int64), np.array(params, np.int64), np.array(fbufs, np.int64), ids
+
+
 def _coupling(
     model: nn.Module,
-    modules: dict[str, nn.Module],
+    modules: dict[str, Any],
     probe: _Probe,
     geo: dict[str, _Geo],
     found: list[tuple[str, int, int, list[_Item]]],
@@ -82,10 +110,13 @@ def _coupling(
     out_a = np.zeros((len(order), n_units), np.int64)
     in_a = np.zeros((len(order), n_units), np.int64)
     norm_rows: dict[str, np.ndarray] = {}
+    pdims: dict[str, int] = {}
     owner: dict[str, str] = {}
     for u, (root, _, _, items) in enumerate(found):
         for it in items:
-            if it.dim == "c":
+            if it.dim.startswith("p"):
+                pdims[it.module] = int(it.dim[1:])
+            if it.dim == "c" or it.dim.startswith("p"):
                 norm_rows.setdefault(it.module, np.zeros(n_units, np.int64))[u] += it.per_channel
             elif it.dim == "in":
                 in_a[lidx[it.module], u] += it.per_channel
@@ -102,11 +133,8 @@ def _coupling(
     for name in order:
         m = modules[name]
         variable.update(id(t) for t in (m.weight, getattr(m, "bias", None)) if t is not None)
-    norm_tensors = {
-        n: _per_channel_tensors(modules[n], norm_channels(modules[n])) for n in norm_rows
-    }
-    for tensors in norm_tensors.values():
-        variable.update(id(t) for t in tensors)
+    norm_c0, norm_params, norm_fbufs, norm_ids = _norm_tables(modules, norm_rows, pdims)
+    variable |= norm_ids
     const = [t for t in (*model.parameters(), *model.buffers()) if id(t) not in variable]
     layer = np.array([(g.c_out, g.c_in, g.groups, g.kk) for g in geo.values()], np.int64)
     coupling = Coupling(
@@ -123,14 +151,9 @@ def _coupling(
         layer_out_a=out_a,
         layer_in_a=in_a,
         norm_names=tuple(norm_rows),
-        norm_c0=np.array([norm_channels(modules[n]) for n in norm_rows], np.int64),
-        norm_params=np.array(
-            [sum(isinstance(t, nn.Parameter) for t in ts) for ts in norm_tensors.values()], np.int64
-        ),
-        norm_fbufs=np.array(
-            [sum(not isinstance(t, nn.Parameter) for t in ts) for ts in norm_tensors.values()],
-            np.int64,
-        ),
+        norm_c0=norm_c0,
+        norm_params=norm_params,
+        norm_fbufs=norm_fbufs,
         norm_a=np.array(list(norm_rows.values()), np.int64).reshape(len(norm_rows), n_units),
         const_params=sum(t.numel() for t in model.parameters() if id(t) not in variable),
         const_fbytes=4 * sum(t.numel() for t in const if t.is_floating_point()),
@@ -141,7 +164,7 @@ def _coupling(
 
 def assemble(
     model: nn.Module,
-    modules: dict[str, nn.Module],
+    modules: dict[str, Any],
     probe: _Probe,
     found: list[tuple[str, int, int, list[_Item]]],
     round_to: int,

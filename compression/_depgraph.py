@@ -217,14 +217,21 @@ def _items(
     """Classify a group's items: (items, whether it reaches the output, first problem)."""
     items: list[_Item] = []
     reaches_output, problem = False, None
+    # Torch-Pruning's dim for a parameter outside known modules: its last non-singleton one.
+    pdims = {id(u.parameters): int(u.pruning_dim) for u in dg.unwrapped_parameters}
     for item in group:
         dep, node = item.dep, item.dep.target
         module = node.module
         if node.type == ops.OPTYPE.OUTPUT:
             reaches_output = True
             continue
-        if node.type == ops.OPTYPE.PARAMETER:
-            problem = problem or f"parameter {dg._param_to_name.get(module, '?')}"
+        if node.type == ops.OPTYPE.PARAMETER:  # e.g. ConvNeXt's layer scale, ViT's cls token
+            pname, pdim = dg._param_to_name.get(module), pdims.get(id(module))
+            if pname is None or pdim is None or any(r is None for r in item.root_idxs):
+                problem = problem or f"parameter {pname or '?'}"
+                continue
+            root = np.asarray(item.root_idxs, dtype=np.int64)
+            items.append(_Item(pname, f"p{pdim}", np.asarray(item.idxs, np.int64), root, 0))
             continue
         if id(node) in broken:
             op = f"op {grad_fn_name(node)} (torch-pruning cannot map its channels)"
@@ -264,7 +271,7 @@ def _per_channel(item: _Item, n: int) -> int | None:
     return int(counts[0])
 
 
-def _balance(items: list[_Item], modules: dict[str, nn.Module], n: int) -> int | None:
+def _balance(items: list[_Item], modules: dict[str, Any], n: int) -> int | None:
     """Convolution (or norm) groups a unit must stay balanced over; None if impossible."""
     g = 1
     for it in items:
@@ -282,8 +289,13 @@ def _balance(items: list[_Item], modules: dict[str, nn.Module], n: int) -> int |
     return g if n % g == 0 and n // g > 1 else None
 
 
-def width(m: nn.Module, dim: str) -> int:
-    """The real number of channels of ``m`` along a plan entry's dimension."""
+def width(m: nn.Module | nn.Parameter, dim: str) -> int:
+    """The real number of channels of ``m`` along a plan entry's dimension.
+
+    ``m`` may be a parameter outside any known module (plan dim ``p<d>``: its dim ``d``).
+    """
+    if isinstance(m, nn.Parameter):
+        return int(m.shape[int(dim[1:])])
     if dim == "c":
         return norm_channels(m)
     linear = isinstance(m, nn.Linear)
@@ -293,7 +305,7 @@ def width(m: nn.Module, dim: str) -> int:
 
 
 def _plan_problem(
-    items: list[_Item], modules: dict[str, nn.Module], n: int, claimed: dict[Any, np.ndarray]
+    items: list[_Item], modules: dict[str, Any], n: int, claimed: dict[Any, np.ndarray]
 ) -> str | None:
     """Why a group's channel plan cannot be realised exactly (None: it can)."""
     for it in items:
@@ -313,7 +325,7 @@ def _plan_problem(
     return None
 
 
-def _claim(items: list[_Item], modules: dict[str, nn.Module], claimed: dict[Any, Any]) -> None:
+def _claim(items: list[_Item], modules: dict[str, Any], claimed: dict[Any, Any]) -> None:
     for it in items:
         key = (it.module, it.dim)
         if key not in claimed:
@@ -332,6 +344,7 @@ def analyse(
     model.eval()
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
+    parts: dict[str, Any] = {**dict(model.named_parameters()), **modules}
     norm_ptrs = norm_tensor_ptrs(model)
     probe = _probe(model, x, names)
     dg, broken = _trace(model, x, norm_ptrs)
@@ -358,12 +371,12 @@ def analyse(
         if reaches_output or n < 2:
             continue
         why = next((ignored[o] for o in owned if o in ignored), None)
-        why = why or problem or _plan_problem(items, modules, n, claimed)
-        g = _balance(items, modules, n) if why is None else None
+        why = why or problem or _plan_problem(items, parts, n, claimed)
+        g = _balance(items, parts, n) if why is None else None
         if g is None:
             frozen[root] = why or "its grouped convs cannot be pruned balanced"
             continue
-        _claim(items, modules, claimed)
+        _claim(items, parts, claimed)
         units.append((root, n, g, items))
-    graph = assemble(model, modules, probe, units, round_to, tuple(int(s) for s in x.shape))
+    graph = assemble(model, parts, probe, units, round_to, tuple(int(s) for s in x.shape))
     return replace(graph, frozen=frozen)

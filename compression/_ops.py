@@ -144,7 +144,7 @@ def nearest_layer(node: Any, dg: Any) -> str | None:
             continue
         seen.add(id(current))
         name = dg._module2name.get(current.module)
-        if name and current is not node:
+        if name and current is not node and isinstance(current.module, nn.Module):
             return str(name)
         queue.extend(current.inputs)
     return None

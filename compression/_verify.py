@@ -39,7 +39,12 @@ def _widths(model: nn.Module, graph: UnitGraph) -> list[np.ndarray]:
     modules = dict(model.named_modules())
     outs = [width(modules[layer.name], "out") for layer in graph.layers]
     ins = [width(modules[layer.name], "in") for layer in graph.layers]
-    norms = [norm_channels(modules[n]) for n in graph.coupling.norm_names]
+    params = dict(model.named_parameters())
+    dims = {e.module: e.dim for e in graph.plan}
+    norms = [
+        width(params[n], dims[n]) if dims[n].startswith("p") else norm_channels(modules[n])
+        for n in graph.coupling.norm_names
+    ]
     dw = graph.coupling.layer_dw
     return [np.array(outs, np.int64), np.where(dw, -1, np.array(ins, np.int64)), np.array(norms)]
 

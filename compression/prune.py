@@ -112,12 +112,23 @@ def _copy_module(module: nn.Module, memo: dict[int, Any], share: set[int]) -> nn
     return new
 
 
+def _cut_parameter(model: nn.Module, name: str, dim: int, idxs: list[int]) -> None:
+    """Remove ``idxs`` along ``dim`` of a parameter outside any known module (plan ``p<d>``)."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    keep = torch.tensor(sorted(set(range(old.shape[dim])) - set(idxs)), dtype=torch.long)
+    new = old.detach().index_select(dim, keep.to(old.device)).clone()
+    setattr(parent, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+
+
 def _pruned_copy(
     model: nn.Module, modules: dict[str, nn.Module], cuts: list[tuple[str, str, list[int]]]
 ) -> nn.Module:
     share = {
         id(t)
         for name, dim, _ in cuts
+        if dim in _REPLACED
         for attr in _REPLACED[dim]
         if isinstance(t := getattr(modules[name], attr, None), Tensor)
     }
@@ -125,7 +136,10 @@ def _pruned_copy(
     new_modules = dict(pruned.named_modules())
     with torch.no_grad():
         for name, dim, idxs in cuts:
-            _cutter(modules[name], dim)(new_modules[name], idxs)
+            if dim.startswith("p"):
+                _cut_parameter(pruned, name, int(dim[1:]), idxs)
+            else:
+                _cutter(modules[name], dim)(new_modules[name], idxs)
     # Safety net: whatever a pruning function did not replace after all gets its own copy,
     # so that the pruned model never shares storage with the original.
     original = {id(t) for t in (*model.parameters(), *model.buffers())}

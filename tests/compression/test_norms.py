@@ -94,3 +94,40 @@ def test_timm_groupnormact_and_layernorm2d_units_are_exact(name: str) -> None:
     model = Net((lambda c: norm(c, num_groups=4)) if name == "GroupNormAct" else norm).eval()
     graph = assert_exact(model, X)
     assert graph.unit_names == ("conv1", "conv2") and not graph.frozen
+
+
+class ConvNeXtBlock(nn.Module):
+    """A ConvNeXt block: depthwise conv, channels-last LayerNorm and MLP, layer scale."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.fc1, self.fc2 = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.layer_scale = nn.Parameter(torch.rand(c, 1, 1))  # a parameter of no known module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        y = self.fc2(F.gelu(self.fc1(y))).permute(0, 3, 1, 2)
+        return x + self.layer_scale * y
+
+
+class TinyConvNeXt(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.stem_norm = nn.Conv2d(3, 16, 4, stride=4), ChannelsLastNorm(16)
+        self.blocks = nn.Sequential(ConvNeXtBlock(16), ConvNeXtBlock(16))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem_norm(self.stem(x))).mean((2, 3)))
+
+
+def test_convnext_channels_last_blocks_and_layer_scale_are_pruned_exactly() -> None:
+    model = TinyConvNeXt().eval()
+    graph = assert_exact(model, X, policies=4)
+    assert graph.unit_names == ("stem", "blocks.0.fc1", "blocks.1.fc1") and not graph.frozen
+    assert {"blocks.0.layer_scale", "blocks.1.layer_scale"} <= set(graph.coupling.norm_names)
+    small = prune(model, graph, {"stem": 0.5})
+    assert small.blocks[1].layer_scale.shape == (8, 1, 1)
+    assert small.blocks[1].norm.weight.numel() == 8

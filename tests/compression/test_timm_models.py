@@ -80,3 +80,10 @@ def test_small_timm_models_are_exact(name: str) -> None:
     model = build_model(ModelSpec(f"timm:{name}"))
     graph = assert_exact(model, torch.randn(1, 3, 32, 32), policies=2)
     assert len(graph.units) >= 5
+
+
+def test_timm_convnext_atto_residual_stream_is_a_unit() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("timm:convnext_atto"))
+    graph = assert_exact(model, torch.randn(1, 3, 32, 32), policies=2)
+    assert "stem.0" in graph.unit_names  # the stem's group holds norms and layer scales
