@@ -135,10 +135,26 @@ class _ChannelsLast(nn.Module):
         return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
 
 
-def test_unknown_module_with_parameters_in_a_group_is_frozen_by_name() -> None:
-    graph = build_units(_Odd(_Scale(8)), X32)
-    assert graph.unit_names == ("conv2",)
-    assert list(graph.frozen) == ["conv1"] and "middle.gamma" in graph.frozen["conv1"]
+def test_a_per_channel_parameter_of_an_unknown_module_is_cut_with_its_group() -> None:
+    graph = assert_exact(_Odd(_Scale(8)).eval(), X32)
+    assert graph.unit_names == ("conv1", "conv2") and "middle.gamma" in graph.coupling.norm_names
+
+
+class _Mix(nn.Module):
+    """An unknown module that mixes its channels through a parameter."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.mix = nn.Parameter(torch.eye(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bchw,cd->bdhw", x, self.mix)
+
+
+def test_an_unknown_module_mixing_channels_freezes_its_group() -> None:
+    graph = build_units(_Odd(_Mix(8)), X32)
+    assert graph.unit_names == ("conv2",) and list(graph.frozen) == ["conv1"]
+    assert "'conv1'" in graph.frozen["conv1"] or "middle.mix" in graph.frozen["conv1"]
     ignored = build_units(_Odd(_Scale(8)), X32, ignored_layers=["conv1"])  # the user's way
     assert ignored.unit_names == ("conv2",) and "ignored" in ignored.frozen["conv1"]
 
