@@ -7,11 +7,10 @@ FlopCounterMode, gives the layers' execution order, output sizes and the total M
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,10 +20,16 @@ import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torch_pruning import ops
-from torch_pruning.dependency import index_mapping
 
 from autoshrink.compression._assemble import assemble, norm_channels
 from autoshrink.compression._ops import grad_fn_name, nearest_layer, norm_tensor_ptrs, op_problem
+from autoshrink.compression._tp_compat import (
+    GROUP_TIME_LIMIT,
+    GroupTimeout,
+    map_indices_per_node,
+    time_limit,
+    tolerant_index_mapping,
+)
 from autoshrink.compression.errors import UnsupportedModelError
 from autoshrink.compression.units import (
     CONV_TYPES,
@@ -106,85 +111,7 @@ def _trace(model: nn.Module, x: torch.Tensor, norm_ptrs: frozenset[int]) -> tupl
         raise UnsupportedModelError(
             f"torch-pruning cannot trace this model: {type(exc).__name__}: {exc}"
         ) from exc
-    return dg, _map_indices_per_node(dg)
-
-
-_INDEX_MAPPERS = {
-    ops.OPTYPE.CONCAT: index_mapping.update_concat_index_mapping,
-    ops.OPTYPE.SPLIT: index_mapping.update_split_index_mapping,
-    ops.OPTYPE.RESHAPE: index_mapping.update_reshape_index_mapping,
-    ops.OPTYPE.UNBIND: index_mapping.update_unbind_index_mapping,
-    ops.OPTYPE.EXPAND: index_mapping.update_expand_index_mapping,
-    ops.OPTYPE.SLICE: index_mapping.update_slice_index_mapping,
-}
-
-
-_SHUFFLES = frozenset({"TransposeBackward0", "PermuteBackward0"})
-
-
-def _map_indices_per_node(dg: Any) -> set[int]:
-    """Torch-Pruning's index-mapping step, node by node: the ids of the nodes it fails on.
-
-    A channel shuffle (reshape, transpose, reshape) makes its reshape mapping divide by
-    zero; every group through such a node is then frozen rather than the whole model.
-    """
-    failed: list[Any] = []
-    for node in list(dg.module2node.values()):
-        mapper = _INDEX_MAPPERS.get(node.type)
-        if mapper is None:
-            continue
-        try:
-            mapper(dg, node)
-        except Exception:  # the failure itself is what we record
-            failed.append(node)
-            continue
-        if node.type == ops.OPTYPE.RESHAPE and any(
-            grad_fn_name(m) in _SHUFFLES for m in (*node.inputs, *node.outputs)
-        ):  # a reshape around a transpose: a channel shuffle, whose mapping multiplies
-            failed.append(node)
-    broken: set[int] = set()
-    for node in failed:  # after all mappings are set, so that none of them is set again
-        broken.update(_cut_off(node))
-    return broken
-
-
-def _cut_off(node: Any, depth: int = 3) -> set[int]:
-    """Stop every group at ``node`` and at the functional ops next to it (ids returned).
-
-    The ops around a failed mapping (the other reshape and the transpose of a shuffle) carry
-    mappings that multiply the indices on every pass; a group reaches them and stops.
-    """
-    seen, frontier = {id(node)}, [node]
-    for _ in range(depth + 1):
-        nxt = []
-        for n in frontier:
-            for dep in n.dependencies:
-                dep.index_mapping[0] = _no_channels
-            for m in (*n.inputs, *n.outputs):
-                if id(m) not in seen and not isinstance(m.module, nn.Module):
-                    seen.add(id(m))
-                    nxt.append(m)
-        frontier = nxt
-    return seen
-
-
-def _no_channels(idxs: list[Any]) -> list[Any]:
-    return []
-
-
-@contextlib.contextmanager
-def tolerant_index_mapping() -> Iterator[None]:
-    """Within: Torch-Pruning maps channel indices node by node, skipping nodes it fails on.
-
-    ``build_dependency`` and every ``get_pruning_group`` call redo the whole mapping, and
-    one failing node would stop all of them; callers freeze the groups through such nodes.
-    """
-    original = index_mapping.update_index_mapping
-    index_mapping.update_index_mapping = _map_indices_per_node
-    try:
-        yield
-    finally:
-        index_mapping.update_index_mapping = original
+    return dg, map_indices_per_node(dg)
 
 
 def _where(node: Any, dg: Any) -> str:
@@ -359,8 +286,12 @@ def analyse(
         pruner = dg.get_pruner_of_module(module)
         n = int(pruner.get_out_channels(module))
         try:
-            with tolerant_index_mapping():
+            with tolerant_index_mapping(again=False), time_limit(GROUP_TIME_LIMIT):
                 group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
+        except GroupTimeout:
+            visited.add(root)
+            frozen[root] = f"torch-pruning takes over {GROUP_TIME_LIMIT:g} s to group its channels"
+            continue
         except Exception as exc:  # torch-pruning's index mapping fails on this group
             visited.add(root)
             frozen[root] = f"torch-pruning cannot group its channels ({type(exc).__name__})"

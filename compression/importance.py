@@ -33,7 +33,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from autoshrink.compression._depgraph import tolerant_index_mapping
+from autoshrink.compression._tp_compat import tolerant_index_mapping
 from autoshrink.compression.errors import PolicyError, UnsupportedModelError
 from autoshrink.compression.units import UnitGraph
 
@@ -156,7 +156,7 @@ def channel_scores(
         for u in graph.units:
             root = modules[u.name]
             pruner = dg.get_pruner_of_module(root)
-            with tolerant_index_mapping():
+            with tolerant_index_mapping(again=False):
                 group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(u.c_out)))
             imp = scorer(group)
             # No signal (e.g. "bn" on a group without BatchNorm, or all-zero gradients, which

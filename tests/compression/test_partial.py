@@ -15,6 +15,7 @@ from torch import nn
 from autoshrink.compression import artifact as artifact_module
 from autoshrink.compression.artifact import load_artifact, read_header, save_artifact
 from autoshrink.compression.cost import cost
+from autoshrink.compression.errors import UnsupportedModelError
 from autoshrink.compression.models import ModelSpec, build_model
 from autoshrink.compression.policy import Policy, layer_bits, uniform_policy
 from autoshrink.compression.prune import prune
@@ -122,3 +123,13 @@ def test_a_version_1_artifact_without_frozen_units_still_loads(tmp_path: Path) -
     with torch.no_grad():
         assert torch.equal(load_artifact(old)(X), load_artifact(path)(X))
     assert read_header(old).frozen == {}
+
+
+def test_a_group_that_takes_too_long_is_frozen_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from autoshrink.compression import _depgraph
+
+    monkeypatch.setattr(_depgraph, "GROUP_TIME_LIMIT", 1e-6)
+    with pytest.raises(UnsupportedModelError, match=r"no prunable unit left.*takes over 1e-06 s"):
+        build_units(build_model(ModelSpec("smallcnn")), X)
