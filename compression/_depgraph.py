@@ -114,6 +114,21 @@ def _trace(model: nn.Module, x: torch.Tensor, norm_ptrs: frozenset[int]) -> tupl
     return dg, map_indices_per_node(dg)
 
 
+def _members(dg: Any, module: nn.Module, fn: Any, names: dict[Any, str]) -> set[str]:
+    """The named modules whose output channels a group holds, found without its indices."""
+    stack, seen, reached = [(dg.module2node[module], fn)], set(), {module}
+    while stack:
+        node, fn = stack.pop()
+        for dep in node.dependencies:
+            key = (id(dep.target), dep.handler)
+            if dep.is_triggered_by(fn) and key not in seen:
+                seen.add(key)
+                if getattr(dep.handler, "__name__", "") == "prune_out_channels":
+                    reached.add(dep.target.module)
+                stack.append((dep.target, dep.handler))
+    return {names[m] for m in reached if isinstance(m, nn.Module) and m in names}
+
+
 def _where(node: Any, dg: Any) -> str:
     layer = nearest_layer(node, dg)
     return "before the first layer" if layer is None else f"after layer {layer!r}"
@@ -288,8 +303,8 @@ def analyse(
         try:
             with tolerant_index_mapping(again=False), time_limit(GROUP_TIME_LIMIT):
                 group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
-        except GroupTimeout:
-            visited.add(root)
+        except GroupTimeout:  # its other members would time out again as roots: skip them
+            visited.update(_members(dg, module, pruner.prune_out_channels, names))
             frozen[root] = f"torch-pruning takes over {GROUP_TIME_LIMIT:g} s to group its channels"
             continue
         except Exception as exc:  # torch-pruning's index mapping fails on this group
