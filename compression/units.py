@@ -8,7 +8,9 @@ which tensors follow each of its channels. That coupling table is all the cost m
 (:mod:`autoshrink.compression.cost`) and the pruner (:mod:`autoshrink.compression.prune`)
 need: neither traces the model again.
 
-Groups that reach the model output (the classifier) or an ignored layer are fixed. Grouped
+Groups that reach the model output (the classifier) are fixed. A group that holds an
+ignored layer, or that cannot be pruned exactly, is *frozen*: it stays at full width and
+:attr:`UnitGraph.frozen` records why, in one line, while the other groups stay prunable. Grouped
 (non-depthwise) convs, as in RegNet-X, are pruned balanced: the same channels in every
 convolution group, so a unit's kept count is a multiple of its ``channel_groups``.
 
@@ -41,7 +43,8 @@ NORM_TYPES = (
     nn.modules.instancenorm._InstanceNorm,
 )
 #: How a plan entry cuts a module: its output channels, input channels, both at once
-#: (depthwise conv) or the one channel dimension of a normalisation layer.
+#: (depthwise conv) or the one channel dimension of a normalisation layer. A parameter
+#: outside any known module is cut along its dim ``d`` (``"p0"``, ``"p1"``, ...).
 DIMS = ("out", "in", "dw", "c")
 
 
@@ -160,6 +163,8 @@ class Coupling:
 
     For a removal vector ``r`` (one entry per unit), a layer has ``out0 - out_a @ r``
     output and ``in0 - in_a @ r`` input channels; a norm layer ``norm_c0 - norm_a @ r``.
+    The norm rows also hold parameters outside any known module (a layer scale), with
+    ``norm_params`` elements per channel.
     Layers are in execution order; every other tensor and MAC is a constant.
     """
 
