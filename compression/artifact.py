@@ -48,6 +48,7 @@ from torch.nn.utils import parametrize
 from autoshrink.compression.artifact_header import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    PACKED_KEY,
     ArtifactHeader,
     decode_header,
     read_raw_header,
@@ -114,10 +115,10 @@ class ArtifactInfo:
         return self.overhead_bytes / max(self.payload_bytes, 1)
 
 
-def _graph(model: nn.Module, input_shape: Sequence[int]) -> Any:
+def _graph(model: nn.Module, input_shape: Sequence[int], frozen: Sequence[str] = ()) -> Any:
     from autoshrink.compression.units import build_units
 
-    return build_units(model, torch.zeros(tuple(input_shape)))
+    return build_units(model, torch.zeros(tuple(input_shape)), ignored_layers=frozen)
 
 
 def _out_channels(module: nn.Module) -> int:
@@ -190,7 +191,8 @@ def save_artifact(
     path = Path(path)
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         model = bake_(copy.deepcopy(model))
-    graph = _graph(build_model(spec), input_shape)
+    frozen = list(policy.frozen) if isinstance(policy, Policy) else []
+    graph = _graph(build_model(spec), input_shape, frozen)
     try:
         kept = {u.name: _out_channels(model.get_submodule(u.layers[0])) for u in graph.units}
     except (AttributeError, TypeError) as exc:
@@ -216,13 +218,17 @@ def save_artifact(
         "act_quant": activation_quant_state(model),
         "metadata": dict(metadata or {}),
         "factory": asdict(factory_source(spec.name)) if is_factory_ref(spec.name) else None,
+        "frozen": graph.frozen,
     }
     meta = _header_strings(meta, policy_json)
     meta["sha256"] = _digest(tensors, meta)
 
     from safetensors.torch import save_file
 
-    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    # One metadata entry: safetensors writes a map in no fixed order, and one entry makes the
+    # same model the same bytes (a resumed search ships the file an unkilled one does).
+    packed = {PACKED_KEY: json.dumps(meta, sort_keys=True)}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=packed))
     payload = sum(t.numel() * t.element_size() for t in tensors.values())
     return ArtifactInfo(path, payload, path.stat().st_size)
 
@@ -313,7 +319,7 @@ def _rebuild(path: Path, spec: ModelSpec, head: ArtifactHeader) -> nn.Module:
         from autoshrink.compression.prune import prune_channels
 
         base = build_model(spec)
-        graph = _graph(base, head.input_shape)
+        graph = _graph(base, head.input_shape, list(head.frozen))
     except Exception as exc:  # unknown spec, changed zoo, failed trace: all one message
         raise CheckpointError(
             f"cannot rebuild the base model {spec.name!r} of {path}: {_one_line(exc)}"

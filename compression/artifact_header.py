@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,10 @@ from autoshrink.compression.models import FactorySource, ModelSpec, check_input_
 from autoshrink.compression.policy import BIT_CHOICES, Policy
 
 FORMAT_NAME = "autoshrink.artifact"
+#: 2: the user factory's recorded source, the frozen units, and the fields packed into one
+#: metadata entry (``PACKED_KEY``), so the same model is the same bytes.
 FORMAT_VERSION = 2
+PACKED_KEY = "autoshrink"
 #: Largest JSON header read (about 100 bytes per tensor plus the policy: ResNet-50 needs
 #: well under 1 MB).
 MAX_HEADER_BYTES = MAX_BYTES
@@ -51,6 +55,7 @@ class ArtifactHeader:
     metadata: dict[str, Any]
     factory: FactorySource | None = None
     format_version: int = FORMAT_VERSION
+    frozen: dict[str, str] = dataclass_field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,10 @@ def read_raw_header(path: Path) -> RawHeader:
     except CheckpointError:
         raise CheckpointError(f"{path} is not an autoshrink artifact (no JSON header)") from None
     meta = header.pop("__metadata__", None) if isinstance(header, dict) else None
+    if isinstance(meta, dict) and set(meta) == {PACKED_KEY} and isinstance(meta[PACKED_KEY], str):
+        meta = parse_document(
+            meta[PACKED_KEY], f"{path} header", max_depth=2, error=CheckpointError
+        )
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise CheckpointError(f"{path} is not an autoshrink artifact (format {found!r})"[:300])
@@ -161,7 +170,16 @@ def decode_header(path: Path, meta: dict[str, str]) -> ArtifactHeader:
         metadata=_metadata(fields["metadata"], f"{where} 'metadata'"),
         factory=_factory(fields.get("factory"), f"{where} 'factory'"),
         format_version=version,
+        frozen=_frozen(meta.get("frozen"), f"{where} 'frozen'"),
     )
+
+
+def _frozen(text: str | None, where: str) -> dict[str, str]:
+    """The frozen units and their reasons (none when the field is absent, as in format 1)."""
+    if text is None:
+        return {}
+    obj = parse_document(text, where, error=CheckpointError)
+    return dict(mapping(obj, str, where=where, error=CheckpointError))
 
 
 def _positive(value: int) -> str | None:

@@ -33,6 +33,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from autoshrink.compression._tp_compat import tolerant_index_mapping
 from autoshrink.compression.errors import PolicyError, UnsupportedModelError
 from autoshrink.compression.units import UnitGraph
 
@@ -147,7 +148,7 @@ def channel_scores(
     with _scratch_grads(model):
         if batch is not None and importance in NEEDS_BATCH:
             _fill_grads(model, importance, batch, loss_fn or nn.functional.cross_entropy)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), tolerant_index_mapping():
             warnings.simplefilter("ignore")  # build_units has already judged this graph
             dg = tp.DependencyGraph().build_dependency(
                 model, example_inputs=(example,), verbose=False
@@ -155,7 +156,8 @@ def channel_scores(
         for u in graph.units:
             root = modules[u.name]
             pruner = dg.get_pruner_of_module(root)
-            group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(u.c_out)))
+            with tolerant_index_mapping(again=False):
+                group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(u.c_out)))
             imp = scorer(group)
             # No signal (e.g. "bn" on a group without BatchNorm, or all-zero gradients, which
             # the scorer's mean-normalisation turns into NaN): rank by weight magnitude.

@@ -40,18 +40,29 @@ class ModelSpec:
 
     Args:
         name: A zoo name (``resnet20``, ``smallcnn``), a torchvision classification model
-            name (``resnet18``, ``mobilenet_v2``), or a user factory ``path/to/file.py:fn``.
+            name (``resnet18``, ``mobilenet_v2``), a timm model ``timm:NAME``
+            (``timm:efficientnet_b0``; needs ``autoshrink[timm]``), or a user factory
+            ``path/to/file.py:fn``.
         num_classes: Width of the classifier output.
         in_channels: Channels of the input images.
+        pretrained: Start from the hub's pretrained weights (timm only; needs a network).
     """
 
     name: str
     num_classes: int = 10
     in_channels: int = 3
+    pretrained: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the spec as a JSON-ready dict."""
-        return asdict(self)
+        """Return the spec as a JSON-ready dict (``pretrained`` only when set).
+
+        Leaving out the default keeps the dicts, and so the baseline cache keys and
+        artifact headers, of every spec written before the field existed.
+        """
+        data = asdict(self)
+        if not self.pretrained:
+            del data["pretrained"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
@@ -60,6 +71,7 @@ class ModelSpec:
             name=str(data["name"]),
             num_classes=int(data.get("num_classes", 10)),
             in_channels=int(data.get("in_channels", 3)),
+            pretrained=bool(data.get("pretrained", False)),
         )
 
 
@@ -268,6 +280,49 @@ def _load_user_factory(ref: str) -> Callable[..., nn.Module]:
     return factory
 
 
+TIMM_PREFIX = "timm:"
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the weights hub answers at all (so a missing network fails at once)."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _build_timm(spec: ModelSpec) -> nn.Module:
+    """A timm model by name: random weights unless ``spec.pretrained``."""
+    name = spec.name[len(TIMM_PREFIX) :]
+    try:
+        import timm
+    except ImportError:
+        raise UnsupportedModelError(
+            f"model {spec.name!r} needs timm: pip install 'autoshrink[timm]'"
+        ) from None
+    if not timm.is_model(name):
+        raise UnsupportedModelError(
+            f"unknown timm model {name!r}; timm.list_models() names the ones it has"
+        )
+    kwargs = {"num_classes": spec.num_classes, "in_chans": spec.in_channels}
+    if not spec.pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if not _hub_reachable():
+        raise CheckpointError(
+            f"cannot fetch pretrained weights for {spec.name}: the weights hub is not "
+            "reachable from here; drop --pretrained or pass a checkpoint"
+        )
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as exc:  # hub, cache or file errors of every kind: one line
+        raise CheckpointError(
+            f"cannot fetch pretrained weights for {spec.name}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
     """Build the (untrained) base model that ``spec`` names.
 
@@ -279,10 +334,18 @@ def build_model(spec: ModelSpec) -> nn.Module:
 
     Raises:
         UnsupportedModelError: If the name is neither in the zoo, nor a torchvision model,
-            nor a loadable ``file.py:factory``.
+            nor a timm model (or timm is not installed), nor a loadable ``file.py:factory``.
+        CheckpointError: If pretrained weights are asked for and cannot be fetched.
     """
     zoo = _zoo()
-    if spec.name in zoo:
+    if spec.pretrained and not spec.name.startswith(TIMM_PREFIX):
+        raise UnsupportedModelError(
+            f"pretrained weights are only fetched for timm:NAME models, not {spec.name!r}; "
+            "pass a checkpoint instead"
+        )
+    if spec.name.startswith(TIMM_PREFIX):
+        model = _build_timm(spec)
+    elif spec.name in zoo:
         model = zoo[spec.name](spec.num_classes, spec.in_channels)
     elif is_factory_ref(spec.name):
         factory = _load_user_factory(spec.name)
@@ -304,7 +367,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
             known = ", ".join(ZOO_MODELS)
             raise UnsupportedModelError(
                 f"unknown model {spec.name!r}: use one of {known}, a torchvision "
-                "classification model name, or path/to/file.py:factory"
+                "classification model name, timm:NAME, or path/to/file.py:factory"
             )
         model = torchvision.models.get_model(spec.name, weights=None, num_classes=spec.num_classes)
         if spec.in_channels != 3:

@@ -81,12 +81,16 @@ class Policy(JsonFile):
             pinned to 8 bits as in HAQ. They win over the unit's bits.
         round_to: Channel granularity the policy was realised with.
         meta: Free-form JSON-ready information (model, budgets, search that found it).
+        frozen: The units that stayed at full width although they are not the classifier,
+            keyed by leading layer, with the one-line reason (``UnitGraph.frozen``). The
+            artifact rebuilds the model with exactly these frozen.
     """
 
     units: dict[str, UnitPolicy] = field(default_factory=dict)
     layers: dict[str, int] = field(default_factory=dict)
     round_to: int = 1
     meta: dict[str, Any] = field(default_factory=dict)
+    frozen: dict[str, str] = field(default_factory=dict)
 
     json_what: ClassVar[str] = "autoshrink policy"
     json_error: ClassVar[type[AutoshrinkError]] = PolicyError
@@ -109,6 +113,8 @@ class Policy(JsonFile):
             for name, u in self.units.items()
         }
         data = {"units": units, "layers": dict(self.layers), "round_to": self.round_to}
+        if self.frozen:  # optional: files without frozen units read as before
+            data["frozen"] = dict(self.frozen)
         return wrap(POLICY_TYPE, POLICY_VERSION, {**data, "meta": self.meta})
 
     @classmethod
@@ -164,9 +170,15 @@ class Policy(JsonFile):
             problems.append("'meta' must be an object")
             meta = {}
         problems.extend(_meta_problems(meta))
+        frozen = data.get("frozen", {})
+        if not isinstance(frozen, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in frozen.items()
+        ):
+            problems.append("'frozen' must map unit names to reasons")
+            frozen = {}
         if problems:
             raise PolicyError(_join(problems))
-        return cls(units=units, layers=layers, round_to=round_to, meta=meta)
+        return cls(units=units, layers=layers, round_to=round_to, meta=meta, frozen=frozen)
 
 
 def _meta_problems(meta: dict[str, Any]) -> list[str]:
@@ -276,4 +288,5 @@ def uniform_policy(
     return Policy(
         units={u.name: UnitPolicy(keep=keep, bits=bits, channels=u.c_out) for u in graph.units},
         layers=dict(pinned or {}),
+        frozen=dict(graph.frozen),
     )

@@ -46,6 +46,8 @@ _REPLACED = {
 
 #: (module type, dimension) -> Torch-Pruning's pruning function; the most derived type wins.
 #: ``out`` cuts output channels, ``in`` input channels, ``c`` a norm's (or PReLU's) channels.
+#: Subclasses such as timm's ``BatchNormAct2d``, ``GroupNormAct`` and ``LayerNorm2d`` find
+#: their base class here; the activation inside them has no channels of its own.
 CUTTERS: dict[tuple[type[nn.Module], str], _Cut] = {
     (nn.Conv1d, "out"): tpf.prune_conv_out_channels,
     (nn.Conv2d, "out"): tpf.prune_conv_out_channels,
@@ -57,6 +59,7 @@ CUTTERS: dict[tuple[type[nn.Module], str], _Cut] = {
     (nn.Linear, "in"): tpf.prune_linear_in_channels,
     (nn.modules.batchnorm._BatchNorm, "c"): tpf.prune_batchnorm_out_channels,
     (nn.GroupNorm, "c"): tpf.prune_groupnorm_out_channels,
+    (nn.LayerNorm, "c"): tpf.prune_layernorm_out_channels,
     (nn.modules.instancenorm._InstanceNorm, "c"): tpf.prune_instancenorm_out_channels,
     (nn.PReLU, "c"): tpf.prune_prelu_out_channels,
 }
@@ -109,12 +112,23 @@ def _copy_module(module: nn.Module, memo: dict[int, Any], share: set[int]) -> nn
     return new
 
 
+def _cut_parameter(model: nn.Module, name: str, dim: int, idxs: list[int]) -> None:
+    """Remove ``idxs`` along ``dim`` of a parameter outside any known module (plan ``p<d>``)."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    keep = torch.tensor(sorted(set(range(old.shape[dim])) - set(idxs)), dtype=torch.long)
+    new = old.detach().index_select(dim, keep.to(old.device)).clone()
+    setattr(parent, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+
+
 def _pruned_copy(
     model: nn.Module, modules: dict[str, nn.Module], cuts: list[tuple[str, str, list[int]]]
 ) -> nn.Module:
     share = {
         id(t)
         for name, dim, _ in cuts
+        if dim in _REPLACED
         for attr in _REPLACED[dim]
         if isinstance(t := getattr(modules[name], attr, None), Tensor)
     }
@@ -122,7 +136,10 @@ def _pruned_copy(
     new_modules = dict(pruned.named_modules())
     with torch.no_grad():
         for name, dim, idxs in cuts:
-            _cutter(modules[name], dim)(new_modules[name], idxs)
+            if dim.startswith("p"):
+                _cut_parameter(pruned, name, int(dim[1:]), idxs)
+            else:
+                _cutter(modules[name], dim)(new_modules[name], idxs)
     # Safety net: whatever a pruning function did not replace after all gets its own copy,
     # so that the pruned model never shares storage with the original.
     original = {id(t) for t in (*model.parameters(), *model.buffers())}

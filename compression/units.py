@@ -8,7 +8,9 @@ which tensors follow each of its channels. That coupling table is all the cost m
 (:mod:`autoshrink.compression.cost`) and the pruner (:mod:`autoshrink.compression.prune`)
 need: neither traces the model again.
 
-Groups that reach the model output (the classifier) or an ignored layer are fixed. Grouped
+Groups that reach the model output (the classifier) are fixed. A group that holds an
+ignored layer, or that cannot be pruned exactly, is *frozen*: it stays at full width and
+:attr:`UnitGraph.frozen` records why, in one line, while the other groups stay prunable. Grouped
 (non-depthwise) convs, as in RegNet-X, are pruned balanced: the same channels in every
 convolution group, so a unit's kept count is a multiple of its ``channel_groups``.
 
@@ -34,9 +36,15 @@ from autoshrink.compression.errors import PolicyError, UnsupportedModelError
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LAYER_TYPES = (*CONV_TYPES, nn.Linear)
-NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 #: How a plan entry cuts a module: its output channels, input channels, both at once
-#: (depthwise conv) or the one channel dimension of a normalisation layer.
+#: (depthwise conv) or the one channel dimension of a normalisation layer. A parameter
+#: outside any known module is cut along its dim ``d`` (``"p0"``, ``"p1"``, ...).
 DIMS = ("out", "in", "dw", "c")
 
 
@@ -155,6 +163,8 @@ class Coupling:
 
     For a removal vector ``r`` (one entry per unit), a layer has ``out0 - out_a @ r``
     output and ``in0 - in_a @ r`` input channels; a norm layer ``norm_c0 - norm_a @ r``.
+    The norm rows also hold parameters outside any known module (a layer scale), with
+    ``norm_params`` elements per channel.
     Layers are in execution order; every other tensor and MAC is a constant.
     """
 
@@ -185,7 +195,9 @@ class UnitGraph:
     """The units and layers of one model on one input shape, with their coupling.
 
     Built by :func:`build_units`; holds no reference to the model, so it pickles and can
-    be shared by workers. ``cache`` is scratch space for the cost model's tables.
+    be shared by workers. ``frozen`` maps the leading layer of every group that stays at
+    full width, though it is not the classifier, to the one-line reason why.
+    ``cache`` is scratch space for the cost model's tables.
     """
 
     units: tuple[Unit, ...]
@@ -193,6 +205,7 @@ class UnitGraph:
     input_shape: tuple[int, ...]
     coupling: Coupling
     plan: tuple[PlanEntry, ...]
+    frozen: dict[str, str] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -230,42 +243,60 @@ def build_units(
     example_input: torch.Tensor,
     round_to: int = 1,
     ignored_layers: Iterable[str | nn.Module] | None = None,
+    verify: bool = True,
 ) -> UnitGraph:
     """Find the prunable units of ``model`` with Torch-Pruning's DepGraph.
 
     The model is traced once on ``example_input`` (on the CPU; its training mode is
     restored). The layer producing the model output, and every group coupled to it, is
-    fixed, as is every group that contains an ``ignored_layers`` entry.
+    fixed. A group that holds an ``ignored_layers`` entry, or one that cannot be pruned
+    exactly (a channel shuffle, an unknown module with parameters, a split concatenated
+    back), is frozen: it stays at full width and :attr:`UnitGraph.frozen` says why. With
+    ``verify``, the units are then pruned once for real and every unit whose pruned model
+    disagrees with the cost model is frozen too.
 
     Args:
         model: The model; it is not modified.
         example_input: A CPU input batch; MACs are counted for exactly this shape.
         round_to: Channel granularity of every unit (e.g. 8 for SIMD-friendly widths).
         ignored_layers: Modules, or their names, whose output channels stay fixed.
+        verify: Check the cost model on one really pruned model (one forward pass).
 
     Returns:
         The units in execution order of their leading layers.
 
     Raises:
-        UnsupportedModelError: Naming the layer or op that cannot be pruned exactly
-            (a channel shuffle, an unknown module with parameters inside a group, ...).
+        UnsupportedModelError: If the model cannot be traced, or no unit is left to prune
+            (naming a frozen unit's leading layer and why).
     """
     from autoshrink.compression._depgraph import analyse
+    from autoshrink.compression._verify import failing_units
 
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise UnsupportedModelError(f"round_to must be a positive integer, got {round_to!r}")
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
-    ignored: set[str] = set()
+    ignored: dict[str, str] = {}
     for item in ignored_layers or ():
         name = names.get(item) if isinstance(item, nn.Module) else item
         if not isinstance(name, str) or name not in modules:
             raise UnsupportedModelError(f"ignored layer {item!r} is not a module of the model")
         prefix = f"{name}." if name else ""
-        ignored.update(prefix + sub if sub else name for sub, _ in modules[name].named_modules())
+        for sub, _ in modules[name].named_modules():
+            ignored[prefix + sub if sub else name] = f"it holds {name}, an ignored layer"
     modes = [(m, m.training) for m in model.modules()]  # tracing switches to eval mode
     try:
-        return analyse(model, example_input, round_to, ignored)
+        graph = analyse(model, example_input, round_to, ignored)
+        while verify and (bad := failing_units(model, graph, example_input)):
+            ignored.update(bad)
+            graph = analyse(model, example_input, round_to, ignored)
     finally:
         for m, training in modes:
             m.training = training
+    if not graph.units and graph.frozen:
+        root, why = next(iter(graph.frozen.items()))
+        raise UnsupportedModelError(
+            f"no prunable unit left: all {len(graph.frozen)} are frozen, e.g. the one led by "
+            f"layer {root!r}: {why}"
+        )
+    return graph

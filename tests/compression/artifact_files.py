@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from autoshrink.compression.artifact import _digest
+from autoshrink.compression.artifact_header import PACKED_KEY
 
 TINY_NET = (
     "from torch import nn\n"
@@ -31,6 +32,17 @@ def join(path: Path, header: dict[str, Any] | bytes, payload: bytes) -> None:
     path.write_bytes(len(text).to_bytes(8, "little") + text + payload)
 
 
+def unpacked(header: dict[str, Any]) -> dict[str, str]:
+    """The metadata strings of a header (format 2 packs them into one entry)."""
+    meta = header["__metadata__"]
+    return json.loads(meta[PACKED_KEY]) if set(meta) == {PACKED_KEY} else meta
+
+
+def repack(header: dict[str, Any], meta: dict[str, str]) -> None:
+    """Put ``meta`` back into ``header`` as format 2 stores it."""
+    header["__metadata__"] = {PACKED_KEY: json.dumps(meta)}
+
+
 def edit_meta(path: Path, change: Callable[[dict[str, str]], None], resign: bool = True) -> Path:
     """Apply ``change`` to the metadata strings and (by default) recompute the checksum.
 
@@ -39,11 +51,14 @@ def edit_meta(path: Path, change: Callable[[dict[str, str]], None], resign: bool
     from safetensors.torch import load_file
 
     header, payload = split(path)
-    meta = header["__metadata__"]
+    packed = set(header["__metadata__"]) == {PACKED_KEY}
+    meta = unpacked(header)
     change(meta)
     if resign:
         meta.pop("sha256", None)
         meta["sha256"] = _digest(load_file(str(path)), meta)
+    if packed:
+        repack(header, meta)
     join(path, header, payload)
     return path
 

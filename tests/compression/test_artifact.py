@@ -164,10 +164,12 @@ def test_tampered_header(artifact: Path) -> None:
     data = artifact.read_bytes()
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + n])
-    bits = json.loads(header["__metadata__"]["weight_bits"])
+    meta = unpacked(header)
+    bits = json.loads(meta["weight_bits"])
     layer = next(iter(bits))
     bits[layer] = 8 if bits[layer] != 8 else 4
-    header["__metadata__"]["weight_bits"] = json.dumps(bits)
+    meta["weight_bits"] = json.dumps(bits)
+    repack(header, meta)
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
     artifact.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n :])
@@ -225,7 +227,7 @@ def test_unbuildable_base_model(tmp_path: Path) -> None:
 def test_header_is_json_with_format_and_checksum(artifact: Path) -> None:
     data = artifact.read_bytes()
     n = int.from_bytes(data[:8], "little")
-    meta = json.loads(data[8 : 8 + n])["__metadata__"]
+    meta = unpacked(json.loads(data[8 : 8 + n]))
     assert meta["format"] == FORMAT_NAME and meta["format_version"] == str(FORMAT_VERSION)
     assert len(meta["sha256"]) == 64
     assert b"pickle" not in data and not data.startswith(b"PK")
@@ -246,7 +248,7 @@ def test_eight_bit_artifact_keeps_digits_accuracy(tmp_path: Path) -> None:
 
 
 # --- user-model artifacts: the factory is named by the caller, never by the file --------
-from tests.compression.artifact_files import TINY_NET, edit_field, edit_meta  # noqa: E402
+from tests.compression.artifact_files import TINY_NET, edit_field, edit_meta, repack, unpacked  # noqa: E402
 
 
 @pytest.fixture

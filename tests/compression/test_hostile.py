@@ -24,7 +24,7 @@ from autoshrink.compression.policy import Policy, UnitPolicy
 from autoshrink.compression.prune import prune
 from autoshrink.compression.quantize import calibrate_activations_
 from autoshrink.compression.units import build_units
-from tests.compression.artifact_files import edit_field, edit_meta, join, split
+from tests.compression.artifact_files import edit_field, edit_meta, join, repack, split, unpacked
 
 DEEP = 100_000
 HUGE_INT = "7" * 5000
@@ -267,7 +267,9 @@ def test_eight_gigabyte_artifact_is_not_read_to_check_its_header(
     monkeypatch.setattr(safetensors.torch, "load", never)
     n = int.from_bytes(pristine[:8], "little")
     header = json.loads(pristine[8 : 8 + n])
-    header["__metadata__"]["kept"] = json.dumps([1, 2])  # wrong type
+    meta = unpacked(header)
+    meta["kept"] = json.dumps([1, 2])  # wrong type
+    repack(header, meta)
     header["big"] = {"dtype": "U8", "shape": [8 * GIB], "data_offsets": [0, 8 * GIB]}
     for name, entry in header.items():
         if name not in ("big", "__metadata__"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from autoshrink.compression.errors import PolicyError, UnsupportedModelError
 from autoshrink.compression.models import ModelSpec, build_model
 from autoshrink.compression.units import Unit, UnitGraph, build_units
+from tests.compression.exact import assert_exact
 
 X32 = torch.zeros(1, 3, 32, 32)
 
@@ -94,14 +96,14 @@ def test_grouped_convs_are_balanced_over_their_groups() -> None:
         assert any(getattr(model.get_submodule(n), "groups", 1) > 1 for n in touched)
 
 
-def test_shufflenet_is_refused_naming_a_layer() -> None:
+def test_shufflenet_prunes_its_branches_and_freezes_the_shuffled_stream() -> None:
     model = build_model(ModelSpec("shufflenet_v2_x0_5"))
-    with pytest.raises(UnsupportedModelError) as err:
-        build_units(model, X32)
+    graph = assert_exact(model, torch.randn(1, 3, 64, 64), policies=2)
     names = {n for n, _ in model.named_modules() if n}
-    quoted = str(err.value).split("'")
-    assert any(part in names for part in quoted), str(err.value)
-    assert "Transpose" in str(err.value)
+    assert len(graph.units) >= 12 and graph.frozen
+    for root, why in graph.frozen.items():  # every reason names a real layer
+        assert root in names and any(part in names for part in why.split("'")), why
+    assert any("View" in why or "Transpose" in why for why in graph.frozen.values())
 
 
 class _Scale(nn.Module):
@@ -133,17 +135,67 @@ class _ChannelsLast(nn.Module):
         return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
 
 
-def test_unknown_module_with_parameters_in_a_group_is_refused_by_name() -> None:
-    model = _Odd(_Scale(8))
-    with pytest.raises(UnsupportedModelError, match=r"middle\.gamma"):
-        build_units(model, X32)
-    graph = build_units(model, X32, ignored_layers=["conv1"])  # the way around it
+def test_a_per_channel_parameter_of_an_unknown_module_is_cut_with_its_group() -> None:
+    graph = assert_exact(_Odd(_Scale(8)).eval(), X32)
+    assert graph.unit_names == ("conv1", "conv2") and "middle.gamma" in graph.coupling.norm_names
+
+
+class _Mix(nn.Module):
+    """An unknown module that mixes its channels through a parameter."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.mix = nn.Parameter(torch.eye(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bchw,cd->bdhw", x, self.mix)
+
+
+def test_an_unknown_module_mixing_channels_freezes_its_group() -> None:
+    graph = build_units(_Odd(_Mix(8)), X32)
+    assert graph.unit_names == ("conv2",) and list(graph.frozen) == ["conv1"]
+    assert "'conv1'" in graph.frozen["conv1"] or "middle.mix" in graph.frozen["conv1"]
+    ignored = build_units(_Odd(_Scale(8)), X32, ignored_layers=["conv1"])  # the user's way
+    assert ignored.unit_names == ("conv2",) and "ignored" in ignored.frozen["conv1"]
+
+
+class _Flip(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(1)  # reverses the channels
+
+
+def test_channel_reordering_op_freezes_the_unit_naming_the_layer_before_it() -> None:
+    graph = build_units(_Odd(_Flip()), X32)
     assert graph.unit_names == ("conv2",)
+    assert re.search(r"Flip.*'conv1'", graph.frozen["conv1"]), graph.frozen
 
 
-def test_channel_reordering_op_is_refused_naming_the_layer_before_it() -> None:
-    with pytest.raises(UnsupportedModelError, match=r"Permute.*'conv1'"):
-        build_units(_Odd(_ChannelsLast()), X32)
+def test_a_model_with_every_unit_frozen_is_refused_naming_a_layer() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), _Flip(), nn.Conv2d(8, 8, 3), nn.Flatten(1))
+    with pytest.raises(UnsupportedModelError, match=r"no prunable unit left.*layer '0'.*Flip"):
+        build_units(model, X32)
+
+
+class _InputMix(nn.Module):
+    """The stem's output is added to the (unprunable) input: cutting the stem breaks it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 1)
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(self.stem(x) + x.flip(1)).mean((2, 3)))
+
+
+def test_a_unit_whose_pruned_model_breaks_is_frozen_by_the_check() -> None:
+    graph = build_units(_InputMix(), X32)
+    assert graph.unit_names == ("conv",)
+    assert "breaks the forward pass" in graph.frozen["stem"]
+    assert "the model input" not in graph.frozen["stem"]
+    unchecked = build_units(_InputMix(), X32, verify=False)  # what the trace alone believes
+    assert unchecked.unit_names == ("stem", "conv")
 
 
 def test_ignored_layers_fix_their_group_and_unknown_names_are_refused() -> None:

@@ -1,0 +1,135 @@
+"""Partial pruning: frozen units instead of refusals, exact costs, and artifacts that load."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from autoshrink.compression import artifact as artifact_module
+from autoshrink.compression.artifact import load_artifact, read_header, save_artifact
+from autoshrink.compression.cost import cost
+from autoshrink.compression.errors import UnsupportedModelError
+from autoshrink.compression.models import ModelSpec, build_model
+from autoshrink.compression.policy import Policy, layer_bits, uniform_policy
+from autoshrink.compression.prune import prune
+from autoshrink.compression.quantize import quantize_weights_
+from autoshrink.compression.units import build_units
+from tests.compression.exact import assert_exact
+
+REX = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+
+    class Rex(nn.Module):
+        # The issue's reproduction: a split whose pieces meet again in a concat.
+        def __init__(s):
+            super().__init__()
+            s.stem, s.pw = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 24, 1)
+            s.pw2, s.head = nn.Conv2d(24, 32, 1), nn.Linear(32, 10)
+
+        def forward(s, x):
+            x = s.stem(x); y = s.pw(x); y = torch.cat([y[:, :16] + x, y[:, 16:]], 1)
+            return s.head(s.pw2(y).mean((2, 3)))
+
+
+    def rex():
+        return Rex()
+    """
+)
+X = torch.randn(2, 3, 8, 8)
+
+
+@pytest.fixture
+def rex_spec(tmp_path: Path) -> ModelSpec:
+    path = tmp_path / "rex.py"
+    path.write_text(REX)
+    return ModelSpec(f"{path}:rex")
+
+
+def test_rex_split_concat_is_exact_or_frozen_never_a_crash(rex_spec: ModelSpec) -> None:
+    model = build_model(rex_spec)
+    graph = assert_exact(model, X, policies=5)  # the l1 scorer once raised IndexError here
+    assert graph.unit_names == ("pw2",)
+    assert "beyond" in graph.frozen["stem"] and "pw" in graph.frozen["stem"]
+
+
+def test_every_plan_entry_fits_its_module(rex_spec: ModelSpec) -> None:
+    model = build_model(rex_spec)
+    modules = dict(model.named_modules())
+    for entry in build_units(model, X, verify=False).plan:  # the trace's judgement alone
+        m = modules[entry.module]
+        width = m.weight.shape[1 if entry.dim == "in" else 0]
+        assert 0 <= entry.target.min() and entry.target.max() < width, entry.module
+
+
+def _round_trip(tmp_path: Path, model: nn.Module, spec: ModelSpec, policy: Policy) -> None:
+    graph = build_units(model, X, ignored_layers=list(policy.frozen))
+    pruned = prune(model, graph, policy.keep())
+    bits = layer_bits(policy, graph)
+    info = save_artifact(tmp_path / "m.safetensors", pruned, spec, tuple(X.shape), policy)
+    assert info.payload_bytes == cost(graph, policy.keep(), bits).bytes
+    loaded = load_artifact(info.path)
+    simulated = quantize_weights_(pruned, bits)
+    with torch.no_grad():
+        assert (loaded(X) - simulated(X)).abs().max() <= 1e-5
+    header = read_header(info.path)
+    assert header.frozen == graph.frozen and header.policy == policy
+
+
+def test_a_model_with_automatically_frozen_units_round_trips(
+    rex_spec: ModelSpec, tmp_path: Path
+) -> None:
+    model = build_model(rex_spec)
+    policy = uniform_policy(build_units(model, X), keep=0.5, bits=4)
+    assert set(policy.frozen) == {"stem"}
+    _round_trip(tmp_path, model, rex_spec, policy)
+
+
+def test_a_model_with_user_ignored_layers_round_trips(tmp_path: Path) -> None:
+    spec = ModelSpec("resnet20")
+    model = build_model(spec)
+    graph = build_units(model, X, ignored_layers=["layer1.0.conv1", "layer3.2.conv1"])
+    policy = uniform_policy(graph, keep=0.5, bits=8)
+    assert set(policy.frozen) == {"layer1.0.conv1", "layer3.2.conv1"}
+    assert Policy.from_json(policy.to_json()) == policy
+    _round_trip(tmp_path, model, spec, policy)
+
+
+def test_a_version_1_artifact_without_frozen_units_still_loads(tmp_path: Path) -> None:
+    spec = ModelSpec("resnet20")
+    model = build_model(spec)
+    policy = uniform_policy(build_units(model, X), keep=0.5, bits=6)
+    pruned = prune(model, build_units(model, X), policy.keep())
+    path = tmp_path / "v2.safetensors"
+    save_artifact(path, pruned, spec, tuple(X.shape), policy)
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    assert json.loads(meta.pop("frozen")) == {}
+    meta.pop("sha256")
+    meta["format_version"] = "1"
+    tensors = load_file(str(path))
+    meta["sha256"] = artifact_module._digest(tensors, meta)
+    old = tmp_path / "v1.safetensors"
+    save_file(tensors, str(old), metadata=meta)
+    with torch.no_grad():
+        assert torch.equal(load_artifact(old)(X), load_artifact(path)(X))
+    assert read_header(old).frozen == {}
+
+
+def test_a_group_that_takes_too_long_is_frozen_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from autoshrink.compression import _depgraph
+
+    monkeypatch.setattr(_depgraph, "GROUP_TIME_LIMIT", 1e-6)
+    with pytest.raises(UnsupportedModelError, match=r"no prunable unit left.*takes over 1e-06 s"):
+        build_units(build_model(ModelSpec("smallcnn")), X)
