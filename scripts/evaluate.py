@@ -15,6 +15,7 @@ from typing import Any
 from rich.table import Table
 
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
+from autoshrink.compression.metrics import MEASURED_LATENCY
 from autoshrink.scripts.console import console, err_console
 
 #: Largest batch sizes and repeat counts accepted: beyond these a value is a typo.
@@ -165,7 +166,7 @@ def evaluate_artifact(
         "params": count_params(model),
         "bytes": payload_bytes(path),
         "file_bytes": path.stat().st_size,
-        "latency_ms": 1e3 * time_forward(model, torch.zeros((latency_batch, *shape)), repeats),
+        MEASURED_LATENCY: time_forward(model, torch.zeros((latency_batch, *shape)), repeats),
         "latency_batch": latency_batch,
     }
 
@@ -190,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
     table.add_row("params", f"{report['params']:,}")
     table.add_row("bytes (payload)", f"{report['bytes']:,}")
     table.add_row("file bytes", f"{report['file_bytes']:,}")
-    table.add_row(f"CPU latency (batch {args.latency_batch})", f"{report['latency_ms']:.3f} ms")
+    table.add_row(
+        f"CPU latency (batch {args.latency_batch})", f"{1e3 * report[MEASURED_LATENCY]:.3f} ms"
+    )
     console.print(table)
     return 0
