@@ -38,6 +38,7 @@ from autoshrink.compression.documents import read_document
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError, DataError
 from autoshrink.compression.evaluate import TrainResult, train_model
 from autoshrink.compression.models import (
+    TIMM_PREFIX,
     ZOO_MODELS,
     ModelSpec,
     build_model,
@@ -84,8 +85,8 @@ def model_source(name: str) -> dict[str, str]:
     """What decides a model's code besides its spec, for the cache key.
 
     A factory ``file.py:fn``: the file's resolved path and the SHA-256 of its bytes (the
-    file is read, not imported). A torchvision model: torchvision's version. A zoo model:
-    nothing (its code is autoshrink's).
+    file is read, not imported). A timm or torchvision model: that library's version. A zoo
+    model: nothing (its code is autoshrink's).
 
     Raises:
         UnsupportedModelError: If a factory's file cannot be read.
@@ -95,6 +96,13 @@ def model_source(name: str) -> dict[str, str]:
         return {"path": source.path, "sha256": source.sha256}
     if name in ZOO_MODELS:
         return {}
+    if name.startswith(TIMM_PREFIX):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return {"timm": version("timm")}
+        except PackageNotFoundError:
+            return {"timm": "missing"}  # building the model then says which extra to install
     import torchvision
 
     return {"torchvision": str(torchvision.__version__)}

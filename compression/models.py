@@ -307,7 +307,7 @@ def _build_timm(spec: ModelSpec) -> nn.Module:
         raise UnsupportedModelError(
             f"unknown timm model {name!r}; timm.list_models() names the ones it has"
         )
-    kwargs = {"num_classes": spec.num_classes, "in_chans": spec.in_channels}
+    kwargs: dict[str, Any] = {"num_classes": spec.num_classes, "in_chans": spec.in_channels}
     if not spec.pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)
     if not _hub_reachable():
