@@ -24,6 +24,7 @@ from autoshrink.compression.baselines import (
 )
 from autoshrink.compression.data import DATASETS, load_dataset
 from autoshrink.compression.errors import CheckpointError
+from autoshrink.compression.export import check_output_path
 from autoshrink.compression.models import ZOO_MODELS, ModelSpec, build_model
 from autoshrink.scripts.console import console, make_progress
 
@@ -137,6 +138,8 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train or load the baseline, copy it to ``--out`` and print a summary."""
+    if args.out is not None:
+        check_output_path(args.out)  # before minutes of training, not after
     splits = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)
     spec = ModelSpec(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels)
     build_model(spec)  # an unknown model fails here, in one line, before any progress bar

@@ -26,9 +26,14 @@ def check_resume(out_dir: str | Path) -> None:
     """Read the checkpoint files a resume of ``out_dir`` loads (none if it has none).
 
     Raises:
-        CheckpointError: On the first file that is unreadable, malformed or inconsistent.
+        CheckpointError: If ``out_dir`` holds no search, or on the first file that is
+            unreadable, malformed or inconsistent.
     """
     folder = RunFolder(Path(out_dir))
+    if not folder.has_search():
+        raise CheckpointError(
+            f"{folder.root} holds no search to resume; drop --resume to start one"
+        )
     checkpoint = folder.latest_checkpoint()
     if checkpoint is None:
         return

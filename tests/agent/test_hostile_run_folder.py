@@ -222,3 +222,12 @@ def test_a_damaged_episode_log_is_repaired_from_the_checkpoint(
     rows = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
     assert [r["episode"] for r in rows] == list(range(8))
     assert read_result(run / "result.json")["episodes"] == len(rows)
+
+
+def test_resuming_a_folder_without_a_search_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    code = main(["search", "--resume", "--out", str(tmp_path / "empty")])
+    one_error_line(capsys, code, "holds no search to resume")
+    assert list((tmp_path / "empty").iterdir()) == []
