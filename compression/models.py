@@ -307,16 +307,16 @@ def _build_timm(spec: ModelSpec) -> nn.Module:
         raise UnsupportedModelError(
             f"unknown timm model {name!r}; timm.list_models() names the ones it has"
         )
-    kwargs: dict[str, Any] = {"num_classes": spec.num_classes, "in_chans": spec.in_channels}
+    shape: dict[str, Any] = {"num_classes": spec.num_classes, "in_chans": spec.in_channels}
     if not spec.pretrained:
-        return timm.create_model(name, pretrained=False, **kwargs)
+        return timm.create_model(name, pretrained=False, **shape)
     if not _hub_reachable():
         raise CheckpointError(
             f"cannot fetch pretrained weights for {spec.name}: the weights hub is not "
             "reachable from here; drop --pretrained or pass a checkpoint"
         )
     try:
-        return timm.create_model(name, pretrained=True, **kwargs)
+        return timm.create_model(name, pretrained=True, **shape)
     except Exception as exc:  # hub, cache or file errors of every kind: one line
         raise CheckpointError(
             f"cannot fetch pretrained weights for {spec.name}: {type(exc).__name__}: {exc}"

@@ -132,3 +132,23 @@ def test_a_group_that_takes_too_long_is_frozen_not_waited_for(
     monkeypatch.setattr(_depgraph, "GROUP_TIME_LIMIT", 1e-6)
     with pytest.raises(UnsupportedModelError, match=r"no prunable unit left.*takes over 1e-06 s"):
         build_units(build_model(ModelSpec("smallcnn")), X)
+
+
+def test_the_group_time_limit_keeps_a_callers_own_timer() -> None:
+    import signal
+    import time
+
+    from autoshrink.compression._tp_compat import time_limit
+
+    fired: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(1))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)  # e.g. a batch job's timeout
+        with time_limit(10.0):
+            pass
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 0  # still armed
+        time.sleep(0.8)
+        assert fired == [1]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
