@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from autoshrink.compression.errors import UnsupportedModelError
-from autoshrink.compression.units import (
+from autoshrink.compression.unit_graph import (
     CONV_TYPES,
     Coupling,
     Layer,
@@ -96,15 +96,29 @@ def _norm_tables(
     return np.array(c0, np.int64), np.array(params, np.int64), np.array(fbufs, np.int64), ids
 
 
-def _coupling(
-    model: nn.Module,
-    modules: dict[str, Any],
-    probe: _Probe,
-    geo: dict[str, _Geo],
-    found: list[tuple[str, int, int, list[_Item]]],
-) -> tuple[Coupling, dict[str, str]]:
-    """The cost model's tables, and which unit owns each layer's output channels."""
-    n_units, order = len(found), probe.order
+class _Rows(NamedTuple):
+    """Per-unit channel counts of each layer and norm entry, from the plan items."""
+
+    dw: np.ndarray
+    out_a: np.ndarray
+    in_a: np.ndarray
+    norm_rows: dict[str, np.ndarray]
+    pdims: dict[str, int]
+    owner: dict[str, str]
+
+
+def _unit_rows(order: list[str], found: list[tuple[str, int, int, list[_Item]]]) -> _Rows:
+    """Tally each unit's plan items into the layer and norm-entry coupling rows.
+
+    Args:
+        order: The conv/linear layer names in execution order.
+        found: Per unit: root, channels, channel groups and plan items.
+
+    Returns:
+        The depthwise flags, output/input coupling matrices, norm rows, parameter cut
+        dims and the unit owning each layer's output channels.
+    """
+    n_units = len(found)
     lidx = {name: i for i, name in enumerate(order)}
     dw = np.zeros(len(order), bool)
     out_a = np.zeros((len(order), n_units), np.int64)
@@ -124,6 +138,19 @@ def _coupling(
                 out_a[lidx[it.module], u] += it.per_channel
                 dw[lidx[it.module]] |= it.dim == "dw"
                 owner.setdefault(it.module, root)
+    return _Rows(dw, out_a, in_a, norm_rows, pdims, owner)
+
+
+def _coupling(
+    model: nn.Module,
+    modules: dict[str, Any],
+    probe: _Probe,
+    geo: dict[str, _Geo],
+    found: list[tuple[str, int, int, list[_Item]]],
+) -> tuple[Coupling, dict[str, str]]:
+    """The cost model's tables, and which unit owns each layer's output channels."""
+    n_units, order = len(found), probe.order
+    dw, out_a, in_a, norm_rows, pdims, owner = _unit_rows(order, found)
     # FlopCounterMode counts batch x output positions x kernel x c_out x c_in/groups per call.
     positions = [
         sum(math.prod(s) // (s[-1] if geo[n].kind == "linear" else s[1]) for s in probe.shapes[n])
@@ -195,9 +222,32 @@ def assemble(
         )
         for i, (name, g) in enumerate(geo.items())
     }
+    units = _units(probe.order, found, layers, owner, round_to)
+    return UnitGraph(tuple(units), tuple(layers.values()), input_shape, c, _plan(found, c))
+
+
+def _units(
+    order: list[str],
+    found: list[tuple[str, int, int, list[_Item]]],
+    layers: dict[str, Layer],
+    owner: dict[str, str],
+    round_to: int,
+) -> list[Unit]:
+    """The :class:`Unit` records, each summing the cost of the layers it owns.
+
+    Args:
+        order: The conv/linear layer names in execution order.
+        found: Per unit: root, channels, channel groups and plan items.
+        layers: The layer records by name.
+        owner: The unit root owning each layer's output channels.
+        round_to: The requested channel rounding.
+
+    Returns:
+        One unit per entry of ``found``, in the same order.
+    """
     units = []
     for u, (root, n, g, items) in enumerate(found):
-        own = [root] + [name for name in probe.order if owner.get(name) == root != name]
+        own = [root] + [name for name in order if owner.get(name) == root != name]
         lead = layers[root]
         units.append(
             Unit(
@@ -218,17 +268,29 @@ def assemble(
                 channel_groups=g,
             )
         )
+    return units
+
+
+def _plan(found: list[tuple[str, int, int, list[_Item]]], c: Coupling) -> tuple[PlanEntry, ...]:
+    """The merged channel plan: one entry per (module, dim) across all units.
+
+    Args:
+        found: Per unit: root, channels, channel groups and plan items.
+        c: The coupling tables, for each unit's offset into the merged channel axis.
+
+    Returns:
+        The plan entries, targets and roots concatenated in unit order.
+    """
     parts: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
     for u, (_, _, _, items) in enumerate(found):
         for it in items:
             parts.setdefault((it.module, it.dim), []).append(
                 (it.target, it.root + c.unit_offsets[u])
             )
-    plan = tuple(
+    return tuple(
         PlanEntry(mod, dim, np.concatenate([t for t, _ in p]), np.concatenate([r for _, r in p]))
         for (mod, dim), p in parts.items()
     )
-    return UnitGraph(tuple(units), tuple(layers.values()), input_shape, c, plan)
 
 
 def _fmap(shape: tuple[int, ...], kind: str) -> int:

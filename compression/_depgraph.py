@@ -31,7 +31,7 @@ from autoshrink.compression._tp_compat import (
     tolerant_index_mapping,
 )
 from autoshrink.compression.errors import UnsupportedModelError
-from autoshrink.compression.units import (
+from autoshrink.compression.unit_graph import (
     CONV_TYPES,
     LAYER_TYPES,
     NORM_TYPES,

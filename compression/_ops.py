@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 from torch_pruning import ops
 
-from autoshrink.compression.units import NORM_TYPES
+from autoshrink.compression.unit_graph import NORM_TYPES
 
 # Autograd ops that act on each channel separately (or broadcast over them): pruning a
 # channel before them removes exactly that channel after them.

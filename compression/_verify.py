@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from autoshrink.compression.cost import cost_from_channels, removed_channels
 from autoshrink.compression.counting import count_bytes, count_params
-from autoshrink.compression.units import Unit, UnitGraph
+from autoshrink.compression.unit_graph import Unit, UnitGraph
 
 logger = logging.getLogger(__name__)
 

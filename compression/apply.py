@@ -26,7 +26,7 @@ from autoshrink.compression.policy import (
 )
 from autoshrink.compression.prune import prune_channels
 from autoshrink.compression.quantize import quantize_weights_
-from autoshrink.compression.units import UnitGraph
+from autoshrink.compression.unit_graph import UnitGraph
 
 
 def apply_policy(

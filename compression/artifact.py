@@ -56,12 +56,7 @@ from autoshrink.compression.artifact_header import (
 from autoshrink.compression.atomic import write_atomic
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
 from autoshrink.compression.metrics import FLOAT_BITS
-from autoshrink.compression.models import (
-    ModelSpec,
-    build_model,
-    factory_source,
-    is_factory_ref,
-)
+from autoshrink.compression.models import ModelSpec, build_model, factory_source, is_factory_ref
 from autoshrink.compression.packing import pack, unpack
 from autoshrink.compression.policy import Policy, kept_channels, layer_bits
 from autoshrink.compression.quantize import (
@@ -162,6 +157,28 @@ def _header_strings(fields: Mapping[str, Any], policy_json: str) -> dict[str, st
     return meta | {"policy": policy_json}
 
 
+def _kept_and_bits(
+    model: nn.Module, spec: ModelSpec, graph: Any, policy: Policy | Mapping[str, int]
+) -> tuple[dict[str, int], dict[str, int], str]:
+    """The model's kept channels per unit, its sub-float bits per layer, the policy JSON."""
+    try:
+        kept = {u.name: _out_channels(model.get_submodule(u.layers[0])) for u in graph.units}
+    except (AttributeError, TypeError) as exc:
+        raise CheckpointError(f"the model is not a pruned {spec.name}: {exc}") from exc
+    if isinstance(policy, Policy):
+        bits = layer_bits(policy, graph)
+        expected = kept_channels(policy, graph)
+        off = [n for n in policy.units if expected.get(n) != kept.get(n)]
+        if off:
+            logger.warning("model channels differ from the policy's for units %s", off[:5])
+        policy_json = policy.to_json(indent=None)
+    else:
+        bits = dict(policy)
+        policy_json = json.dumps({"layer_bits": bits})
+    bits = {n: b for n, b in check_layer_bits(model, bits).items() if b < FLOAT_BITS}
+    return kept, bits, policy_json
+
+
 def save_artifact(
     path: str | Path,
     model: nn.Module,
@@ -193,22 +210,7 @@ def save_artifact(
         model = bake_(copy.deepcopy(model))
     frozen = list(policy.frozen) if isinstance(policy, Policy) else []
     graph = _graph(build_model(spec), input_shape, frozen)
-    try:
-        kept = {u.name: _out_channels(model.get_submodule(u.layers[0])) for u in graph.units}
-    except (AttributeError, TypeError) as exc:
-        raise CheckpointError(f"the model is not a pruned {spec.name}: {exc}") from exc
-    if isinstance(policy, Policy):
-        bits = layer_bits(policy, graph)
-        expected = kept_channels(policy, graph)
-        off = [n for n in policy.units if expected.get(n) != kept.get(n)]
-        if off:
-            logger.warning("model channels differ from the policy's for units %s", off[:5])
-        policy_json = policy.to_json(indent=None)
-    else:
-        bits = dict(policy)
-        policy_json = json.dumps({"layer_bits": bits})
-    bits = {n: b for n, b in check_layer_bits(model, bits).items() if b < FLOAT_BITS}
-
+    kept, bits, policy_json = _kept_and_bits(model, spec, graph, policy)
     tensors = _payload(model, bits)
     meta = {
         "spec": spec.to_dict(),
@@ -255,8 +257,7 @@ def _read(path: Path) -> tuple[ArtifactHeader, dict[str, torch.Tensor]]:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200]
+    return " ".join(str(exc).split())[:200]
 
 
 def read_header(path: str | Path) -> ArtifactHeader:
@@ -269,8 +270,7 @@ def read_header(path: str | Path) -> ArtifactHeader:
         CheckpointError: On a missing, truncated, tampered, foreign or newer file, or a
             header field of the wrong type.
     """
-    path = Path(path)
-    head, _ = _read(path)
+    head, _ = _read(Path(path))
     return head
 
 

@@ -25,7 +25,7 @@ import torch  # noqa: F401  (used by the doctest above)
 
 from autoshrink.compression.errors import PolicyError
 from autoshrink.compression.metrics import FLOAT_BITS
-from autoshrink.compression.units import UnitGraph
+from autoshrink.compression.unit_graph import UnitGraph
 
 #: Bytes of the per-output-channel scale a quantized weight carries (one fp32 each).
 SCALE_BYTES = 4

@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from autoshrink.compression.cost import tensor_bytes
 from autoshrink.compression.errors import PolicyError
 from autoshrink.compression.metrics import FLOAT_BITS
-from autoshrink.compression.units import LAYER_TYPES
+from autoshrink.compression.unit_graph import LAYER_TYPES
 
 
 def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:

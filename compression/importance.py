@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from autoshrink.compression._tp_compat import tolerant_index_mapping
 from autoshrink.compression.errors import PolicyError, UnsupportedModelError
-from autoshrink.compression.units import UnitGraph
+from autoshrink.compression.unit_graph import UnitGraph
 
 IMPORTANCES: tuple[str, ...] = ("l1", "l2", "taylor", "hessian", "bn", "random")
 NEEDS_BATCH: frozenset[str] = frozenset({"taylor", "hessian"})
@@ -99,6 +99,35 @@ def _fill_grads(
         p.grad = s / len(x)
 
 
+def _check_widths(graph: UnitGraph, modules: dict[str, nn.Module]) -> None:
+    """Check that every unit's leading layer has the graph's output width.
+
+    Args:
+        graph: The unit graph.
+        modules: The model's modules by name.
+
+    Raises:
+        UnsupportedModelError: If a unit's layer is missing or has another width.
+    """
+    for u in graph.units:
+        m = modules.get(u.name)
+        n = getattr(m, "out_channels", getattr(m, "out_features", None))
+        if n != u.c_out:
+            raise UnsupportedModelError(
+                f"the model does not match the unit graph: layer {u.name} has {n} output "
+                f"channels, the graph expects {u.c_out}"
+            )
+
+
+def _dependency_graph(model: nn.Module, example: Tensor) -> tp.DependencyGraph:
+    """Trace ``model`` on ``example`` into Torch-Pruning's DepGraph, warnings silenced."""
+    with warnings.catch_warnings(), tolerant_index_mapping():
+        warnings.simplefilter("ignore")  # build_units has already judged this graph
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=(example,), verbose=False
+        )
+
+
 def channel_scores(
     graph: UnitGraph,
     model: nn.Module,
@@ -129,14 +158,7 @@ def channel_scores(
     """
     check_importance(importance, batch)
     modules = dict(model.named_modules())
-    for u in graph.units:
-        m = modules.get(u.name)
-        n = getattr(m, "out_channels", getattr(m, "out_features", None))
-        if n != u.c_out:
-            raise UnsupportedModelError(
-                f"the model does not match the unit graph: layer {u.name} has {n} output "
-                f"channels, the graph expects {u.c_out}"
-            )
+    _check_widths(graph, modules)
     if importance == "random":
         gen = torch.Generator().manual_seed(seed)
         return {u.name: torch.rand(u.c_out, generator=gen) for u in graph.units}
@@ -148,11 +170,7 @@ def channel_scores(
     with _scratch_grads(model):
         if batch is not None and importance in NEEDS_BATCH:
             _fill_grads(model, importance, batch, loss_fn or nn.functional.cross_entropy)
-        with warnings.catch_warnings(), tolerant_index_mapping():
-            warnings.simplefilter("ignore")  # build_units has already judged this graph
-            dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=(example,), verbose=False
-            )
+        dg = _dependency_graph(model, example)
         for u in graph.units:
             root = modules[u.name]
             pruner = dg.get_pruner_of_module(root)

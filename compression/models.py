@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from autoshrink.compression.errors import CheckpointError, UnsupportedModelError
+from autoshrink.compression.timm_models import TIMM_PREFIX, _build_timm, _hub_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -280,49 +281,6 @@ def _load_user_factory(ref: str) -> Callable[..., nn.Module]:
     return factory
 
 
-TIMM_PREFIX = "timm:"
-
-
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """Whether the weights hub answers at all (so a missing network fails at once)."""
-    import socket
-
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
-def _build_timm(spec: ModelSpec) -> nn.Module:
-    """A timm model by name: random weights unless ``spec.pretrained``."""
-    name = spec.name[len(TIMM_PREFIX) :]
-    try:
-        import timm
-    except ImportError:
-        raise UnsupportedModelError(
-            f"model {spec.name!r} needs timm: pip install 'autoshrink[timm]'"
-        ) from None
-    if not timm.is_model(name):
-        raise UnsupportedModelError(
-            f"unknown timm model {name!r}; timm.list_models() names the ones it has"
-        )
-    shape: dict[str, Any] = {"num_classes": spec.num_classes, "in_chans": spec.in_channels}
-    if not spec.pretrained:
-        return timm.create_model(name, pretrained=False, **shape)
-    if not _hub_reachable():
-        raise CheckpointError(
-            f"cannot fetch pretrained weights for {spec.name}: the weights hub is not "
-            "reachable from here; drop --pretrained or pass a checkpoint"
-        )
-    try:
-        return timm.create_model(name, pretrained=True, **shape)
-    except Exception as exc:  # hub, cache or file errors of every kind: one line
-        raise CheckpointError(
-            f"cannot fetch pretrained weights for {spec.name}: {type(exc).__name__}: {exc}"
-        ) from exc
-
-
 def build_model(spec: ModelSpec) -> nn.Module:
     """Build the (untrained) base model that ``spec`` names.
 
@@ -344,7 +302,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
             "pass a checkpoint instead"
         )
     if spec.name.startswith(TIMM_PREFIX):
-        model = _build_timm(spec)
+        model = _build_timm(spec, _hub_reachable)  # looked up here: tests patch it on models
     elif spec.name in zoo:
         model = zoo[spec.name](spec.num_classes, spec.in_channels)
     elif is_factory_ref(spec.name):

@@ -22,7 +22,7 @@ from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.versioned import JsonFile, unwrap, wrap
 
 if TYPE_CHECKING:
-    from autoshrink.compression.units import UnitGraph
+    from autoshrink.compression.unit_graph import UnitGraph
 
 POLICY_TYPE = "autoshrink.Policy"
 POLICY_VERSION = 1
@@ -129,28 +129,7 @@ class Policy(JsonFile):
         if not isinstance(data.get("units"), dict):
             raise PolicyError("policy has no 'data.units' mapping")
         problems: list[str] = []
-        units: dict[str, UnitPolicy] = {}
-        for name, raw in data["units"].items():
-            if not isinstance(raw, dict):
-                problems.append(f"unit {name}: expected an object, got {raw!r}")
-                continue
-            unknown = set(raw) - {"keep", "bits", "act_bits", "channels"}
-            if unknown:
-                problems.append(f"unit {name}: unknown keys {sorted(unknown)}")
-            try:
-                channels = raw.get("channels")
-                if channels is not None and (
-                    isinstance(channels, bool) or not isinstance(channels, int) or channels < 1
-                ):
-                    raise PolicyError(f"channels must be a positive integer, got {channels!r}")
-                units[name] = UnitPolicy(
-                    keep=check_keep(raw.get("keep", 1.0), f"unit {name}"),
-                    bits=check_bits(raw.get("bits", FLOAT_BITS), f"unit {name}"),
-                    act_bits=check_bits(raw.get("act_bits", FLOAT_BITS), f"unit {name} acts"),
-                    channels=channels,
-                )
-            except PolicyError as exc:
-                problems.append(f"unit {name}: {exc}" if name not in str(exc) else str(exc))
+        units = _parse_units(data["units"], problems)
         layers: dict[str, int] = {}
         raw_layers = data.get("layers", {})
         if not isinstance(raw_layers, dict):
@@ -179,6 +158,41 @@ class Policy(JsonFile):
         if problems:
             raise PolicyError(_join(problems))
         return cls(units=units, layers=layers, round_to=round_to, meta=meta, frozen=frozen)
+
+
+def _parse_units(raw_units: dict[str, Any], problems: list[str]) -> dict[str, UnitPolicy]:
+    """Parse the ``data.units`` mapping of a policy file.
+
+    Args:
+        raw_units: Unit name to its JSON object.
+        problems: Where each bad unit's problem is appended, in file order.
+
+    Returns:
+        The valid units, by name.
+    """
+    units: dict[str, UnitPolicy] = {}
+    for name, raw in raw_units.items():
+        if not isinstance(raw, dict):
+            problems.append(f"unit {name}: expected an object, got {raw!r}")
+            continue
+        unknown = set(raw) - {"keep", "bits", "act_bits", "channels"}
+        if unknown:
+            problems.append(f"unit {name}: unknown keys {sorted(unknown)}")
+        try:
+            channels = raw.get("channels")
+            if channels is not None and (
+                isinstance(channels, bool) or not isinstance(channels, int) or channels < 1
+            ):
+                raise PolicyError(f"channels must be a positive integer, got {channels!r}")
+            units[name] = UnitPolicy(
+                keep=check_keep(raw.get("keep", 1.0), f"unit {name}"),
+                bits=check_bits(raw.get("bits", FLOAT_BITS), f"unit {name}"),
+                act_bits=check_bits(raw.get("act_bits", FLOAT_BITS), f"unit {name} acts"),
+                channels=channels,
+            )
+        except PolicyError as exc:
+            problems.append(f"unit {name}: {exc}" if name not in str(exc) else str(exc))
+    return units
 
 
 def _meta_problems(meta: dict[str, Any]) -> list[str]:

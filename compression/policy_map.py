@@ -42,7 +42,7 @@ from dataclasses import replace
 
 from autoshrink.compression.errors import PolicyError
 from autoshrink.compression.policy import Policy, UnitPolicy
-from autoshrink.compression.units import UnitGraph
+from autoshrink.compression.unit_graph import UnitGraph
 
 logger = logging.getLogger(__name__)
 

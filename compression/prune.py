@@ -31,7 +31,7 @@ from torch_pruning.pruner import function as tpf
 from autoshrink.compression.cost import removed_channels
 from autoshrink.compression.errors import PolicyError, UnsupportedModelError
 from autoshrink.compression.importance import channel_scores, check_importance
-from autoshrink.compression.units import UnitGraph
+from autoshrink.compression.unit_graph import UnitGraph
 
 _Cut = Callable[[nn.Module, list[int]], nn.Module]
 _ATOMS = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device)

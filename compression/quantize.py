@@ -38,7 +38,7 @@ from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.policy import check_bits
 
 if TYPE_CHECKING:
-    from autoshrink.compression.units import UnitGraph
+    from autoshrink.compression.unit_graph import UnitGraph
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,7 @@ from autoshrink.compression.baselines import (
     read_result,
 )
 from autoshrink.compression.data import DATASETS, load_dataset
-from autoshrink.compression.errors import CheckpointError
-from autoshrink.compression.export import check_output_path
+from autoshrink.compression.errors import AutoshrinkError, CheckpointError
 from autoshrink.compression.models import ZOO_MODELS, ModelSpec, build_model
 from autoshrink.scripts.console import console, make_progress
 
@@ -119,6 +118,15 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that is a folder, or lies below a file."""
+    if out.is_dir():
+        raise AutoshrinkError(f"--out {out} is a folder; name a file such as {out / 'model.pt'}")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise AutoshrinkError(f"--out {out} lies below {parent}, which is a file")
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -138,8 +146,8 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train or load the baseline, copy it to ``--out`` and print a summary."""
-    if args.out is not None:
-        check_output_path(args.out)  # before minutes of training, not after
+    if args.out is not None:  # checked before minutes of training, not after them
+        _check_out(Path(args.out))
     splits = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)
     spec = ModelSpec(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels)
     build_model(spec)  # an unknown model fails here, in one line, before any progress bar
