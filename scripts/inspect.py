@@ -138,6 +138,7 @@ def inspect_model(args: argparse.Namespace) -> tuple[dict[str, Any], UnitGraph]:
     units = [{**asdict(u), "layers": list(u.layers)} for u in graph.units]
     report: dict[str, Any] = {
         "units": units,
+        "frozen": dict(graph.frozen),
         "total": {"macs": total.macs, "params": total.params, "bytes": total.bytes},
     }
     if args.keep is not None:
@@ -203,4 +204,11 @@ def run(args: argparse.Namespace) -> int:
         )
     fixed = [layer.name for layer in graph.layers if layer.unit is None]
     console.print(f"fixed layers: {', '.join(fixed) or 'none'}", highlight=False)
+    print_frozen(graph.frozen)
     return 0
+
+
+def print_frozen(frozen: dict[str, str]) -> None:
+    """One line per frozen unit (kept whole): its leading layer and why."""
+    for name, why in frozen.items():
+        console.print(f"frozen unit {name}: {why}", highlight=False, soft_wrap=True)

@@ -177,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
 
     def start() -> None:  # once the run folder is checked: a refusal stays one line
         err_console.print(header, highlight=False)
+        for name, why in env.graph.frozen.items():
+            err_console.print(f"frozen unit {name}: {why}", highlight=False, soft_wrap=True)
         bars.progress.start()
 
     try:

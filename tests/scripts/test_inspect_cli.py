@@ -26,7 +26,7 @@ def test_default_is_resnet20_on_digits_with_exact_totals(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     report = _json(capsys)
-    assert set(report) == {"units", "total"}
+    assert set(report) == {"units", "frozen", "total"} and report["frozen"] == {}
     assert set(report["total"]) == {"macs", "params", "bytes"}
     model = build_model(ModelSpec("resnet20", num_classes=10, in_channels=1))
     x = torch.zeros(1, 1, 8, 8)  # digits: 8x8 grey images
@@ -144,3 +144,12 @@ def test_a_model_with_nothing_left_to_prune_is_refused_naming_a_layer(
     factory.write_text(SHUFFLED)
     line = _error_line(capsys, "--model", f"{factory}:build", "--input-shape", "1,3,16,16")
     assert "no prunable unit left" in line and "'a'" in line
+
+
+def test_frozen_units_are_listed_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["inspect", "--model", "shufflenet_v2_x0_5", "--input-shape", "1,3,32,32"]
+    assert main(argv) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("frozen")]
+    report = _json(capsys, *argv[1:])
+    assert report["frozen"] and len(lines) == len(report["frozen"])
+    assert all(f"frozen unit {name}: {why}" in lines for name, why in report["frozen"].items())
