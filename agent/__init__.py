@@ -6,7 +6,7 @@ searches), ``noise``, ``replay``, ``agent_file`` and ``replay_file`` (saved with
 and ``env_view`` (what they read of the env). One search run is
 :mod:`autoshrink.agent.search`; many are :mod:`autoshrink.agent.batch`.
 
->>> from autoshrink.agent import SearchConfig, search  # doctest: +SKIP
+>>> from autoshrink.agent.search import SearchConfig, search  # doctest: +SKIP
 >>> report = search(SearchConfig.create(flops=0.5, size=0.1), "runs/r1")  # doctest: +SKIP
 
 Names are imported on first use, so ``import autoshrink.agent`` stays light.
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from autoshrink.agent.search.config import FinalConfig, SearchConfig
     from autoshrink.agent.search.finish import finish_search
     from autoshrink.agent.search.loop import SearchResult, run_search
-    from autoshrink.agent.search.run import search
 
 _LAZY = {
     "ALGORITHMS": "autoshrink.agent.algorithms",
@@ -32,7 +31,6 @@ _LAZY = {
     "AgentConfig": "autoshrink.agent.config",
     "FinalConfig": "autoshrink.agent.search.config",
     "SearchConfig": "autoshrink.agent.search.config",
-    "search": "autoshrink.agent.search.run",
     "finish_search": "autoshrink.agent.search.finish",
     "SearchResult": "autoshrink.agent.search.loop",
     "run_search": "autoshrink.agent.search.loop",
@@ -51,5 +49,4 @@ __all__ = [
     "build_agent",
     "finish_search",
     "run_search",
-    "search",
 ]
