@@ -16,30 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from stable_baselines3.common.callbacks import BaseCallback
 
 from autoshrink.agent.search.config import SearchConfig
 from autoshrink.agent.search.loop import run_search
 from autoshrink.agent.search.report import read_result
 from autoshrink.scripts.cli import main
 from tests.agent.conftest import smallcnn_checkpoint  # noqa: F401 (a fixture)
+from tests.agent.search.test_search_toy import Interrupt
 
 DEEP = "[" * 100_000 + "]" * 100_000
 HUGE = "9" * 5000
 CKPT = "checkpoint/ckpt-000003"
-
-
-class Interrupt(BaseCallback):
-    def __init__(self, after: int) -> None:
-        super().__init__()
-        self.after, self.seen = after, 0
-
-    def _on_step(self) -> bool:
-        if self.locals["dones"][0]:
-            self.seen += 1
-            if self.seen == self.after:
-                raise KeyboardInterrupt
-        return True
 
 
 @pytest.fixture(scope="module")
