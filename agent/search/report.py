@@ -152,7 +152,7 @@ def baseline_training(env: gym.Env) -> dict[str, Any] | None:
 
     None when the env was given its model or a checkpoint (nothing is known of them).
     """
-    inner: Any = env.unwrapped
+    inner = search_env(env, ("config",))
     trained = getattr(inner, "baseline_training", None)
     if trained is None:
         return None
