@@ -37,6 +37,7 @@ from autoshrink.compression.data import DataSplits, load_dataset
 from autoshrink.compression.documents import read_document
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError, DataError
 from autoshrink.compression.evaluate import TrainResult, train_model
+from autoshrink.compression.json_write import write_document
 from autoshrink.compression.models import (
     TIMM_PREFIX,
     ZOO_MODELS,
@@ -46,11 +47,14 @@ from autoshrink.compression.models import (
     is_factory_ref,
     load_weights,
 )
+from autoshrink.compression.versioned import unwrap
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "resnet20"
 DEFAULT_DATASET = "digits"
+RECORD_TYPE = "autoshrink.BaselineRecord"
+RECORD_VERSION = 1
 DEFAULT_LR = 0.1
 DEFAULT_BATCH_SIZE = 128
 # ResNet-20 on 2 CPU cores. digits: 20 epochs gave 97.9-99.3 % val (97.2-98.6 % test) over
@@ -165,8 +169,7 @@ def read_result(path: Path) -> TrainResult | None:
     written before it was stored).
     """
     try:
-        data = read_document(path.with_suffix(".json"), "baseline record", max_bytes=1 << 20)
-        assert isinstance(data, dict)
+        data = _record(path.with_suffix(".json"))
         result = dict(data["result"])
         fields = ("val_accuracy", "test_accuracy", "epochs", "seconds", "chance_accuracy")
         out = TrainResult(**{k: result[k] for k in fields if k in result})
@@ -177,15 +180,27 @@ def read_result(path: Path) -> TrainResult | None:
         return None
 
 
+def _record(path: Path) -> dict[str, Any]:
+    """The record beside a cached baseline (autoshrink 0.1 wrote it without the envelope).
+
+    Raises:
+        AutoshrinkError: If it is unreadable or not a baseline record.
+    """
+    data = read_document(path, "baseline record", max_bytes=1 << 20)
+    if isinstance(data, dict) and "type" not in data:
+        return data
+    return unwrap(data, RECORD_TYPE, RECORD_VERSION, f"baseline record {path}")
+
+
 def _why_training(path: Path, key: dict[str, Any]) -> tuple[str, bool]:
     """Why ``path`` is not cached: a changed model source (True), or no entry (False)."""
     prefix = path.stem.rsplit("-", 1)[0]
     for other in sorted(path.parent.glob(f"{glob.escape(prefix)}-*.json")):
         try:
-            meta = read_document(other, "baseline record", max_bytes=1 << 20)
+            meta = _record(other)
         except AutoshrinkError:
             continue
-        old = meta.get("key") if isinstance(meta, dict) else None
+        old = meta.get("key")
         if not isinstance(old, dict) or other.with_suffix(".pt") == path:
             continue
         rest = {k: v for k, v in key.items() if k != "source"}
@@ -313,7 +328,7 @@ def _train(
     result = replace(result, chance_accuracy=1.0 / spec.num_classes)
     meta = {"spec": spec.to_dict(), "dataset": dataset, "seed": seed, "lr": lr}
     meta |= {"batch_size": batch_size, "result": asdict(result), "key": key}
-    write_atomic(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=2)))
+    write_document(path.with_suffix(".json"), RECORD_TYPE, RECORD_VERSION, meta)
     write_atomic(path, lambda p: torch.save(model.state_dict(), p))
     logger.info("saved baseline %s (val %.4f)", path, result.val_accuracy)
     return model.eval(), result

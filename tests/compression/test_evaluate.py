@@ -216,7 +216,10 @@ def test_baseline_is_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert path.is_file() and path.is_relative_to(tmp_path)
     result = read_result(path)
     assert result is not None and result.epochs == 1 and 0.0 <= result.val_accuracy <= 1.0
-    assert json.loads(path.with_suffix(".json").read_text())["spec"] == spec.to_dict()
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert (
+        record["type"] == "autoshrink.BaselineRecord" and record["data"]["spec"] == spec.to_dict()
+    )
     assert not list(path.parent.glob(".*.tmp"))
 
     def no_training(*args: object, **kwargs: object) -> TrainResult:
