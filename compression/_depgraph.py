@@ -27,9 +27,9 @@ from autoshrink.compression._tp_compat import (
     GROUP_TIME_LIMIT,
     GroupTimeout,
     map_indices_per_node,
-    time_limit,
     tolerant_index_mapping,
 )
+from autoshrink.compression.deadline import deadline
 from autoshrink.compression.errors import UnsupportedModelError
 from autoshrink.compression.unit_graph import (
     CONV_TYPES,
@@ -301,7 +301,7 @@ def analyse(
         pruner = dg.get_pruner_of_module(module)
         n = int(pruner.get_out_channels(module))
         try:
-            with tolerant_index_mapping(again=False), time_limit(GROUP_TIME_LIMIT):
+            with tolerant_index_mapping(again=False), deadline(GROUP_TIME_LIMIT, GroupTimeout):
                 group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
         except GroupTimeout:  # its other members would time out again as roots: skip them
             visited.update(_members(dg, module, pruner.prune_out_channels, names))

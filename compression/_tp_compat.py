@@ -11,9 +11,6 @@ only inside the ``with`` block.
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -113,37 +110,3 @@ GROUP_TIME_LIMIT = 15.0
 
 class GroupTimeout(Exception):
     pass
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`GroupTimeout` inside the block after ``seconds`` (main thread only).
-
-    It nests inside a caller's own SIGALRM timer (a batch job's timeout): if that one is
-    due first, no limit is set; otherwise the caller's timer and handler are put back,
-    less the time spent, when the block ends.
-    """
-    if threading.current_thread() is not threading.main_thread() or not hasattr(
-        signal, "setitimer"
-    ):
-        yield
-        return
-    outer, interval = signal.getitimer(signal.ITIMER_REAL)
-    if outer and outer <= seconds:  # the caller's timer fires first: leave it alone
-        yield
-        return
-
-    def _expire(signum: int, frame: Any) -> None:
-        raise GroupTimeout
-
-    start = time.monotonic()
-    previous = signal.signal(signal.SIGALRM, _expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        if outer:
-            left = max(outer - (time.monotonic() - start), 1e-3)
-            signal.setitimer(signal.ITIMER_REAL, left, interval)

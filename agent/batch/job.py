@@ -22,16 +22,14 @@ import random
 import signal
 import socket
 import sys
-import threading
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from autoshrink.agent.batch.results import FAILED, OK, TIMEOUT
 from autoshrink.agent.batch.spec import Job
+from autoshrink.compression.deadline import deadline
 from autoshrink.compression.locking import hold
 
 logger = logging.getLogger(__name__)
@@ -98,7 +96,7 @@ def run_job(
     _preload()  # imports are not the job's time: a timeout measures the job's own work
     start = time.perf_counter()
     try:
-        with _deadline(timeout_s):
+        with deadline(timeout_s, lambda: JobTimeout(f"timed out after {timeout_s:g} s")):
             record["result"] = _run(job, run_dir)
         record["status"] = OK
     except JobTimeout as exc:
@@ -224,23 +222,3 @@ def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@contextmanager
-def _deadline(seconds: float | None) -> Iterator[None]:
-    """Raise :class:`JobTimeout` in this thread after ``seconds`` (main thread, POSIX)."""
-    usable = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-    if not seconds or not usable:
-        yield
-        return
-
-    def expire(signum: int, frame: Any) -> None:
-        raise JobTimeout(f"timed out after {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)

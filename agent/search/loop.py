@@ -5,9 +5,10 @@
 >>> result.best_policy.save("policy.json")  # doctest: +SKIP
 
 A search killed at any moment continues with ``resume=True``: the agent, its replay buffer,
-its noise and the search state come back from the last checkpoint (written after every
-episode), the episode log is cut back to what that checkpoint knows, and the search runs
-the remaining episodes. At most the episode in flight is lost.
+its noise, every random generator and the search state come back from the last checkpoint
+(written after every episode), the episode log is restored from the checkpoint's copy, and
+the search runs the remaining episodes as the killed one would have. At most the episode
+in flight is lost.
 
 Nothing a resume reads is a pickle: the agent comes back through the spec's ``load``
 (:mod:`autoshrink.agent.algorithms`), the replay buffer from ``replay_buffer.npz``

@@ -138,13 +138,14 @@ def test_the_group_time_limit_keeps_a_callers_own_timer() -> None:
     import signal
     import time
 
-    from autoshrink.compression._tp_compat import time_limit
+    from autoshrink.compression._tp_compat import GroupTimeout
+    from autoshrink.compression.deadline import deadline
 
     fired: list[int] = []
     previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(1))
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.5)  # e.g. a batch job's timeout
-        with time_limit(10.0):
+        with deadline(10.0, GroupTimeout):
             pass
         assert signal.getitimer(signal.ITIMER_REAL)[0] > 0  # still armed
         time.sleep(0.8)
