@@ -79,7 +79,10 @@ def check_free(folder: Path, what: str) -> None:
     path = folder / LOCK_FILE
     if not path.is_file() or path.resolve() in _held:
         return
-    os.close(_acquire(path, folder, what, create=False))
+    try:
+        os.close(_acquire(path, folder, what, create=False))
+    except FileNotFoundError:  # released (and removed) since it was seen: free
+        pass
 
 
 def _acquire(path: Path, folder: Path, what: str, create: bool = True) -> int:
@@ -90,7 +93,7 @@ def _acquire(path: Path, folder: Path, what: str, create: bool = True) -> int:
             fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
         except FileNotFoundError:  # released (and removed) since it was seen
             if not create:
-                return os.open(os.devnull, os.O_RDONLY)
+                raise
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

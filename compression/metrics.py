@@ -55,20 +55,9 @@ METRICS: tuple[Metric, ...] = (
 )
 #: The budget names, in their canonical order.
 BUDGET_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
-#: The result keys, in the same order.
-RESULT_KEYS: tuple[str, ...] = tuple(m.key for m in METRICS)
 #: The key of a latency measured by timing a model, in seconds.
 MEASURED_LATENCY = "measured_latency_s"
 _BY_NAME = {m.name: m for m in METRICS}
-
-
-def metric(name: str) -> Metric:
-    """The metric of budget ``name``.
-
-    Raises:
-        KeyError: If ``name`` is no budget metric.
-    """
-    return _BY_NAME[name]
 
 
 def result_key(name: str) -> str:
