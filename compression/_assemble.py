@@ -185,6 +185,7 @@ def _coupling(
         const_params=sum(t.numel() for t in model.parameters() if id(t) not in variable),
         const_fbytes=4 * sum(t.numel() for t in const if t.is_floating_point()),
         other_macs=0,
+        unit_macs=np.zeros(n_units, np.int64),
     )
     return coupling, owner
 
@@ -196,16 +197,31 @@ def assemble(
     found: list[tuple[str, int, int, list[_Item]]],
     round_to: int,
     input_shape: tuple[int, ...],
+    head_macs: dict[str, int] | None = None,
 ) -> UnitGraph:
+    """The :class:`UnitGraph` of the accepted groups.
+
+    Args:
+        model: The traced model.
+        modules: Its modules and parameters by name.
+        probe: What the hooked forward pass saw.
+        found: Per unit: root, channels, channel groups and plan items.
+        round_to: The requested channel rounding.
+        input_shape: The example input's shape.
+        head_macs: Per attention-head unit root, the MACs outside any layer that each head
+            costs (its attention matmuls).
+    """
     geo = {name: _geometry(modules[name]) for name in probe.order}
     c, owner = _coupling(model, modules, probe, geo, found)
+    per_head = head_macs or {}
+    unit_macs = np.array([per_head.get(root, 0) for root, _, _, _ in found], np.int64)
     ipg = np.where(c.layer_dw, 1, c.layer_in0 // c.layer_groups)
     macs = c.layer_mcoef * c.layer_out0 * ipg
     params = c.layer_out0 * ipg * c.layer_kk + c.layer_bias * c.layer_out0
     other_macs = probe.macs - int(macs.sum())
     if other_macs:
         logger.info("%d MACs outside conv/linear modules are assumed fixed", other_macs)
-    c = replace(c, other_macs=other_macs)
+    c = replace(c, other_macs=other_macs, unit_macs=unit_macs.reshape(len(found)))
     layers = {
         name: Layer(
             name,
@@ -266,6 +282,7 @@ def _units(
                 layers=tuple(own),
                 round_to=math.lcm(round_to, g),
                 channel_groups=g,
+                width=lead.c_out // n,
             )
         )
     return units

@@ -29,6 +29,14 @@ from autoshrink.compression._tp_compat import (
     map_indices_per_node,
     tolerant_index_mapping,
 )
+from autoshrink.compression.attention import (
+    Heads,
+    count_cpu_attention,
+    find_heads,
+    head_items,
+    inner_macs,
+    module_flops,
+)
 from autoshrink.compression.deadline import deadline
 from autoshrink.compression.errors import UnsupportedModelError
 from autoshrink.compression.unit_graph import (
@@ -48,6 +56,7 @@ class _Probe:
     order: list[str] = field(default_factory=list)
     shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
     macs: int = 0
+    module_flops: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,6 +69,7 @@ class _Item:
 
 
 def _probe(model: nn.Module, x: torch.Tensor, names: dict[nn.Module, str]) -> _Probe:
+    count_cpu_attention()
     probe = _Probe()
 
     def hook(module: nn.Module, _: Any, out: Any) -> None:
@@ -86,6 +96,7 @@ def _probe(model: nn.Module, x: torch.Tensor, names: dict[nn.Module, str]) -> _P
         for h in handles:
             h.remove()
     probe.macs = int(counter.get_total_flops()) // 2
+    probe.module_flops = module_flops(counter.get_flop_counts())
     return probe
 
 
@@ -275,13 +286,81 @@ def _claim(items: list[_Item], modules: dict[str, Any], claimed: dict[Any, Any])
         claimed[key][it.target] = True
 
 
+@dataclass
+class _Found:
+    """What the walk over the roots has decided so far."""
+
+    units: list[tuple[str, int, int, list[_Item]]] = field(default_factory=list)
+    frozen: dict[str, str] = field(default_factory=dict)
+    visited: set[str] = field(default_factory=set)
+    claimed: dict[Any, np.ndarray] = field(default_factory=dict)
+    head_macs: dict[str, int] = field(default_factory=dict)
+    heads: list[Heads] = field(default_factory=list)
+
+
+def _add_heads(
+    found: _Found, heads: Heads, parts: dict[str, Any], probe: _Probe, why: str | None
+) -> None:
+    """Make one attention block's heads a unit (see :mod:`.attention`), or freeze them."""
+    root, n = heads.qkv, heads.num_heads
+    found.visited.add(root)
+    items = [_Item(m, d, t, r, 0) for m, d, t, r, _ in head_items(heads)]
+    macs = inner_macs(probe.module_flops, heads, probe.order)
+    why = why or _plan_problem(items, parts, n, found.claimed)
+    if why is None and (macs is None or macs % n):
+        why = f"its attention MACs ({macs}) do not split evenly over its {n} heads"
+    if why is not None:
+        found.frozen[root] = why
+        return
+    _claim(items, parts, found.claimed)
+    found.units.append((root, n, 1, items))
+    found.head_macs[root] = (macs or 0) // n
+    found.heads.append(heads)
+
+
+def _add_group(
+    found: _Found, dg: Any, root: str, ctx: tuple[dict[str, Any], dict[Any, str], Any, Any]
+) -> None:
+    """Make the DepGraph group led by ``root`` a unit, freeze it, or skip it (classifier)."""
+    parts, names, ignored, (norm_ptrs, broken) = ctx
+    module = parts[root]
+    pruner = dg.get_pruner_of_module(module)
+    n = int(pruner.get_out_channels(module))
+    try:
+        with tolerant_index_mapping(again=False), deadline(GROUP_TIME_LIMIT, GroupTimeout):
+            group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
+    except GroupTimeout:  # its other members would time out again as roots: skip them
+        found.visited.update(_members(dg, module, pruner.prune_out_channels, names))
+        limit = f"{GROUP_TIME_LIMIT:g} s"
+        found.frozen[root] = f"torch-pruning takes over {limit} to group its channels"
+        return
+    except Exception as exc:  # torch-pruning's index mapping fails on this group
+        found.visited.add(root)
+        found.frozen[root] = f"torch-pruning cannot group its channels ({type(exc).__name__})"
+        return
+    items, reaches_output, problem = _items(group, dg, names, norm_ptrs, broken)
+    owned = [it.module for it in items if it.dim in ("out", "dw", "c")]
+    found.visited.update(owned)
+    if reaches_output or n < 2:
+        return
+    why = next((ignored[o] for o in owned if o in ignored), None)
+    why = why or problem or _plan_problem(items, parts, n, found.claimed)
+    g = _balance(items, parts, n) if why is None else None
+    if g is None:
+        found.frozen[root] = why or "its grouped convs cannot be pruned balanced"
+        return
+    _claim(items, parts, found.claimed)
+    found.units.append((root, n, g, items))
+
+
 def analyse(
     model: nn.Module, x: torch.Tensor, round_to: int, ignored: Mapping[str, str]
 ) -> UnitGraph:
     """Trace ``model`` on ``x`` and build its :class:`UnitGraph` (see ``build_units``).
 
     A group that cannot be pruned exactly is frozen, with its reason, instead of refused.
-    ``ignored`` maps module names to the reason they are fixed.
+    ``ignored`` maps module names to the reason they are fixed. The heads of an attention
+    block of a known form (:mod:`.attention`) are a unit of their own.
     """
     model.eval()
     modules = dict(model.named_modules())
@@ -289,40 +368,16 @@ def analyse(
     parts: dict[str, Any] = {**dict(model.named_parameters()), **modules}
     norm_ptrs = norm_tensor_ptrs(model)
     probe = _probe(model, x, names)
+    heads = find_heads(model, set(probe.order))
     dg, broken = _trace(model, x, norm_ptrs)
-    units: list[tuple[str, int, int, list[_Item]]] = []
-    frozen: dict[str, str] = {}
-    visited: set[str] = set()
-    claimed: dict[Any, np.ndarray] = {}
+    found = _Found()
     for root in probe.order:
-        module = modules[root]
-        if root in visited or module not in dg.module2node:
+        if root in found.visited or modules[root] not in dg.module2node:
             continue
-        pruner = dg.get_pruner_of_module(module)
-        n = int(pruner.get_out_channels(module))
-        try:
-            with tolerant_index_mapping(again=False), deadline(GROUP_TIME_LIMIT, GroupTimeout):
-                group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
-        except GroupTimeout:  # its other members would time out again as roots: skip them
-            visited.update(_members(dg, module, pruner.prune_out_channels, names))
-            frozen[root] = f"torch-pruning takes over {GROUP_TIME_LIMIT:g} s to group its channels"
-            continue
-        except Exception as exc:  # torch-pruning's index mapping fails on this group
-            visited.add(root)
-            frozen[root] = f"torch-pruning cannot group its channels ({type(exc).__name__})"
-            continue
-        items, reaches_output, problem = _items(group, dg, names, norm_ptrs, broken)
-        owned = [it.module for it in items if it.dim in ("out", "dw", "c")]
-        visited.update(owned)
-        if reaches_output or n < 2:
-            continue
-        why = next((ignored[o] for o in owned if o in ignored), None)
-        why = why or problem or _plan_problem(items, parts, n, claimed)
-        g = _balance(items, parts, n) if why is None else None
-        if g is None:
-            frozen[root] = why or "its grouped convs cannot be pruned balanced"
-            continue
-        _claim(items, parts, claimed)
-        units.append((root, n, g, items))
-    graph = assemble(model, parts, probe, units, round_to, tuple(int(s) for s in x.shape))
-    return replace(graph, frozen=frozen)
+        if root in heads:
+            _add_heads(found, heads[root], parts, probe, ignored.get(root))
+        else:
+            _add_group(found, dg, root, (parts, names, ignored, (norm_ptrs, broken)))
+    shape = tuple(int(s) for s in x.shape)
+    graph = assemble(model, parts, probe, found.units, round_to, shape, found.head_macs)
+    return replace(graph, frozen=found.frozen, heads=tuple(found.heads))

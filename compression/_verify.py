@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from autoshrink.compression.attention import count_cpu_attention
 from autoshrink.compression.cost import cost_from_channels, removed_channels
 from autoshrink.compression.counting import count_bytes, count_params
 from autoshrink.compression.unit_graph import Unit, UnitGraph
@@ -55,6 +56,7 @@ def _mismatch(
     """What differs between the pruned model and the cost model ('' if nothing)."""
     from autoshrink.compression.prune import prune_channels
 
+    count_cpu_attention()
     gen = torch.Generator().manual_seed(0)
     scores = {u.name: torch.rand(u.c_out, generator=gen) for u in graph.units}
     try:

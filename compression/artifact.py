@@ -162,7 +162,7 @@ def _kept_and_bits(
 ) -> tuple[dict[str, int], dict[str, int], str]:
     """The model's kept channels per unit, its sub-float bits per layer, the policy JSON."""
     try:
-        kept = {u.name: _out_channels(model.get_submodule(u.layers[0])) for u in graph.units}
+        kept = {u.name: _out_channels(model.get_submodule(u.name)) // u.width for u in graph.units}
     except (AttributeError, TypeError) as exc:
         raise CheckpointError(f"the model is not a pruned {spec.name}: {exc}") from exc
     if isinstance(policy, Policy):

@@ -161,7 +161,7 @@ def cost_from_channels(
     b = _bits_vector(graph, bits)
     packed = np.where(b < FLOAT_BITS, (weights * b + 7) // 8 + SCALE_BYTES * out, 4 * weights)
     return Cost(
-        macs=int(c.layer_mcoef @ (out * ipg)) + c.other_macs,
+        macs=int(c.layer_mcoef @ (out * ipg)) + c.other_macs - int(c.unit_macs @ removed),
         params=c.const_params + int(weights.sum()) + biases + int(c.norm_params @ norm),
         bytes=c.const_fbytes + int(packed.sum()) + 4 * biases + int(t.norm_bytes_per_c @ norm),
     )

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from autoshrink.compression.attention import count_cpu_attention
 from autoshrink.compression.cost import tensor_bytes
 from autoshrink.compression.errors import PolicyError
 from autoshrink.compression.metrics import FLOAT_BITS
@@ -23,7 +24,12 @@ from autoshrink.compression.unit_graph import LAYER_TYPES
 
 
 def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass: ``FlopCounterMode`` flops // 2."""
+    """Multiply-accumulates of one forward pass: ``FlopCounterMode`` flops // 2.
+
+    Attention on the CPU counts as FlopCounterMode counts it on a GPU
+    (:func:`~autoshrink.compression.attention.count_cpu_attention`).
+    """
+    count_cpu_attention()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(example_input)
     return int(counter.get_total_flops()) // 2

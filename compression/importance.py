@@ -13,6 +13,9 @@ bn         ``BNScaleImportance``: |BatchNorm scale| (l1 for groups without BN)
 random     seeded uniform noise (for tests and baselines)
 =========  =====================================================================
 
+Attention heads (:mod:`.attention`) have no DepGraph group; each head is scored by the same
+rule over its own ``qkv`` rows and ``proj`` columns (:func:`~.attention.head_scores`).
+
 >>> from autoshrink.compression.models import ModelSpec, build_model
 >>> from autoshrink.compression.units import build_units
 >>> model = build_model(ModelSpec("smallcnn", in_channels=1))
@@ -34,6 +37,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from autoshrink.compression._tp_compat import tolerant_index_mapping
+from autoshrink.compression.attention import head_scores
 from autoshrink.compression.errors import PolicyError, UnsupportedModelError
 from autoshrink.compression.unit_graph import UnitGraph
 
@@ -112,10 +116,10 @@ def _check_widths(graph: UnitGraph, modules: dict[str, nn.Module]) -> None:
     for u in graph.units:
         m = modules.get(u.name)
         n = getattr(m, "out_channels", getattr(m, "out_features", None))
-        if n != u.c_out:
+        if n != u.c_out * u.width:
             raise UnsupportedModelError(
                 f"the model does not match the unit graph: layer {u.name} has {n} output "
-                f"channels, the graph expects {u.c_out}"
+                f"channels, the graph expects {u.c_out * u.width}"
             )
 
 
@@ -171,7 +175,11 @@ def channel_scores(
         if batch is not None and importance in NEEDS_BATCH:
             _fill_grads(model, importance, batch, loss_fn or nn.functional.cross_entropy)
         dg = _dependency_graph(model, example)
+        heads = {h.qkv: h for h in graph.heads}
         for u in graph.units:
+            if u.name in heads:  # no DepGraph group to score: whole heads, scored by hand
+                scores[u.name] = head_scores(model, heads[u.name], importance)
+                continue
             root = modules[u.name]
             pruner = dg.get_pruner_of_module(root)
             with tolerant_index_mapping(again=False):

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch_pruning.pruner import function as tpf
 
+from autoshrink.compression.attention import Heads, set_heads
 from autoshrink.compression.cost import removed_channels
 from autoshrink.compression.errors import PolicyError, UnsupportedModelError
 from autoshrink.compression.importance import channel_scores, check_importance
@@ -123,7 +124,10 @@ def _cut_parameter(model: nn.Module, name: str, dim: int, idxs: list[int]) -> No
 
 
 def _pruned_copy(
-    model: nn.Module, modules: dict[str, nn.Module], cuts: list[tuple[str, str, list[int]]]
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    cuts: list[tuple[str, str, list[int]]],
+    heads: tuple[Heads, ...] = (),
 ) -> nn.Module:
     share = {
         id(t)
@@ -140,6 +144,7 @@ def _pruned_copy(
                 _cut_parameter(pruned, name, int(dim[1:]), idxs)
             else:
                 _cutter(modules[name], dim)(new_modules[name], idxs)
+    set_heads(pruned, heads)
     # Safety net: whatever a pruning function did not replace after all gets its own copy,
     # so that the pruned model never shares storage with the original.
     original = {id(t) for t in (*model.parameters(), *model.buffers())}
@@ -182,6 +187,7 @@ def keep_mask(
 
 
 def _check_matches(model: nn.Module, graph: UnitGraph) -> dict[str, nn.Module]:
+    """The model's modules by name, once its layers are checked against the graph's."""
     modules = dict(model.named_modules())
     for layer in graph.layers:
         m = modules.get(layer.name)
@@ -233,7 +239,7 @@ def prune_channels(
         idxs = entry.target[~mask[entry.root]]
         if idxs.size:
             cuts.append((entry.module, entry.dim, idxs.tolist()))
-    return _pruned_copy(model, modules, cuts)
+    return _pruned_copy(model, modules, cuts, graph.heads)
 
 
 def prune(

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from autoshrink.compression.attention import Heads
 from autoshrink.compression.errors import PolicyError
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -51,6 +52,8 @@ class Unit:
         layers: Names of those layers, leader first: they take the unit's bit-width.
         round_to: Effective channel granularity: lcm of the requested one and the groups.
         channel_groups: Convolution groups the channels are balanced over (1 if none).
+        width: Output channels of the leading layer per unit channel: 1, or for the heads
+            of an attention block (one unit channel per head) ``3 * head_dim``.
     """
 
     name: str
@@ -68,6 +71,12 @@ class Unit:
     layers: tuple[str, ...]
     round_to: int = 1
     channel_groups: int = 1
+    width: int = 1
+
+    @property
+    def is_heads(self) -> bool:
+        """Whether the unit's channels are attention heads."""
+        return self.width > 1
 
     def kept(self, keep: float) -> int:
         """The channels kept at ``keep``: THE rounding rule of cost model and pruning alike.
@@ -147,7 +156,8 @@ class Coupling:
     For a removal vector ``r`` (one entry per unit), a layer has ``out0 - out_a @ r``
     output and ``in0 - in_a @ r`` input channels; a norm layer ``norm_c0 - norm_a @ r``.
     The norm rows also hold parameters outside any known module (a layer scale), with
-    ``norm_params`` elements per channel.
+    ``norm_params`` elements per channel. MACs outside the layers are ``other_macs -
+    unit_macs @ r``: an attention head's matmuls go with the head.
     Layers are in execution order; every other tensor and MAC is a constant.
     """
 
@@ -171,6 +181,7 @@ class Coupling:
     const_params: int
     const_fbytes: int
     other_macs: int
+    unit_macs: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)  # numpy fields: compare by identity
@@ -179,7 +190,8 @@ class UnitGraph:
 
     Built by :func:`build_units`; holds no reference to the model, so it pickles and can
     be shared by workers. ``frozen`` maps the leading layer of every group that stays at
-    full width, though it is not the classifier, to the one-line reason why.
+    full width, though it is not the classifier, to the one-line reason why. ``heads``
+    lists the attention blocks whose heads are units; pruning updates their head count.
     ``cache`` is scratch space for the cost model's tables.
     """
 
@@ -189,6 +201,7 @@ class UnitGraph:
     coupling: Coupling
     plan: tuple[PlanEntry, ...]
     frozen: dict[str, str] = field(default_factory=dict)
+    heads: tuple[Heads, ...] = ()
     cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
