@@ -186,12 +186,19 @@ def _positive(value: int) -> str | None:
     return None if value >= 1 else "must be positive"
 
 
+def _positive_or_none(value: int | None) -> str | None:
+    return None if value is None else _positive(value)
+
+
 def _spec(obj: object, where: str) -> ModelSpec:
     kw: dict[str, Any] = {"where": where, "error": CheckpointError}
     return ModelSpec(
         name=field(obj, "name", str, **kw),
         num_classes=field(obj, "num_classes", int, default=10, check=_positive, **kw),
         in_channels=field(obj, "in_channels", int, default=3, check=_positive, **kw),
+        image_size=field(
+            obj, "image_size", (int, type(None)), default=None, check=_positive_or_none, **kw
+        ),
     )
 
 

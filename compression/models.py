@@ -19,61 +19,20 @@ import math
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from autoshrink.compression.errors import CheckpointError, UnsupportedModelError
+from autoshrink.compression.model_spec import ModelSpec
 from autoshrink.compression.timm_models import TIMM_PREFIX, _build_timm, _hub_reachable
 
 logger = logging.getLogger(__name__)
 
 CIFAR_RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What is needed to rebuild a base model from scratch.
-
-    Args:
-        name: A zoo name (``resnet20``, ``smallcnn``), a torchvision classification model
-            name (``resnet18``, ``mobilenet_v2``), a timm model ``timm:NAME``
-            (``timm:efficientnet_b0``; needs ``autoshrink[timm]``), or a user factory
-            ``path/to/file.py:fn``.
-        num_classes: Width of the classifier output.
-        in_channels: Channels of the input images.
-        pretrained: Start from the hub's pretrained weights (timm only; needs a network).
-    """
-
-    name: str
-    num_classes: int = 10
-    in_channels: int = 3
-    pretrained: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the spec as a JSON-ready dict (``pretrained`` only when set).
-
-        Leaving out the default keeps the dicts, and so the baseline cache keys and
-        artifact headers, of every spec written before the field existed.
-        """
-        data = asdict(self)
-        if not self.pretrained:
-            del data["pretrained"]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        """Build a spec from :meth:`to_dict` output."""
-        return cls(
-            name=str(data["name"]),
-            num_classes=int(data.get("num_classes", 10)),
-            in_channels=int(data.get("in_channels", 3)),
-            pretrained=bool(data.get("pretrained", False)),
-        )
 
 
 class BasicBlock(nn.Module):

@@ -13,7 +13,7 @@ from torch import nn
 from autoshrink.compression.errors import CheckpointError, UnsupportedModelError
 
 if TYPE_CHECKING:
-    from autoshrink.compression.models import ModelSpec
+    from autoshrink.compression.model_spec import ModelSpec
 
 
 TIMM_PREFIX = "timm:"
@@ -28,6 +28,30 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     except OSError:
         return False
     return True
+
+
+def timm_image_size(name: str, size: int) -> int | None:
+    """The ``img_size`` to build model ``name`` with for inputs of side ``size``.
+
+    ViT, DeiT, Swin and other timm models whose position embeddings or windows fix their
+    input size (``fixed_input_size`` in their pretrained config) are built for ``size``
+    when it is not their default; every other model, timm's or not, gets None.
+
+    >>> timm_image_size("resnet20", 8) is None
+    True
+    """
+    if not name.startswith(TIMM_PREFIX):
+        return None
+    try:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name[len(TIMM_PREFIX) :])
+    except Exception:  # no timm, or a name it does not know: building it says so
+        return None
+    if cfg is None or not getattr(cfg, "fixed_input_size", False):
+        return None
+    default = tuple(getattr(cfg, "input_size", ()))[-1:]
+    return None if default == (size,) else int(size)
 
 
 def _build_timm(spec: ModelSpec, hub_reachable: Callable[[], bool] = _hub_reachable) -> nn.Module:
@@ -56,6 +80,8 @@ def _build_timm(spec: ModelSpec, hub_reachable: Callable[[], bool] = _hub_reacha
             f"unknown timm model {name!r}; timm.list_models() names the ones it has"
         )
     shape: dict[str, Any] = {"num_classes": spec.num_classes, "in_chans": spec.in_channels}
+    if spec.image_size is not None:
+        shape["img_size"] = spec.image_size
     if not spec.pretrained:
         return timm.create_model(name, pretrained=False, **shape)
     if not hub_reachable():

@@ -191,7 +191,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     # --- construction helpers ----------------------------------------------------------
     def _load_model(self) -> nn.Module:
         cfg = self.config
-        spec = ModelSpec(cfg.model, self.data.num_classes, self.data.in_channels)
+        spec = ModelSpec.for_data(cfg.model, self.data)
         if cfg.checkpoint is not None:
             return load_weights(build_model(spec), cfg.checkpoint)
         from autoshrink.compression.baselines import baseline, read_result

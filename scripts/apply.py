@@ -131,7 +131,7 @@ def _prepare_agent(args: argparse.Namespace, budgets: dict[str, Any]) -> dict[st
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
     plan: dict[str, Any] = {"transfer": transfer, "config": cfg, "data": data}
     if args.checkpoint is not None:
-        model = build_model(ModelSpec(cfg.model, data.num_classes, data.in_channels))
+        model = build_model(ModelSpec.for_data(cfg.model, data))
         plan["model"] = load_weights(model, args.checkpoint)
     plan["source"] = transfer.source
     return plan

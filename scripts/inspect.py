@@ -118,19 +118,28 @@ def _shape_and_classes(args: argparse.Namespace) -> tuple[tuple[int, ...], int]:
     return tuple(data.example_input(1).shape), args.num_classes or data.num_classes
 
 
+def _kind(unit: dict[str, Any]) -> str:
+    """The kind column: ``heads`` for an attention block's heads (c_out counts heads)."""
+    if unit.get("width", 1) > 1:
+        return "heads"
+    return f"{unit['kind']}+dw" if unit["depthwise"] else str(unit["kind"])
+
+
 def inspect_model(args: argparse.Namespace) -> tuple[dict[str, Any], UnitGraph]:
     """Build the model and its units; return the JSON report and the unit graph."""
     import torch
 
     from autoshrink.compression.cost import cost
     from autoshrink.compression.models import ModelSpec, build_model, load_weights
+    from autoshrink.compression.timm_models import timm_image_size
     from autoshrink.compression.units import build_units
 
     check_flags(args)
     shape, num_classes = _shape_and_classes(args)
     if num_classes < 1:
         raise AutoshrinkError(f"--num-classes must be positive, got {num_classes}")
-    model = build_model(ModelSpec(args.model, num_classes=num_classes, in_channels=shape[1]))
+    size = timm_image_size(args.model, shape[-1])
+    model = build_model(ModelSpec(args.model, num_classes, shape[1], image_size=size))
     if args.checkpoint is not None:
         load_weights(model, args.checkpoint)
     graph = build_units(model, torch.zeros(shape), round_to=args.round_to)
@@ -177,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     for u in report["units"]:
         table.add_row(
             u["name"],
-            f"{u['kind']}+dw" if u["depthwise"] else u["kind"],
+            _kind(u),
             *(str(u[k]) for k in ("c_in", "c_out", "kernel", "stride", "groups", "fmap")),
             _human(u["macs"]),
             _human(u["params"]),

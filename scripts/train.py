@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:  # checked before minutes of training, not after them
         _check_out(Path(args.out))
     splits = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)
-    spec = ModelSpec(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels)
+    spec = ModelSpec.for_data(args.model, splits)
     build_model(spec)  # an unknown model fails here, in one line, before any progress bar
     epochs = args.epochs if args.epochs is not None else default_epochs(args.dataset)
     options: dict[str, Any] = {

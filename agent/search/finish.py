@@ -130,7 +130,7 @@ def _finish(
     model, chosen, scored = _pick(env, data, candidates, final, seed, on_step)
     policy = chosen.policy.with_meta(agent=search.algorithm, episode=chosen.episode)
     policy.save(folder.policy)
-    spec = ModelSpec(inner.config.model, data.num_classes, data.in_channels)
+    spec = ModelSpec.for_data(inner.config.model, data)
     example = data.example_input(1)
     meta = {"agent": search.algorithm, "seed": seed, "episode": chosen.episode}
     info = save_artifact(folder.artifact, model, spec, tuple(example.shape), policy, meta)

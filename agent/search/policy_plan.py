@@ -180,7 +180,7 @@ def _target(cfg: EnvConfig, round_to: int) -> tuple[Any, nn.Module | None, UnitG
     from autoshrink.compression.units import build_units
 
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
-    net = build_model(ModelSpec(cfg.model, data.num_classes, data.in_channels))
+    net = build_model(ModelSpec.for_data(cfg.model, data))
     loaded = load_weights(net, cfg.checkpoint) if cfg.checkpoint is not None else None
     graph = build_units(net, data.example_input(1), round_to=round_to)
     return data, loaded, graph

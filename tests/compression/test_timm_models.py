@@ -87,3 +87,21 @@ def test_timm_convnext_atto_residual_stream_is_a_unit() -> None:
     model = build_model(ModelSpec("timm:convnext_atto"))
     graph = assert_exact(model, torch.randn(1, 3, 32, 32), policies=2)
     assert "stem.0" in graph.unit_names  # the stem's group holds norms and layer scales
+
+
+class _Shapes:
+    num_classes, in_channels, image_size = 10, 3, 32
+
+
+def test_a_fixed_size_timm_model_is_built_for_the_data() -> None:
+    spec = ModelSpec.for_data("timm:deit_tiny_patch16_224", _Shapes())
+    assert spec.image_size == 32 and spec.to_dict()["image_size"] == 32
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert build_model(spec)(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", ["timm:efficientnet_b0", "resnet20", "resnet18"])
+def test_other_specs_and_their_cache_keys_are_unchanged(name: str) -> None:
+    spec = ModelSpec.for_data(name, _Shapes())
+    assert spec == ModelSpec(name, 10, 3)
+    assert "image_size" not in spec.to_dict()
