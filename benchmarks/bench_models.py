@@ -41,6 +41,7 @@ from autoshrink.compression.models import ModelSpec, build_model
 from autoshrink.compression.policy import Policy, UnitPolicy, layer_bits
 from autoshrink.compression.prune import prune
 from autoshrink.compression.quantize import quantize_weights_
+from autoshrink.compression.timm_models import timm_image_size
 from autoshrink.compression.units import UnitGraph, build_units
 
 TORCHVISION = (
@@ -68,17 +69,10 @@ HIDDEN = [
     ).split()
 ]
 PRESETS = {"issue": MODELS, "hidden": HIDDEN}
-#: Models whose architecture needs a larger input than --size.
-NEEDS_224 = (
-    "vit_b_16",
-    "swin_t",
-    "inception_v3",
-    "timm:deit_tiny_patch16_224",
-    "timm:vit_tiny_patch16_224",
-    "timm:swin_tiny_patch4_window7_224",
-    "timm:levit_128s",
-    "timm:efficientformer_l1",
-)
+#: Models whose architecture needs a larger input than --size. timm models built for one
+#: fixed input size (ViT, DeiT, Swin, LeViT) are built for --size instead, as a search
+#: builds them for its dataset (``ModelSpec.image_size``).
+NEEDS_224 = ("vit_b_16", "swin_t", "inception_v3")
 BITS = (2, 3, 4, 5, 6, 7, 8, 32)
 
 
@@ -145,7 +139,7 @@ def check(name: str, size: int) -> Row:
     size = 224 if name in NEEDS_224 else size
     row = Row(name, size)
     torch.manual_seed(0)
-    spec = ModelSpec(name, num_classes=10)
+    spec = ModelSpec(name, num_classes=10, image_size=timm_image_size(name, size))
     try:
         model = build_model(spec)
         x = torch.randn(1, 3, size, size)

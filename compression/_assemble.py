@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoshrink.compression.counting import stored_buffers
 from autoshrink.compression.errors import UnsupportedModelError
 from autoshrink.compression.unit_graph import (
     CONV_TYPES,
@@ -162,7 +163,8 @@ def _coupling(
         variable.update(id(t) for t in (m.weight, getattr(m, "bias", None)) if t is not None)
     norm_c0, norm_params, norm_fbufs, norm_ids = _norm_tables(modules, norm_rows, pdims)
     variable |= norm_ids
-    const = [t for t in (*model.parameters(), *model.buffers()) if id(t) not in variable]
+    stored = (*model.parameters(), *stored_buffers(model))
+    const = [t for t in stored if id(t) not in variable]
     layer = np.array([(g.c_out, g.c_in, g.groups, g.kk) for g in geo.values()], np.int64)
     coupling = Coupling(
         unit_channels=np.array([n for _, n, _, _ in found], np.int64),

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 from torch_pruning import ops
 
 from autoshrink.compression._assemble import assemble, norm_channels
@@ -31,12 +30,12 @@ from autoshrink.compression._tp_compat import (
 )
 from autoshrink.compression.attention import (
     Heads,
-    count_cpu_attention,
     find_heads,
     head_items,
     inner_macs,
     module_flops,
 )
+from autoshrink.compression.counting import run_counted
 from autoshrink.compression.deadline import deadline
 from autoshrink.compression.errors import UnsupportedModelError
 from autoshrink.compression.unit_graph import (
@@ -69,7 +68,6 @@ class _Item:
 
 
 def _probe(model: nn.Module, x: torch.Tensor, names: dict[nn.Module, str]) -> _Probe:
-    count_cpu_attention()
     probe = _Probe()
 
     def hook(module: nn.Module, _: Any, out: Any) -> None:
@@ -84,8 +82,7 @@ def _probe(model: nn.Module, x: torch.Tensor, names: dict[nn.Module, str]) -> _P
     kinds = (*LAYER_TYPES, nn.modules.conv._ConvTransposeNd)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
+        counter = run_counted(model, x)[1]
     except UnsupportedModelError:
         raise
     except Exception as exc:  # the model itself fails on this input: say so in one line

@@ -16,11 +16,9 @@ import logging
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from autoshrink.compression.attention import count_cpu_attention
 from autoshrink.compression.cost import cost_from_channels, removed_channels
-from autoshrink.compression.counting import count_bytes, count_params
+from autoshrink.compression.counting import count_bytes, count_params, run_counted
 from autoshrink.compression.unit_graph import Unit, UnitGraph
 
 logger = logging.getLogger(__name__)
@@ -56,13 +54,11 @@ def _mismatch(
     """What differs between the pruned model and the cost model ('' if nothing)."""
     from autoshrink.compression.prune import prune_channels
 
-    count_cpu_attention()
     gen = torch.Generator().manual_seed(0)
     scores = {u.name: torch.rand(u.c_out, generator=gen) for u in graph.units}
     try:
         pruned = prune_channels(model, graph, kept, scores=scores).eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            out = pruned(x)
+        out, counter = run_counted(pruned, x)
     except Exception as exc:  # whatever breaks is the finding, reported in one line
         return f"pruning it breaks the forward pass ({type(exc).__name__})"
     want = cost_from_channels(graph, kept)

@@ -2,10 +2,11 @@
 
 What the file holds:
 
-- **tensors** (the payload): each conv/linear weight with ``b < 32`` bits as ``b``-bit
-  packed bytes (``ceil(numel * b / 8)``, see :mod:`autoshrink.compression.packing`) plus one
-  float32 scale per output channel (key ``<weight>#scale``); every other parameter and
-  floating-point buffer (BatchNorm statistics included) in float32. Integer buffers such as
+- **tensors** (the payload, :mod:`autoshrink.compression.artifact_payload`): each
+  conv/linear weight with ``b < 32`` bits as ``b``-bit packed bytes (``ceil(numel * b /
+  8)``, see :mod:`autoshrink.compression.packing`) plus one float32 scale per output
+  channel (key ``<weight>#scale``); every other parameter and stored floating-point buffer
+  (BatchNorm statistics included) in float32, a shared one once. Integer buffers such as
   ``num_batches_tracked`` are not stored. The payload therefore equals
   :func:`autoshrink.compression.cost.cost`'s ``bytes`` for the same policy.
 - **header metadata** (JSON strings in the safetensors header): the format name and
@@ -53,19 +54,22 @@ from autoshrink.compression.artifact_header import (
     decode_header,
     read_raw_header,
 )
+from autoshrink.compression.artifact_payload import (
+    SCALE_SUFFIX,
+    decode_into,
+    encode,
+    expected_keys,
+)
 from autoshrink.compression.atomic import write_atomic
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
 from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.models import ModelSpec, build_model, factory_source, is_factory_ref
-from autoshrink.compression.packing import pack, unpack
 from autoshrink.compression.policy import Policy, kept_channels, layer_bits
 from autoshrink.compression.quantize import (
     activation_quant_state,
     bake_,
     check_layer_bits,
-    dequantize_per_channel,
     quantizable_layers,
-    quantize_per_channel,
     set_activation_quant_,
 )
 
@@ -81,8 +85,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-SCALE_SUFFIX = "#scale"
 
 
 @dataclass(frozen=True)
@@ -132,22 +134,6 @@ def _digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> str
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     h.update(json.dumps(dict(meta), sort_keys=True).encode())
     return h.hexdigest()
-
-
-def _payload(model: nn.Module, bits: Mapping[str, int]) -> dict[str, torch.Tensor]:
-    """Packed quantized weights with their scales, and every other float tensor."""
-    tensors: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
-        if not value.is_floating_point():
-            continue
-        layer, _, leaf = key.rpartition(".")
-        if leaf == "weight" and layer in bits:
-            q, scale = quantize_per_channel(value, bits[layer])
-            tensors[key] = pack(q, bits[layer])
-            tensors[key + SCALE_SUFFIX] = scale.cpu().contiguous()
-        else:
-            tensors[key] = value.detach().to(torch.float32).cpu().contiguous().clone()
-    return tensors
 
 
 def _header_strings(fields: Mapping[str, Any], policy_json: str) -> dict[str, str]:
@@ -211,7 +197,7 @@ def save_artifact(
     frozen = list(policy.frozen) if isinstance(policy, Policy) else []
     graph = _graph(build_model(spec), input_shape, frozen)
     kept, bits, policy_json = _kept_and_bits(model, spec, graph, policy)
-    tensors = _payload(model, bits)
+    tensors = encode(model, bits)
     meta = {
         "spec": spec.to_dict(),
         "input_shape": [int(d) for d in input_shape],
@@ -365,13 +351,7 @@ def load_artifact(
     path = Path(path)
     head, tensors = _read(path)
     model = _rebuild(path, _base_spec(path, head, factory, allow_changed_factory), head)
-    state = model.state_dict()
-    floats = {k for k, v in state.items() if v.is_floating_point()}
-    expected = floats | {
-        k + SCALE_SUFFIX
-        for k in floats
-        if k.rpartition(".")[2] == "weight" and k.rpartition(".")[0] in head.weight_bits
-    }
+    expected = expected_keys(model, head.weight_bits)
     if set(tensors) != expected:
         odd = sorted(set(tensors) ^ expected)
         raise CheckpointError(
@@ -379,19 +359,7 @@ def load_artifact(
             f"or unexpected (e.g. {odd[0]!r})"[:300]
         )
     try:
-        for key, own in state.items():
-            if not own.is_floating_point():
-                continue
-            layer, _, leaf = key.rpartition(".")
-            if leaf == "weight" and layer in head.weight_bits:
-                q = unpack(tensors[key], head.weight_bits[layer], own.numel()).view(own.shape)
-                value = dequantize_per_channel(q, tensors[key + SCALE_SUFFIX])
-            else:
-                value = tensors[key]
-            if value.shape != own.shape:
-                raise ValueError(f"{key}: shape {tuple(value.shape)} vs {tuple(own.shape)}")
-            state[key] = value.to(own.dtype)
-        model.load_state_dict(state)
+        decode_into(model, tensors, head.weight_bits)
         set_activation_quant_(model, head.act_quant)
     except (KeyError, ValueError, RuntimeError, AutoshrinkError) as exc:
         raise CheckpointError(

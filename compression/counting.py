@@ -11,6 +11,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,16 +24,33 @@ from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.unit_graph import LAYER_TYPES
 
 
-def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass: ``FlopCounterMode`` flops // 2.
+def run_counted(model: nn.Module, example_input: torch.Tensor) -> tuple[Any, FlopCounterMode]:
+    """Run ``model`` once under ``FlopCounterMode``: its (detached) output and the counter.
 
     Attention on the CPU counts as FlopCounterMode counts it on a GPU
-    (:func:`~autoshrink.compression.attention.count_cpu_attention`).
+    (:func:`~autoshrink.compression.attention.count_cpu_attention`). Gradients stay on:
+    FlopCounterMode's module tracker fails under ``no_grad`` on models that pass a
+    parameter along in a tuple (timm's PiT and CaiT); the graph goes with the output.
     """
     count_cpu_attention()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(example_input)
-    return int(counter.get_total_flops()) // 2
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        out = model(example_input)
+    return (out.detach() if isinstance(out, torch.Tensor) else out), counter
+
+
+def stored_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """The buffers a state dict stores: every persistent one, once."""
+    seen: dict[int, torch.Tensor] = {}
+    for m in model.modules():
+        for name, b in m._buffers.items():
+            if b is not None and name not in m._non_persistent_buffers_set:
+                seen.setdefault(id(b), b)
+    return list(seen.values())
+
+
+def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass: ``FlopCounterMode`` flops // 2."""
+    return int(run_counted(model, example_input)[1].get_total_flops()) // 2
 
 
 def count_params(model: nn.Module) -> int:
@@ -43,8 +61,9 @@ def count_params(model: nn.Module) -> int:
 def count_bytes(model: nn.Module, bits: Mapping[str, int] | None = None) -> int:
     """Payload bytes by :func:`~autoshrink.compression.cost.tensor_bytes`, from the tensors.
 
-    Every parameter and floating-point buffer counts; integer buffers (such as BatchNorm's
-    ``num_batches_tracked``) do not.
+    Every parameter and floating-point buffer that a state dict stores counts; integer
+    buffers (such as BatchNorm's ``num_batches_tracked``) and non-persistent ones (a
+    model recomputes them when built, so an artifact does not store them) do not.
 
     Args:
         model: The model.
@@ -61,7 +80,7 @@ def count_bytes(model: nn.Module, bits: Mapping[str, int] | None = None) -> int:
         weight = layers[name].weight
         quantized[id(weight)] = (int(b), int(weight.shape[0]))
     total = 0
-    for t in [*model.parameters(), *model.buffers()]:
+    for t in [*model.parameters(), *stored_buffers(model)]:
         if not t.is_floating_point():
             continue
         b, out = quantized.get(id(t), (FLOAT_BITS, 0))

@@ -153,3 +153,42 @@ def test_the_group_time_limit_keeps_a_callers_own_timer() -> None:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+SHARED = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+
+    class Shared(nn.Module):
+        # A conv shared by two names (as CoaT shares its position encoders) and a
+        # non-persistent float buffer (as ConViT's): neither is stored twice, or at all.
+        def __init__(s):
+            super().__init__()
+            s.a, s.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            s.again, s.c, s.head = s.b, nn.Conv2d(8, 16, 1), nn.Linear(16, 10)
+            s.register_buffer("gain", torch.full((1, 8, 1, 1), 2.0), persistent=False)
+
+        def forward(s, x):
+            y = s.again(s.b(s.a(x)).relu()) * s.gain
+            return s.head(s.c(y).relu().mean((2, 3)))
+
+
+    def shared():
+        return Shared()
+    """
+)
+
+
+def test_shared_and_non_persistent_tensors_are_counted_as_stored(tmp_path: Path) -> None:
+    path = tmp_path / "shared.py"
+    path.write_text(SHARED)
+    spec = ModelSpec(f"{path}:shared")
+    model = build_model(spec)
+    graph = assert_exact(model, X, policies=3)
+    assert "c" in graph.unit_names
+    policy = uniform_policy(graph, keep=0.5, bits=4)
+    _round_trip(tmp_path, model, spec, policy)  # payload equals the cost model's bytes
+    header, _ = split(tmp_path / "m.safetensors")
+    assert "b.weight" in header and "again.weight" not in header and "gain" not in header
