@@ -74,6 +74,26 @@ PRESETS = {"issue": MODELS, "hidden": HIDDEN}
 #: builds them for its dataset (``ModelSpec.image_size``).
 NEEDS_224 = ("vit_b_16", "swin_t", "inception_v3")
 BITS = (2, 3, 4, 5, 6, 7, 8, 32)
+#: What the table cannot say by itself.
+NOTES = (
+    "## Notes",
+    "",
+    "- **Attention heads.** In timm's ViT, DeiT, Swin, PiT and other models whose attention "
+    "blocks have a fused `qkv` Linear, a `proj` Linear and a `num_heads` their forward reads, "
+    "each block's heads are one unit (*heads*): whole heads go, with their `qkv` rows, "
+    "`proj` columns and relative-position bias columns, and `num_heads` follows.",
+    "- **Not head units.** torchvision's `nn.MultiheadAttention` (vit_b_16) ties its head "
+    "width to the embedding width, and torchvision's Swin computes its head width from the "
+    "embedding and calls `qkv` as a bare function, so there only the MLP widths are units. "
+    "Blocks with separate q/k/v biases (BEiT, EVA) or other attention forms (CaiT's talking "
+    "heads, XCiT, SwinV2) keep their heads; their MLPs are units where DepGraph follows them.",
+    "- **Attention MACs.** `FlopCounterMode` counts the CPU kernel of "
+    "`scaled_dot_product_attention` with the formula it uses for the GPU kernels; every count "
+    "here includes attention, and a head unit's MACs include its matmuls.",
+    "- **Input size.** timm models built for one fixed input size (ViT, DeiT, Swin, LeViT) "
+    "are built for the input here (`ModelSpec.image_size`), as a search builds them for its "
+    "dataset.",
+)
 
 
 @dataclass
@@ -190,7 +210,7 @@ def _table(rows: list[Row], budget_note: str) -> str:
             f"| {r.model} | {r.size} | {r.units} | {r.heads} | {r.frozen} | {r.exact} "
             f"| {r.artifact} | {t} | {note} |"
         )
-    lines += ["", "## Frozen units (first reason per model)", ""]
+    lines += ["", *NOTES, "", "## Frozen units (first reason per model)", ""]
     for r in rows:
         if r.reasons:
             lines.append(f"- **{r.model}** ({len(r.reasons)}): {r.reasons[0]}")

@@ -348,6 +348,19 @@ def first_and_last_layers(model_or_graph: nn.Module | UnitGraph) -> tuple[str, s
     return names[0], names[-1]
 
 
+def pinned_layers(graph: UnitGraph) -> tuple[str, ...]:
+    """The layers whose bits a search pins instead of deciding, in execution order.
+
+    The first and the last layer, as HAQ pins them, and every layer whose output channels
+    no unit decides (a frozen group's, the classifier's): no action reaches their bits,
+    so they take the pinned bit-width rather than staying float.
+    """
+    first, last = first_and_last_layers(graph)
+    return tuple(
+        layer.name for layer in graph.layers if layer.name in (first, last) or layer.unit is None
+    )
+
+
 def _execution_order(model: nn.Module) -> list[str]:
     layers = quantizable_layers(model)
     try:

@@ -92,7 +92,7 @@ class BudgetClamp:
         baseline: The uncompressed model's value of each metric, for messages and ratios.
         min_keep: Smallest keep-ratio an action may choose (1.0 when channels are fixed).
         bit_choices: Bits a unit may take; ``(32,)`` when bits are not searched.
-        pinned: Per-layer bit overrides that no action changes (first and last layer).
+        pinned: Per-layer bit overrides that no action changes (the pinned layers).
         latency: Latency estimate from realised channels, required for a latency budget.
 
     Raises:

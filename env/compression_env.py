@@ -17,7 +17,7 @@ from autoshrink.compression.evaluate import TrainResult
 from autoshrink.compression.metrics import FLOAT_BITS, ratio_key, result_key
 from autoshrink.compression.models import ModelSpec, build_model, load_weights
 from autoshrink.compression.policy import Policy, UnitPolicy
-from autoshrink.compression.quantize import first_and_last_layers
+from autoshrink.compression.quantize import pinned_layers
 from autoshrink.compression.units import build_units
 from autoshrink.env.budget import BudgetClamp, keep_for
 from autoshrink.env.config import EnvConfig
@@ -55,7 +55,8 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     ``min_keep`` and 1 the whole unit, linearly in between. With ``"absolute"`` it is AMC's
     ``min_keep + a * (1 - min_keep)``. Either way the ratio is rounded to channels by the
     unit's rule. The bits use HAQ's equal-width bins over ``bit_choices``. In ``quant`` and
-    ``joint`` mode the first and last layers are pinned to ``first_last_bits``. With hard
+    ``joint`` mode the first and last layers, and those whose channels no unit decides,
+    are pinned to ``first_last_bits``. With hard
     budgets (the default) each decision is clamped on realised channels and bits so that
     the final policy meets every budget whatever the actions: see
     :mod:`autoshrink.env.budget`. ``info`` of each step holds the proposed and realised
@@ -153,7 +154,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         self.units = self.graph.units
         self.pinned: dict[str, int] = {}
         if cfg.mode != "prune" and cfg.first_last_bits is not None:
-            self.pinned = dict.fromkeys(first_and_last_layers(self.graph), cfg.first_last_bits)
+            self.pinned = dict.fromkeys(pinned_layers(self.graph), cfg.first_last_bits)
         self.baseline = self._baseline_metrics()
         self.latency = latency
         budgets = cfg.budgets

@@ -191,8 +191,9 @@ class EnvConfig(JsonFile):
             the whole unit (:func:`~autoshrink.env.state.budget_keep`). ``absolute`` is
             AMC's ``min_keep + a * (1 - min_keep)``, the same for every unit and budget.
         bit_choices: Weight bit-widths an action can choose, from 2..8.
-        first_last_bits: Bits pinned on the first and last layers in quant/joint mode (HAQ
-            pins 8); None leaves them to their units (the last layer then stays float).
+        first_last_bits: Bits pinned on the first and last layers, and on every layer whose
+            channels no unit decides, in quant/joint mode (HAQ pins 8); None leaves them to
+            their units (the last layer and frozen groups' layers then stay float).
         reward: ``accuracy``, ``acc_flops`` (-error*log(MACs)) or ``penalty`` (accuracy minus
             budget overruns); None picks ``accuracy`` when hard, ``penalty`` when soft.
         penalty_weight: Weight of the summed relative overruns in the ``penalty`` reward.

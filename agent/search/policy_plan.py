@@ -227,26 +227,26 @@ def meta_budgets(policy: Policy) -> dict[str, Budget]:
 
 
 def policy_mode(policy: Policy, graph: UnitGraph) -> tuple[str, int | None]:
-    """The env mode and pinned first/last bits that reproduce ``policy``'s layer bits.
+    """The env mode and the pinned bits that reproduce ``policy``'s layer bits.
 
     Raises:
-        PolicyError: If the per-layer overrides are not one bit-width on exactly the first
-            and last layers (the only overrides the env can pin).
+        PolicyError: If the per-layer overrides are not one bit-width on exactly the layers
+            the env pins (:func:`~autoshrink.compression.quantize.pinned_layers`).
     """
     from autoshrink.compression.metrics import FLOAT_BITS
-    from autoshrink.compression.quantize import first_and_last_layers
+    from autoshrink.compression.quantize import pinned_layers
 
     pruned = any(u.keep < 1.0 for u in policy.units.values())
     quantized = bool(policy.layers) or any(u.bits < FLOAT_BITS for u in policy.units.values())
     mode = "joint" if pruned and quantized else "quant" if quantized else "prune"
     if not policy.layers:
         return mode, None
-    pins = set(first_and_last_layers(graph))
+    pins = set(pinned_layers(graph))
     values = set(policy.layers.values())
     if set(policy.layers) != pins or len(values) != 1:
         raise PolicyError(
             f"per-layer bit overrides {sorted(policy.layers)} are not supported by apply: "
-            f"only one bit-width pinned on the first and last layers {sorted(pins)}"
+            f"only one bit-width pinned on the layers {sorted(pins)}"
         )
     return mode, values.pop()
 

@@ -136,3 +136,14 @@ def test_torchvision_multihead_attention_heads_are_not_units() -> None:
     graph = assert_exact(model, X, policies=2)
     assert not any(u.is_heads for u in graph.units)
     assert any(name.endswith("mlp.0") for name in graph.unit_names)
+
+
+def test_layers_no_unit_decides_are_pinned_not_left_float(factories: Path) -> None:
+    from autoshrink.compression.quantize import pinned_layers
+
+    _, model = _model(factories, "vit")
+    pins = pinned_layers(build_units(model, X))
+    assert {"patch_embed.proj", "blocks.0.attn.proj", "blocks.1.mlp.fc2", "head"} <= set(pins)
+    assert not {"blocks.0.attn.qkv", "blocks.0.mlp.fc1"} & set(pins)
+    resnet = build_model(ModelSpec("resnet20"))
+    assert pinned_layers(build_units(resnet, torch.zeros(1, 3, 8, 8))) == ("conv1", "fc")
