@@ -169,7 +169,7 @@ def _run(
         if spec.learning:
             from stable_baselines3.common.logger import configure
 
-            agent.set_logger(configure(str(folder.tensorboard), ["tensorboard"]))
+            agent.set_logger(configure(str(folder.tensorboard_agent), ["tensorboard"]))
         agent.learn(
             total_timesteps=remaining * n_units,
             callback=[*cbs, *callbacks],
@@ -246,7 +246,7 @@ def _callbacks(
 
     cbs: list[BaseCallback] = [
         EpisodeLogCallback(book, folder.episodes, extra),
-        TensorBoardCallback(book, folder.tensorboard, purge_step=book.state.episodes),
+        TensorBoardCallback(book, folder.tensorboard_search, purge_step=book.state.episodes),
         # Off-policy agents are checkpointed after their training step, so a resume is the
         # same search. PPO trains once per rollout of four episodes, so its checkpoint is
         # every episode's: a resume loses at most one, but starts a new rollout there.

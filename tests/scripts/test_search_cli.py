@@ -25,7 +25,7 @@ def check_run_folder(out) -> dict:
     assert result["budgets_met"] is True
     for name in ("policy.json", "episodes.jsonl", "agent.zip", result["artifact"]):
         assert (out / name).is_file(), name
-    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert list((out / "tb" / "search").glob("events.out.tfevents.*"))
     # an independent count of the shipped artifact agrees with result.json
     path = out / result["artifact"]
     model = load_artifact(path)
