@@ -31,6 +31,7 @@ from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.metrics import BUDGET_NAMES
 from autoshrink.scripts.console import console, err_console, make_progress
 from autoshrink.scripts.options import add_budget_flags
+from autoshrink.scripts.show import print_shipped
 
 
 def add_parser(subparsers: Any) -> None:
@@ -180,5 +181,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(report) + "\n")
     else:
         console.print(comparison_table(report))
+        print_shipped(out / report["artifact"], args.model)
         console.print(f"run folder: {out}", highlight=False)
     return 0

@@ -19,6 +19,7 @@ from autoshrink.scripts.console import err_console
 SUBCOMMANDS: tuple[str, ...] = (
     "train",
     "inspect",
+    "show",
     "search",
     "apply",
     "evaluate",

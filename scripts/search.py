@@ -22,6 +22,7 @@ from autoshrink.compression.locking import check_free
 from autoshrink.compression.metrics import BUDGET_NAMES, MEASURED_LATENCY, result_key
 from autoshrink.scripts.console import console, err_console, make_progress
 from autoshrink.scripts.options import add_budget_flags
+from autoshrink.scripts.show import print_shipped
 
 
 def add_parser(subparsers: Any) -> None:
@@ -198,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(report) + "\n")
     else:
         console.print(comparison_table(report))
+        print_shipped(out / report["artifact"], env_cfg.model)
         console.print(f"run folder: {out}", highlight=False)
     return 0
 

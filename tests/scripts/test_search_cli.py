@@ -54,6 +54,9 @@ def test_search_cli_writes_a_verified_run_folder(tmp_path, smallcnn_checkpoint, 
     assert result["budgets"]["size"]["value"] == 0.08
     table = capsys.readouterr().out
     assert "test accuracy" in table and "MACs" in table and "latency" in table
+    # then the shipped policy per unit, as `autoshrink show` prints it (compact when piped)
+    assert "* pinned by the policy: features.0.0 at 8 bits, classifier at 8 bits" in table
+    assert "smallcnn on 1x1x8x8: 4 units" in table and "/128" in table
     assert result["final"]["finalists"] == 1  # the default on digits
     # resuming a finished search re-finishes it without new episodes, here with finalists
     lines = (out / "episodes.jsonl").read_text()
