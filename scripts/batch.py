@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if args.spec is None or args.out is None:
         raise AutoshrinkError("give a spec and --out DIR (or --example for a spec to start from)")
     spec = load_spec(args.spec)
+    again = " ".join(shlex.quote(a) for a in ("autoshrink", "batch", args.spec, "--out", args.out))
+    args.on_interrupt = lambda: f"rerun to resume: {again}"
     with hold(Path(args.out), "batch"):  # refused here, before a line is printed
         return _run(spec, args)
 

@@ -89,7 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+        hint = getattr(args, "on_interrupt", None)
+        line = hint() if callable(hint) else None
+        tail = escape(f"; {line}" if line else "")
+        err_console.print(f"[yellow]interrupted[/]{tail}", highlight=False, soft_wrap=True)
         return 130
 
 

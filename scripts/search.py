@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -159,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/{args.model or 'resnet20'}-{args.dataset or 'digits'}-{stamp}")
     check_free(out, "search")  # before the env is built, which can take minutes
+    args.on_interrupt = lambda: resume_hint(out)
     if args.resume:
         from autoshrink.agent.search.preflight import check_resume
 
@@ -202,6 +204,15 @@ def run(args: argparse.Namespace) -> int:
         print_shipped(out / report["artifact"], env_cfg.model)
         console.print(f"run folder: {out}", highlight=False)
     return 0
+
+
+def resume_hint(out: Path) -> str:
+    """What to run to continue the search in ``out``, once it holds one."""
+    from autoshrink.agent.search.run_folder import RunFolder
+
+    if not RunFolder(out).has_search():
+        return f"no episode was logged in {out}: nothing to resume"
+    return f"resume with: autoshrink search --resume --out {shlex.quote(str(out))}"
 
 
 def warn_weak_baseline(env: Any) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
 
 from autoshrink.scripts.cli import main
+from tests.agent.conftest import smallcnn_checkpoint  # noqa: F401 (a fixture)
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -37,3 +39,32 @@ def test_a_bare_budget_above_1_asks_what_was_meant(
     line = one_error_line(capsys)
     assert f"did you mean {meant}?" in line and "absolute value like" in line, line
     assert not out.exists()
+
+
+def test_interrupted_prints_the_resume_command_that_works(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    smallcnn_checkpoint: Path,  # noqa: F811
+):
+    from autoshrink.agent.search import callbacks
+
+    logged = callbacks.EpisodeLogCallback._on_episode
+
+    def kill_after_one(self, record):  # Ctrl-C once the first episode is logged
+        logged(self, record)
+        raise KeyboardInterrupt
+
+    out = tmp_path / "my run"  # a space: the command must quote it
+    argv = ["search", "--model", "smallcnn", "--checkpoint", str(smallcnn_checkpoint)]
+    argv += ["--episodes", "3", "--final-epochs", "1", "--out", str(out)]
+    with monkeypatch.context() as m:
+        m.setattr(callbacks.EpisodeLogCallback, "_on_episode", kill_after_one)
+        assert main(argv) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    prefix = "interrupted; resume with: "
+    assert last.startswith(prefix), last
+    command = shlex.split(last[len(prefix) :])
+    assert command == ["autoshrink", "search", "--resume", "--out", str(out)]
+    assert main(command[1:]) == 0  # the printed command resumes and finishes the search
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 3
