@@ -34,7 +34,11 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     p.add_argument("artifact", help="the .safetensors artifact")
-    p.add_argument("--dataset", required=True, help="dataset to score on (its test split)")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset whose test split scores it (default: the one the artifact was made on)",
+    )
     p.add_argument("--data-dir", default=None, help="where the dataset files are")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (256)")
     p.add_argument("--latency-batch", type=int, default=1, help="batch of the timed pass (1)")
@@ -122,7 +126,7 @@ def payload_bytes(path: Path) -> int:
 
 def evaluate_artifact(
     path: Path,
-    dataset: str,
+    dataset: str | None = None,
     data_dir: str | None = None,
     batch_size: int = 256,
     latency_batch: int = 1,
@@ -132,7 +136,8 @@ def evaluate_artifact(
 ) -> dict[str, Any]:
     """Measure an artifact; the keys are those of ``result.json``'s ``compressed``.
 
-    ``factory`` (and ``allow_changed_factory``) rebuild an artifact of a user model, see
+    ``dataset`` None scores it on the dataset its policy was made on. ``factory`` (and
+    ``allow_changed_factory``) rebuild an artifact of a user model, see
     :func:`~autoshrink.compression.artifact.load_artifact`.
     """
     import torch
@@ -146,6 +151,7 @@ def evaluate_artifact(
     from autoshrink.env.latency import time_forward
 
     header = read_header(path)  # checked in full; nothing is built or imported yet
+    dataset = dataset or _made_on(path, header)
     shape = tuple(header.input_shape[1:])
     check_input_shape((latency_batch, *shape), "--latency-batch times the artifact's input")
     check_input_shape((batch_size, *shape), "--batch-size times the artifact's input")
@@ -171,6 +177,16 @@ def evaluate_artifact(
     }
 
 
+def _made_on(path: Path, header: Any) -> str:
+    """The dataset an artifact's policy was searched (or applied) on."""
+    meta = getattr(header.policy, "meta", {})
+    name = meta.get("dataset") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name:
+        raise AutoshrinkError(f"{path} does not say which dataset it was made on; pass --dataset")
+    check_dataset_flag(name)
+    return name
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate the artifact and print a table (or JSON)."""
     check_flags(args)
@@ -181,9 +197,9 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate_artifact(path, *flags, **factory)
         sys.stdout.write(json.dumps(report) + "\n")  # plain JSON for pipes, no rich markup
         return 0
-    with err_console.status(f"evaluating {path.name} on {args.dataset}"):
+    with err_console.status(f"evaluating {path.name} on {args.dataset or 'its dataset'}"):
         report = evaluate_artifact(path, *flags, **factory)
-    table = Table(title=f"{path.name} ({report['model']}) on {args.dataset}")
+    table = Table(title=f"{path.name} ({report['model']}) on {report['dataset']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("test accuracy", f"{report['accuracy']:.2%}")

@@ -68,3 +68,31 @@ def test_interrupted_prints_the_resume_command_that_works(
     assert command == ["autoshrink", "search", "--resume", "--out", str(out)]
     assert main(command[1:]) == 0  # the printed command resumes and finishes the search
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 3
+
+
+def tiny_artifact(path: Path, meta: dict) -> Path:
+    """A smallcnn artifact for 1x8x8 input whose policy records ``meta``."""
+    import torch
+
+    from autoshrink.compression.artifact import save_artifact
+    from autoshrink.compression.models import ModelSpec, build_model
+    from autoshrink.compression.policy import uniform_policy
+    from autoshrink.compression.prune import prune
+    from autoshrink.compression.units import build_units
+
+    spec, shape = ModelSpec("smallcnn", 10, 1), (1, 1, 8, 8)
+    base = build_model(spec)
+    graph = build_units(base, torch.zeros(shape))
+    policy = uniform_policy(graph, keep=0.5).with_meta(**meta)
+    return save_artifact(path, prune(base, graph, policy.keep()), spec, shape, policy).path
+
+
+def test_evaluate_defaults_to_the_artifacts_dataset(tmp_path: Path, capsys):
+    import json
+
+    art = tiny_artifact(tmp_path / "m.safetensors", {"model": "smallcnn", "dataset": "digits"})
+    assert main(["evaluate", str(art), "--repeats", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dataset"] == "digits"
+    bare = tiny_artifact(tmp_path / "bare.safetensors", {})
+    assert main(["evaluate", str(bare), "--repeats", "1"]) == 2
+    assert "does not say which dataset it was made on; pass --dataset" in one_error_line(capsys)
