@@ -54,14 +54,51 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"autoshrink {_version()}")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
-    )
+    add_verbosity_flags(parser, "")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"autoshrink.scripts.{name}")
         module.add_parser(sub)
+        add_verbosity_flags(sub.choices[name], "_after")
     return parser
+
+
+def add_verbosity_flags(parser: argparse.ArgumentParser, suffix: str) -> None:
+    """``-v`` and ``-q``, counted apart before and after the subcommand, then added up.
+
+    A subcommand's parser writes every one of its destinations over the top level's, so
+    its copies have their own (``verbose_after``, ``quiet_after``).
+    """
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        dest=f"verbose{suffix}",
+        action="count",
+        default=0,
+        help="more log output: -v info, -vv autoshrink's debug, -vvv every library's (off)",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        dest=f"quiet{suffix}",
+        action="count",
+        default=0,
+        help="less log output: errors only (off)",
+    )
+
+
+def set_log_level(verbosity: int) -> None:
+    """Log autoshrink's records at ``verbosity`` (-1 quiet .. 2 debug); others at warning.
+
+    Third-party libraries (matplotlib, PIL, filelock, ...) log their debug output only
+    from ``-vvv`` on: at ``-vv`` it would bury autoshrink's under hundreds of lines.
+    """
+    levels = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}
+    level = levels.get(max(verbosity, -1), logging.DEBUG)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.DEBUG if verbosity >= 3 else max(level, logging.WARNING))
+    logging.getLogger("autoshrink").setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,8 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    verbose = args.verbose + getattr(args, "verbose_after", 0)
+    set_log_level(verbose - args.quiet - getattr(args, "quiet_after", 0))
     if args.command is None:
         parser.print_help()
         return 0

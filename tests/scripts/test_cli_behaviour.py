@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shlex
 from pathlib import Path
 
@@ -96,3 +97,32 @@ def test_evaluate_defaults_to_the_artifacts_dataset(tmp_path: Path, capsys):
     bare = tiny_artifact(tmp_path / "bare.safetensors", {})
     assert main(["evaluate", str(bare), "--repeats", "1"]) == 2
     assert "does not say which dataset it was made on; pass --dataset" in one_error_line(capsys)
+
+
+@pytest.fixture
+def restore_log_levels():
+    names = ("", "autoshrink", "matplotlib", "filelock", "PIL")
+    saved = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        (["-v", "inspect"], logging.INFO),
+        (["inspect", "-v"], logging.INFO),
+        (["-v", "inspect", "-v"], logging.DEBUG),
+        (["inspect", "-vv"], logging.DEBUG),
+        (["-q", "inspect"], logging.ERROR),
+        (["inspect", "--quiet"], logging.ERROR),
+        (["inspect"], logging.WARNING),
+    ],
+)
+def test_v_and_q_work_before_and_after_the_subcommand(capsys, restore_log_levels, where, expected):
+    assert main([*where, "--model", "smallcnn", "--input-shape", "1,1,8,8", "--json"]) == 0
+    assert logging.getLogger("autoshrink.compression.units").getEffectiveLevel() == expected
+    # third-party debug output (matplotlib's font cache, filelock's lock lines) stays off
+    for name in ("matplotlib.font_manager", "filelock", "PIL.PngImagePlugin"):
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
