@@ -297,6 +297,7 @@ def comparison_table(report: dict[str, Any]) -> Table:
     table.add_column("compressed", justify="right")
     table.add_column("ratio", justify="right")
     rows = [
+        ("val accuracy", "val_accuracy", lambda v: f"{v:.2%}"),
         ("test accuracy", "accuracy", lambda v: f"{v:.2%}"),
         ("MACs", "macs", _count),
         ("params", "params", _count),
@@ -307,7 +308,7 @@ def comparison_table(report: dict[str, Any]) -> Table:
         b, c = base.get(key), comp.get(key)
         if b is None or c is None:
             continue
-        ratio = f"{c / b:.3f}x" if key != "accuracy" and b else f"{(c - b) * 100:+.2f} pts"
+        ratio = f"{c / b:.3f}x" if "accuracy" not in key and b else f"{(c - b) * 100:+.2f} pts"
         table.add_row(label, fmt(b), fmt(c), ratio)
     return table
 
