@@ -31,6 +31,12 @@ REWARDS: tuple[str, ...] = ("accuracy", "acc_flops", "penalty")
 #: How a keep action maps to a keep-ratio (``EnvConfig.keep_action``).
 KEEP_ACTIONS: tuple[str, ...] = ("budget", "absolute")
 Mode = Literal["prune", "quant", "joint"]
+#: The budgets of each mode when none is given (ratios of the uncompressed model).
+DEFAULT_BUDGETS: dict[str, dict[str, float]] = {
+    "prune": {"flops": 0.5},
+    "quant": {"size": 0.15},
+    "joint": {"flops": 0.5, "size": 0.1},
+}
 
 BudgetLike: TypeAlias = Budget | float | str | None
 
@@ -133,16 +139,14 @@ class EnvConfig(JsonFile):
     def budgets(self) -> dict[str, Budget]:
         """The active budgets by metric; the mode's defaults when none is given.
 
-        Defaults: prune ``flops<=0.5``; quant ``size<=0.15``; joint ``flops<=0.5`` and
-        ``size<=0.1``. Give a ratio of 1 to search without a constraint.
+        Defaults (:data:`DEFAULT_BUDGETS`): prune ``flops<=0.5``; quant ``size<=0.15``;
+        joint ``flops<=0.5`` and ``size<=0.1``. Give a ratio of 1 to search without a
+        constraint.
         """
         given = {m: b for m in BUDGET_NAMES if (b := getattr(self, m)) is not None}
         if given:
             return given
-        defaults = {"prune": {"flops": 0.5}, "quant": {"size": 0.15}}.get(
-            self.mode, {"flops": 0.5, "size": 0.1}
-        )
-        return {m: Budget(m, v) for m, v in defaults.items()}
+        return {m: Budget(m, v) for m, v in DEFAULT_BUDGETS[self.mode].items()}
 
     def replace(self, **changes: Any) -> EnvConfig:
         """Return a validated copy with ``changes`` applied (budgets may be strings)."""

@@ -30,8 +30,11 @@ from typing import Any
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.metrics import BUDGET_NAMES
 from autoshrink.scripts.console import console, err_console, make_progress
-from autoshrink.scripts.options import add_budget_flags
+from autoshrink.scripts.options import DATA_DIR_HELP, JSON_HELP, add_budget_flags
 from autoshrink.scripts.show import print_shipped
+
+#: The one line ``autoshrink --help`` shows.
+HELP = "apply a saved policy or a trained agent to a model, and ship its model"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -40,7 +43,7 @@ def add_parser(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "apply",
-        help="apply a saved policy or a trained agent to a model, and ship its model",
+        help=HELP,
         description=(
             "Apply a policy.json (or roll a trained agent.zip out once) on a model, fine-tune "
             "the result and write a run folder as search does (policy.json, result.json, the "
@@ -49,28 +52,52 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--policy", default=None, help="a policy.json to apply")
-    source.add_argument("--agent", default=None, help="a trained agent.zip to roll out")
-    p.add_argument("--map", choices=MAPS, default=None, help="stretch --policy over depth")
-    p.add_argument("--model", required=True, help="model name or file.py:factory")
-    p.add_argument("--checkpoint", default=None, help="trained weights (default: cached)")
-    p.add_argument("--dataset", default=None, help="dataset (the policy's or agent's)")
-    p.add_argument("--data-dir", default=None, help="where the dataset files are")
-    add_budget_flags(p)
+    source.add_argument(
+        "--policy", default=None, help="a policy.json to apply (required: it or --agent)"
+    )
+    source.add_argument(
+        "--agent", default=None, help="a trained agent.zip to roll out (required: it or --policy)"
+    )
+    p.add_argument(
+        "--map",
+        choices=MAPS,
+        default=None,
+        help="stretch --policy over another depth, unit by unit (default: none, as it is)",
+    )
+    p.add_argument("--model", required=True, help="model name or file.py:factory (required)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="trained weights (default: the cached baseline, trained once if missing)",
+    )
+    p.add_argument("--dataset", default=None, help="dataset (default: the policy's or the agent's)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    given = "the policy's own, or the agent's search's; with --map, none"
+    add_budget_flags(p, dict.fromkeys(BUDGET_NAMES, given))
+    _add_final_flags(p)
+    p.add_argument("--out", required=True, help="run folder to write, new or empty (required)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=run)
+
+
+def _add_final_flags(p: argparse.ArgumentParser) -> None:
+    """The final fine-tune's flags, defaults from :class:`FinalConfig`."""
     from autoshrink.agent.search.config import FinalConfig
 
-    epochs = FinalConfig.epochs
     p.add_argument(
         "--finetune-epochs",
         type=int,
-        default=epochs,
-        help=f"fine-tune epochs of the final model ({epochs})",
+        default=FinalConfig.epochs,
+        help="fine-tune epochs of the final model (default: %(default)s)",
     )
-    p.add_argument("--distill", action="store_true", help="distil the final fine-tune")
-    p.add_argument("--seed", type=int, default=0, help="seed of data and fine-tune (0)")
-    p.add_argument("--out", required=True, help="run folder to write (must be new or empty)")
-    p.add_argument("--json", action="store_true", help="print result.json instead of a table")
-    p.set_defaults(func=run)
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="distil the final fine-tune from the original model (default: off)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of data and fine-tune (default: %(default)s)"
+    )
 
 
 def _given_budgets(args: argparse.Namespace) -> dict[str, Any]:

@@ -18,12 +18,15 @@ from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import hold
 from autoshrink.scripts.console import console, err_console, make_progress
 
+#: The one line ``autoshrink --help`` shows.
+HELP = "run many searches from a TOML spec on a process pool or a Ray cluster"
+
 
 def add_parser(subparsers: Any) -> None:
     """Register ``batch`` and its flags."""
     p = subparsers.add_parser(
         "batch",
-        help="run many searches from a TOML spec on a process pool or a Ray cluster",
+        help=HELP,
         description=(
             "Run the jobs of a TOML spec (a list of jobs, or a grid of models x datasets x "
             "budgets x agents x seeds) on a local process pool or on Ray. Each job's record "
@@ -33,13 +36,30 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     p.add_argument("spec", nargs="?", metavar="SPEC", help="the batch spec (TOML)")
-    p.add_argument("--out", metavar="DIR", help="batch folder: results, summary, plot, runs/")
-    p.add_argument("--workers", type=int, metavar="N", help="jobs at once (the cores)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local", help="(local)")
-    p.add_argument("--address", metavar="ADDR", help="Ray cluster: auto or ray://host:port")
-    p.add_argument("--job-timeout", type=float, metavar="S", help="seconds per job (none)")
-    p.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
-    p.add_argument("--example", action="store_true", help="print an example spec and exit")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="batch folder: results, summary, plot, runs/ (required unless --example)",
+    )
+    p.add_argument("--workers", type=int, metavar="N", help="jobs at once (default: the cores)")
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: a process pool here; ray: a Ray cluster (default: %(default)s)",
+    )
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="Ray cluster: auto or ray://host:port (default: a local Ray)",
+    )
+    p.add_argument("--job-timeout", type=float, metavar="S", help="seconds per job (default: none)")
+    p.add_argument(
+        "--retry-failed", action="store_true", help="run failed jobs again (default: off)"
+    )
+    p.add_argument(
+        "--example", action="store_true", help="print an example spec and exit (default: off)"
+    )
     p.set_defaults(func=run)
 
 

@@ -43,8 +43,14 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with one sub-parser per subcommand module."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Build the top-level parser with one sub-parser per subcommand module.
+
+    Args:
+        argv: The arguments to be parsed. Given, only the subcommand they name gets its
+            flags; the others get their one-line help alone, so that ``autoshrink --help``
+            imports neither torch nor SB3. None builds every subcommand in full.
+    """
     parser = OneLineParser(
         prog="autoshrink",
         description=(
@@ -56,11 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"autoshrink {_version()}")
     add_verbosity_flags(parser, "")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = None if argv is None else _named_command(argv)
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"autoshrink.scripts.{name}")
-        module.add_parser(sub)
+        if argv is None or name == chosen:
+            module.add_parser(sub)
+        else:
+            sub.add_parser(name, help=module.HELP)
         add_verbosity_flags(sub.choices[name], "_after")
     return parser
+
+
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is not a top-level option."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def add_verbosity_flags(parser: argparse.ArgumentParser, suffix: str) -> None:
@@ -76,7 +91,8 @@ def add_verbosity_flags(parser: argparse.ArgumentParser, suffix: str) -> None:
         dest=f"verbose{suffix}",
         action="count",
         default=0,
-        help="more log output: -v info, -vv autoshrink's debug, -vvv every library's (off)",
+        help="more log output: -v info, -vv autoshrink's debug, -vvv every library's "
+        "(default: warnings)",
     )
     group.add_argument(
         "-q",
@@ -84,7 +100,7 @@ def add_verbosity_flags(parser: argparse.ArgumentParser, suffix: str) -> None:
         dest=f"quiet{suffix}",
         action="count",
         default=0,
-        help="less log output: errors only (off)",
+        help="less log output: errors only (default: off)",
     )
 
 
@@ -110,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 on success, 2 on a user error (reported in one line), 130 on Ctrl-C.
     """
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     verbose = args.verbose + getattr(args, "verbose_after", 0)
     set_log_level(verbose - args.quiet - getattr(args, "quiet_after", 0))

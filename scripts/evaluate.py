@@ -17,17 +17,22 @@ from rich.table import Table
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
 from autoshrink.compression.metrics import MEASURED_LATENCY
 from autoshrink.scripts.console import console, err_console
+from autoshrink.scripts.options import DATA_DIR_HELP, JSON_HELP
 
 #: Largest batch sizes and repeat counts accepted: beyond these a value is a typo.
 MAX_BATCH = 1 << 16
 MAX_REPEATS = 100_000
 
 
+#: The one line ``autoshrink --help`` shows.
+HELP = "measure a compressed artifact: accuracy, MACs, params, bytes, latency"
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``evaluate`` and its flags."""
     p = subparsers.add_parser(
         "evaluate",
-        help="measure a compressed artifact: accuracy, MACs, params, bytes, latency",
+        help=HELP,
         description=(
             "Load an artifact written by `autoshrink search` (or `apply`) and report its "
             "test accuracy on a dataset, its MACs, parameters, payload bytes and CPU latency."
@@ -39,12 +44,21 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="dataset whose test split scores it (default: the one the artifact was made on)",
     )
-    p.add_argument("--data-dir", default=None, help="where the dataset files are")
-    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (256)")
-    p.add_argument("--latency-batch", type=int, default=1, help="batch of the timed pass (1)")
-    p.add_argument("--repeats", type=int, default=30, help="timed passes, median taken (30)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="evaluation batch size (default: %(default)s)"
+    )
+    p.add_argument(
+        "--latency-batch",
+        type=int,
+        default=1,
+        help="batch of the timed pass (default: %(default)s)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=30, help="timed passes, median taken (default: %(default)s)"
+    )
     add_model_flags(p)
-    p.add_argument("--json", action="store_true", help="print only JSON")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=run)
 
 
@@ -54,13 +68,14 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
         "--model",
         default=None,
         metavar="FILE.py:FN",
-        help="for an artifact of a user model: the factory that rebuilds it (its code runs; "
-        "an artifact never imports a file by itself)",
+        help="for an artifact of a user model: the factory that rebuilds it, whose code runs; "
+        "an artifact never imports a file by itself (default: none)",
     )
     p.add_argument(
         "--allow-changed-model",
         action="store_true",
-        help="load even if --model's file differs from the one the artifact was made with",
+        help="load even if --model's file differs from the one the artifact was made with "
+        "(default: off)",
     )
 
 

@@ -22,66 +22,112 @@ from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import check_free
 from autoshrink.compression.metrics import BUDGET_NAMES, MEASURED_LATENCY, result_key
 from autoshrink.scripts.console import console, err_console, make_progress
-from autoshrink.scripts.options import add_budget_flags
+from autoshrink.scripts.options import DATA_DIR_HELP, JSON_HELP, add_budget_flags, mode_defaults
 from autoshrink.scripts.show import print_shipped
+
+#: The one line ``autoshrink --help`` shows.
+HELP = "search a per-unit keep-ratio and bit-width policy under budgets"
 
 
 def add_parser(subparsers: Any) -> None:
     """Register ``search`` and its flags."""
     p = subparsers.add_parser(
         "search",
-        help="search a per-unit keep-ratio and bit-width policy under budgets",
+        help=HELP,
         description=(
             "Search a per-unit channel keep-ratio and weight bit-width for a trained model "
             "under guaranteed budgets, fine-tune the best policy and write a run folder "
             "(policy.json, result.json, episodes.jsonl, the compressed artifact, agent.zip, "
             "TensorBoard events). Budgets are ratios of the original (0.5, 50%) or "
-            "absolute amounts (1.5M MACs, 300KB, 4ms)."
+            "absolute amounts with their unit (1.5M MACs, 300KB, 4ms); a bare number above "
+            "1 is refused. With no budget, the mode's defaults apply."
         ),
     )
-    from autoshrink.agent.algorithms import ALGORITHMS
-    from autoshrink.agent.config import DEFAULT_EPISODES, DEFAULT_WARMUP, AgentConfig
+    _add_model_flags(p)
+    add_budget_flags(p, mode_defaults())
+    _add_agent_flags(p)
+    _add_final_flags(p)
+    p.add_argument(
+        "--out",
+        default=None,
+        help="run folder, refused if it holds another search unless --resume "
+        "(default: runs/<model>-<dataset>-<time>)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue (or finish anew) the search in --out (default: off)",
+    )
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=run)
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    """What is compressed, and how: model, data, weights, mode, per-policy fine-tune."""
     from autoshrink.agent.search.config import DATASET_DEFAULTS
-    from autoshrink.env.config import EnvConfig
+    from autoshrink.env.config import MODES, EnvConfig
 
     digits = DATASET_DEFAULTS["digits"]
     p.add_argument(
-        "--model", default=None, help=f"model name or file.py:factory ({EnvConfig.model})"
+        "--model", default=None, help=f"model name or file.py:factory (default: {EnvConfig.model})"
     )
-    p.add_argument("--dataset", default=None, help=f"dataset name ({EnvConfig.dataset}, embedded)")
-    p.add_argument("--data-dir", default=None, help="where the dataset files are")
-    p.add_argument("--checkpoint", default=None, help="trained weights (default: cached)")
     p.add_argument(
-        "--mode", choices=("prune", "quant", "joint"), default=None, help=f"({EnvConfig.mode})"
-    )
-    add_budget_flags(p)
-    p.add_argument(
-        "--agent", choices=sorted(ALGORITHMS), default=None, help=f"({AgentConfig.algorithm})"
-    )
-    p.add_argument("--episodes", type=int, default=None, help=f"({DEFAULT_EPISODES})")
-    p.add_argument(
-        "--warmup",
-        type=int,
+        "--dataset",
         default=None,
-        help=f"random episodes (a third of --episodes, at most {DEFAULT_WARMUP})",
+        help=f"dataset name (default: {EnvConfig.dataset}, embedded)",
+    )
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="trained weights (default: the cached baseline, trained once if missing)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default=None,
+        help="what a policy decides per unit: prune (channels), quant (weight bits) or "
+        f"joint (both) (default: {EnvConfig.mode})",
     )
     p.add_argument(
         "--finetune-steps",
         type=int,
         default=None,
-        help=(
-            f"fine-tune steps per evaluated policy ({EnvConfig.finetune_steps}; "
-            f"{digits['finetune_steps']} on digits)"
-        ),
+        help=f"fine-tune steps per evaluated policy (default: {EnvConfig.finetune_steps}; "
+        f"{digits['finetune_steps']} on digits)",
     )
-    _add_final_flags(p)
     p.add_argument(
-        "--seed", type=int, default=None, help=f"seed of agent, env and data ({EnvConfig.seed})"
+        "--seed",
+        type=int,
+        default=None,
+        help=f"seed of agent, env and data (default: {EnvConfig.seed})",
     )
-    p.add_argument("--out", default=None, help="run folder (runs/<model>-<dataset>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the search in --out")
-    p.add_argument("--json", action="store_true", help="print result.json instead of a table")
-    p.set_defaults(func=run)
+
+
+def _add_agent_flags(p: argparse.ArgumentParser) -> None:
+    """Which agent searches, and for how long."""
+    from autoshrink.agent.config import AGENTS, DEFAULT_EPISODES, DEFAULT_WARMUP, AgentConfig
+
+    p.add_argument(
+        "--agent",
+        choices=list(AGENTS),
+        default=None,
+        help="; ".join(f"{name}: {what}" for name, what in AGENTS.items())
+        + f" (default: {AgentConfig.algorithm})",
+    )
+    p.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help=f"episodes of the search, warm-up included (default: {DEFAULT_EPISODES})",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="random episodes before a learning agent learns "
+        f"(default: a third of --episodes, at most {DEFAULT_WARMUP})",
+    )
 
 
 def _add_final_flags(p: argparse.ArgumentParser) -> None:
@@ -93,16 +139,20 @@ def _add_final_flags(p: argparse.ArgumentParser) -> None:
         "--final-epochs",
         type=int,
         default=None,
-        help=f"fine-tune epochs of the final model ({final.epochs})",
+        help=f"fine-tune epochs of the final model (default: {final.epochs})",
     )
-    p.add_argument("--distill", action="store_true", help="distil the final fine-tune")
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="distil the final fine-tune from the original model (default: off)",
+    )
     p.add_argument(
         "--finalists",
         type=int,
         default=None,
         help=(
             "fine-tune the N best distinct policies of the search the same way, score each "
-            f"on the whole val split and ship the best ({final.finalists}; "
+            f"on the whole val split and ship the best (default: {final.finalists}; "
             f"{digits['final_finalists']} on digits)"
         ),
     )
@@ -112,7 +162,7 @@ def _add_final_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help=(
             "least mean keep-ratio difference per unit between two finalists, so that "
-            f"near-copies of one policy do not fill the list ({final.finalist_spacing})"
+            f"near-copies of one policy do not fill the list (default: {final.finalist_spacing})"
         ),
     )
 

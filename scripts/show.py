@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError, PolicyError
 from autoshrink.scripts.console import console
+from autoshrink.scripts.options import DATA_DIR_HELP, JSON_HELP
 from autoshrink.scripts.unit_table import FULL_WIDTH, print_unit_table
 
 if TYPE_CHECKING:
@@ -45,11 +46,15 @@ class Shown:
         return {**head, "source": self.source, **self.table.to_dict()}
 
 
+#: The one line ``autoshrink --help`` shows.
+HELP = "a run's, policy's or artifact's decisions per unit, with costs before and after"
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``show`` and its flags."""
     p = subparsers.add_parser(
         "show",
-        help="a run's, policy's or artifact's decisions per unit, with costs before and after",
+        help=HELP,
         description=(
             "One row per prunable unit: its layers, channels kept of all, keep-ratio and "
             "weight bits (* marks a layer whose bits the policy pins, as the first and last "
@@ -66,19 +71,19 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="the model to build (default: the one the file names); needed for a "
-        "file.py:factory model, whose code then runs",
+        help="the model to build; needed for a file.py:factory model, whose code then runs "
+        "(default: the one the file names)",
     )
     p.add_argument(
         "--dataset",
         default=None,
         help="a policy's dataset, for its input shape (default: the one the policy names)",
     )
-    p.add_argument("--data-dir", default=None, help="where the dataset files are (default: cache)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument(
-        "--compact", action="store_true", help="after-costs only, to fit 80 columns (off)"
+        "--compact", action="store_true", help="after-costs only, to fit 80 columns (default: off)"
     )
-    p.add_argument("--json", action="store_true", help="print only JSON (off)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=run)
 
 

@@ -6,33 +6,26 @@ import argparse
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import TextColumn
 from rich.table import Table
-from torch import nn
 
-from autoshrink.compression.baselines import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_DATASET,
-    DEFAULT_LR,
-    DEFAULT_MODEL,
-    baseline,
-    baseline_path,
-    default_epochs,
-    read_result,
-)
-from autoshrink.compression.data import DATASETS, load_dataset
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
-from autoshrink.compression.models import ZOO_MODELS, ModelSpec, build_model
 from autoshrink.scripts.console import console, make_progress
+
+if TYPE_CHECKING:
+    from torch import nn
+
+#: The one line ``autoshrink --help`` shows (torch is imported only when ``train`` runs).
+HELP = "train a baseline model (cached: a second run is instant)"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``train`` subcommand."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "train",
-        help="train a baseline model (cached: a second run is instant)",
+        help=HELP,
         description=(
             "Train a model on a dataset and save its state dict. The result is cached in "
             "$AUTOSHRINK_CACHE (else $XDG_CACHE_HOME/autoshrink, else ~/.cache/autoshrink), "
@@ -50,6 +43,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model and data flags: ``--model``, ``--dataset``, ``--data-dir``."""
+    from autoshrink.compression.baselines import DEFAULT_DATASET, DEFAULT_MODEL
+    from autoshrink.compression.data import DATASETS
+    from autoshrink.compression.models import ZOO_MODELS
+
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -73,6 +70,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of the training run: ``--epochs``, ``--lr``, ``--batch-size``, ``--seed``."""
+    from autoshrink.compression.baselines import DEFAULT_BATCH_SIZE, DEFAULT_LR, default_epochs
+
     parser.add_argument(
         "--epochs",
         type=_positive_int,
@@ -114,7 +113,9 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: only the cache file is written)",
     )
     parser.add_argument(
-        "--retrain", action="store_true", help="train even if a cached result exists"
+        "--retrain",
+        action="store_true",
+        help="train even if a cached result exists (default: off)",
     )
 
 
@@ -146,6 +147,10 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train or load the baseline, copy it to ``--out`` and print a summary."""
+    from autoshrink.compression.baselines import baseline, baseline_path, default_epochs
+    from autoshrink.compression.data import load_dataset
+    from autoshrink.compression.models import ModelSpec, build_model
+
     if args.out is not None:  # checked before minutes of training, not after them
         _check_out(Path(args.out))
     splits = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)
@@ -179,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace, epochs: int, path: Path) -> None:
+    from autoshrink.compression.baselines import read_result
+
     table = Table(title="baseline", show_header=False)
     table.add_row("model", args.model)
     table.add_row("dataset", args.dataset)

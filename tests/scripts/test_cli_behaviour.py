@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from autoshrink.scripts.cli import main
+from autoshrink.scripts.cli import build_parser, main
 from tests.agent.conftest import smallcnn_checkpoint  # noqa: F401 (a fixture)
 
 
@@ -126,3 +130,45 @@ def test_v_and_q_work_before_and_after_the_subcommand(capsys, restore_log_levels
     # third-party debug output (matplotlib's font cache, filelock's lock lines) stays off
     for name in ("matplotlib.font_manager", "filelock", "PIL.PngImagePlugin"):
         assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+
+
+def every_flag() -> list[tuple[str, argparse.Action]]:
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    flags = [("autoshrink", a) for a in parser._actions]
+    flags += [(name, a) for name, p in sub.choices.items() for a in p._actions]
+    return [(c, a) for c, a in flags if a.option_strings and a.dest not in ("help", "version")]
+
+
+def test_help_describes_every_flag_and_its_default_the_same_way():
+    problems = []
+    for command, action in every_flag():
+        text = (action.help or "") % {**vars(action), "prog": command}
+        flag = f"{command} {action.option_strings[-1]}"
+        if text.startswith("(") or len(text) < 12:
+            problems.append(f"{flag}: no description ({text!r})")
+        if not re.search(r"\((default: [^()]+|required[^()]*)\)$", text):
+            problems.append(f"{flag}: does not end with '(default: ...)' ({text!r})")
+    assert not problems, "\n".join(problems)
+
+
+def test_search_help_states_the_default_budgets(capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--flops FLOPS MACs budget" in text
+    assert "(default: 0.5 in prune and joint mode, if no budget is given)" in text
+    assert "(default: 0.15 in quant mode, 0.1 in joint mode, if no budget is given)" in text
+    assert "--params PARAMS parameter budget, e.g. 0.3 or 100K (default: none)" in text
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["search", "--help"]])
+def test_help_imports_neither_torch_nor_sb3(argv):
+    code = (
+        "import sys\nfrom autoshrink.scripts.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'stable_baselines3') if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-300:]
