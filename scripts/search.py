@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     bars = _SearchBars(config, env)
 
     def start() -> None:  # once the run folder is checked: a refusal stays one line
-        err_console.print(header, highlight=False)
+        err_console.print(header, highlight=False, soft_wrap=True)
         for name, why in env.graph.frozen.items():
             err_console.print(f"frozen unit {name}: {why}", highlight=False, soft_wrap=True)
         bars.progress.start()
@@ -291,7 +291,7 @@ class _SearchBars:
         self.config, self.env = config, env
         self.progress = make_progress(
             TextColumn("best {task.fields[best]}"),
-            TextColumn("acc {task.fields[acc]}"),
+            TextColumn("val acc {task.fields[acc]}"),
             TextColumn("{task.fields[budget]}"),
         )
         total = config.agent.episodes

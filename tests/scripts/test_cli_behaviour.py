@@ -172,3 +172,38 @@ def test_help_imports_neither_torch_nor_sb3(argv):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-300:]
+
+
+def test_piped_progress_is_one_readable_line_per_episode(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    smallcnn_checkpoint: Path,  # noqa: F811
+):
+    argv = ["search", "--model", "smallcnn", "--checkpoint", str(smallcnn_checkpoint)]
+    argv += ["--episodes", "3", "--final-epochs", "1", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0  # under capsys stderr is no terminal, as in a pipe or a CI log
+    err = capsys.readouterr().err.splitlines()
+    assert "…" not in "\n".join(err)  # no field cut short, no bare ellipsis
+    episodes = [line for line in err if line.startswith("search ")]
+    assert [line.split()[1] for line in episodes] == ["1/3", "2/3", "3/3"]
+    for line in episodes:
+        assert re.search(r" best -?\d+\.\d{4} val acc \d+\.\d\d% flops \d", line), line
+    assert "final fine-tune: started" in err
+    assert any(line.startswith("final fine-tune: done (") for line in err)
+    assert err[0].startswith("searching ") and err[0].endswith(str(tmp_path / "run"))
+
+
+def test_line_progress_leaves_out_empty_columns(capsys: pytest.CaptureFixture[str]):
+    from rich.console import Console
+    from rich.progress import TextColumn
+
+    from autoshrink.scripts.console import LineProgress
+
+    out = Console(file=sys.stderr, width=40)
+    progress = LineProgress((TextColumn("best {task.fields[best]}"),), out)
+    task = progress.add_task("fine-tune", total=4, best="")
+    progress.update(task, completed=1)
+    progress.update(task, completed=1)  # nothing moved: no line
+    progress.update(task, completed=2, best="0.5")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.rsplit(" ", 1)[0] for line in lines] == ["fine-tune 1/4", "fine-tune 2/4 best 0.5"]
