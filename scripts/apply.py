@@ -30,7 +30,12 @@ from typing import Any
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.metrics import BUDGET_NAMES
 from autoshrink.scripts.console import console, err_console, make_progress
-from autoshrink.scripts.options import DATA_DIR_HELP, JSON_HELP, add_budget_flags
+from autoshrink.scripts.options import (
+    DATA_DIR_HELP,
+    JSON_HELP,
+    add_budget_flags,
+    check_out_folder,
+)
 from autoshrink.scripts.show import print_shipped
 
 #: The one line ``autoshrink --help`` shows.
@@ -110,8 +115,7 @@ def _given_budgets(args: argparse.Namespace) -> dict[str, Any]:
 
 def _prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Every check that needs no training; returns what the run needs. Writes nothing."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise AutoshrinkError(f"{out} is not empty: choose a new folder for --out")
+    check_out_folder(out)
     if args.map and args.policy is None:
         raise AutoshrinkError("--map stretches a --policy; an agent transfers without it")
     if args.finetune_epochs < 0:

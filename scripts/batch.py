@@ -17,6 +17,7 @@ from rich.progress import TextColumn
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import hold
 from autoshrink.scripts.console import console, err_console, make_progress
+from autoshrink.scripts.options import check_out_folder
 
 #: The one line ``autoshrink --help`` shows.
 HELP = "run many searches from a TOML spec on a process pool or a Ray cluster"
@@ -63,6 +64,10 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+#: What marks a batch folder, which a rerun resumes.
+OWN = ("spec.toml", "results.jsonl")
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate the spec, run the batch with a progress bar, and say where the results are."""
     from autoshrink.agent.batch.spec import EXAMPLE_SPEC, load_spec
@@ -73,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if args.spec is None or args.out is None:
         raise AutoshrinkError("give a spec and --out DIR (or --example for a spec to start from)")
     spec = load_spec(args.spec)
+    # a batch folder: its spec.toml is written first, results.jsonl as jobs end
+    check_out_folder(Path(args.out), reuse=lambda f: any((f / n).exists() for n in OWN))
     again = " ".join(shlex.quote(a) for a in ("autoshrink", "batch", args.spec, "--out", args.out))
     args.on_interrupt = lambda: f"rerun to resume: {again}"
     with hold(Path(args.out), "batch"):  # refused here, before a line is printed

@@ -7,7 +7,11 @@ switch), or with ``(required)``.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.locking import LOCK_FILE
 
 #: ``--data-dir`` of every command that reads a dataset.
 DATA_DIR_HELP = "where the dataset files are, or are downloaded to (default: the cache's)"
@@ -48,3 +52,27 @@ def mode_defaults() -> dict[str, str]:
         + ", if no budget is given"
         for metric, values in by_metric.items()
     }
+
+
+def check_out_folder(out: Path, reuse: Callable[[Path], bool] | None = None) -> None:
+    """``--out``'s one rule: a new or empty folder, or, for a command that resumes, its own.
+
+    Checked before any work, so that no command writes into a folder of other files.
+
+    Args:
+        out: The folder given.
+        reuse: Whether a non-empty ``out`` is this command's own folder, which it may
+            continue (a search's run folder, a batch folder); None: never.
+
+    Raises:
+        AutoshrinkError: If ``out`` is a file, or holds other files.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise AutoshrinkError(f"--out {out} exists and is not a folder")
+    others = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+    if not others or (reuse is not None and reuse(out)):
+        return
+    listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+    raise AutoshrinkError(f"--out {out} is not empty ({listed}): choose a new or empty folder")

@@ -22,7 +22,13 @@ from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import check_free
 from autoshrink.compression.metrics import BUDGET_NAMES, MEASURED_LATENCY, result_key
 from autoshrink.scripts.console import console, err_console, make_progress
-from autoshrink.scripts.options import DATA_DIR_HELP, JSON_HELP, add_budget_flags, mode_defaults
+from autoshrink.scripts.options import (
+    DATA_DIR_HELP,
+    JSON_HELP,
+    add_budget_flags,
+    check_out_folder,
+    mode_defaults,
+)
 from autoshrink.scripts.show import print_shipped
 
 #: The one line ``autoshrink --help`` shows.
@@ -204,12 +210,15 @@ def _config(args: argparse.Namespace, out: Path) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run the search, the final fine-tune, and print the comparison."""
     from autoshrink.agent.search.run import search
+    from autoshrink.agent.search.run_folder import RunFolder
 
     if args.resume and args.out is None:
         raise AutoshrinkError("--resume needs --out, the run folder to continue")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/{args.model or 'resnet20'}-{args.dataset or 'digits'}-{stamp}")
     check_free(out, "search")  # before the env is built, which can take minutes
+    # a run folder (config.json is its first file) is continued, or refused in the loop
+    check_out_folder(out, reuse=lambda f: RunFolder(f).has_search() or RunFolder(f).config.exists())
     args.on_interrupt = lambda: resume_hint(out)
     if args.resume:
         from autoshrink.agent.search.preflight import check_resume

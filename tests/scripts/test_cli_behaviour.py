@@ -207,3 +207,24 @@ def test_line_progress_leaves_out_empty_columns(capsys: pytest.CaptureFixture[st
     progress.update(task, completed=2, best="0.5")
     lines = capsys.readouterr().err.splitlines()
     assert [line.rsplit(" ", 1)[0] for line in lines] == ["fine-tune 1/4", "fine-tune 2/4 best 0.5"]
+
+
+@pytest.mark.parametrize("command", ["search", "apply", "batch"])
+def test_out_has_one_rule_a_folder_of_other_files_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my own file")
+    argv = {
+        "search": ["search", "--episodes", "2"],
+        "apply": ["apply", "--policy", str(tmp_path / "p.json"), "--model", "resnet20"],
+        "batch": ["batch", str(tmp_path / "spec.toml")],
+    }[command]
+    (tmp_path / "spec.toml").write_text(
+        '[defaults]\nmodel = "smallcnn"\nepisodes = 2\n\n[[jobs]]\nagent = "random"\n'
+    )
+    assert main([*argv, "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert f"--out {out} is not empty (notes.txt): choose a new or empty folder" in line, line
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # nothing written there
