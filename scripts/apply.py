@@ -77,6 +77,13 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--dataset", default=None, help="dataset (default: the policy's or the agent's)")
     p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    p.add_argument(
+        "--baseline-epochs",
+        type=int,
+        default=None,
+        help="epochs of the baseline, trained once when there is no --checkpoint and none "
+        "is cached (default: the dataset's, as autoshrink train's)",
+    )
     given = "the policy's own, or the agent's search's; with --map, none"
     add_budget_flags(p, dict.fromkeys(BUDGET_NAMES, given))
     _add_final_flags(p)
@@ -134,6 +141,7 @@ def _prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         seed=args.seed,
         budgets=budgets,
         map_name=args.map,
+        settings=_baseline_setting(args),
     )
     return {
         "policy_plan": applied,
@@ -144,6 +152,11 @@ def _prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     }
 
 
+def _baseline_setting(args: argparse.Namespace) -> dict[str, Any]:
+    given = args.baseline_epochs
+    return {} if given is None else {"baseline_epochs": given}
+
+
 def _prepare_agent(args: argparse.Namespace, budgets: dict[str, Any]) -> dict[str, Any]:
     """The checks of ``--agent``: the agent, its mode, the target's data and checkpoint."""
     from autoshrink.agent.search.transfer_plan import plan_transfer
@@ -151,6 +164,7 @@ def _prepare_agent(args: argparse.Namespace, budgets: dict[str, Any]) -> dict[st
     from autoshrink.compression.models import ModelSpec, build_model, load_weights
 
     given = {
+        **_baseline_setting(args),
         "model": args.model,
         "dataset": args.dataset,
         "data_dir": args.data_dir,
@@ -178,12 +192,15 @@ def run(args: argparse.Namespace) -> int:
     from autoshrink.agent.search.transfer import transfer
     from autoshrink.env.compression_env import CompressionEnv
     from autoshrink.scripts.search import comparison_table, warn_weak_baseline
+    from autoshrink.scripts.train import ensure_baseline
 
     out = Path(args.out)
     plan = _prepare(args, out)
     final = FinalConfig(epochs=args.finetune_epochs, distill=args.distill)
     cfg = plan["config"]
-    with err_console.status(f"preparing {cfg.model} on {cfg.dataset} (trains once)"):
+    if plan.get("model") is None:  # the cached baseline, trained first if missing: say so
+        ensure_baseline(cfg, plan["data"])
+    with err_console.status(f"preparing {cfg.model} on {cfg.dataset}"):
         env = CompressionEnv(cfg, model=plan.get("model"), data=plan["data"])
     warn_weak_baseline(env)
     if args.agent is not None:

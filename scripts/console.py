@@ -33,9 +33,10 @@ _FIELD = re.compile(r"task\.fields\[(\w+)\]")
 class LineProgress:
     """A progress display for a pipe: one readable line per step, never a bare field.
 
-    A task with a total prints a line each time its count moves (``search 3/60 best 0.68
-    val acc 68.06% flops 48.3%/50.0% (12s)``); a task without one (the final fine-tune's
-    steps) prints a line when it starts and one when it is done. A column whose fields are
+    A task with a total prints a line each time its count moves, with the time so far and
+    the rest at that pace (``search 3/60 best 0.68 val acc 68.06% flops 48.3%/50.0% (12s,
+    about 228s left)``); a task without one (the final fine-tune's steps) prints a line
+    when it starts and one when it is done. A column whose fields are
     all empty is left out. It has the part of :class:`rich.progress.Progress`'s interface
     the CLI uses.
     """
@@ -91,7 +92,8 @@ class LineProgress:
 
     def _line(self, task: SimpleNamespace, was: float, had: float | None) -> str | None:
         """The line for a task whose count was ``was`` of ``had``; None if it did not move."""
-        elapsed = f"({time.perf_counter() - task.started:.0f}s)"
+        seconds = time.perf_counter() - task.started
+        elapsed = f"({seconds:.0f}s)"
         if had is None and task.total is not None:  # an open count closed: it is done
             return f"{task.description}: done {elapsed}"
         if task.total is None:  # counting steps of unknown number: say that it started
@@ -104,6 +106,9 @@ class LineProgress:
             if names and all(task.fields.get(n) in ("", None) for n in names):
                 continue
             parts.append(Text.from_markup(column.text_format.format(task=task)).plain)
+        if task.completed < task.total:  # the rest at the pace so far
+            left = seconds / task.completed * (task.total - task.completed)
+            elapsed = f"({seconds:.0f}s, about {left:.0f}s left)"
         return " ".join([*parts, elapsed])
 
 

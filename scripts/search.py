@@ -96,6 +96,13 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
         f"joint (both) (default: {EnvConfig.mode})",
     )
     p.add_argument(
+        "--baseline-epochs",
+        type=int,
+        default=None,
+        help="epochs of the baseline, trained once when none is cached (default: the "
+        "dataset's, as autoshrink train's)",
+    )
+    p.add_argument(
         "--finetune-steps",
         type=int,
         default=None,
@@ -184,6 +191,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         **{m: getattr(args, m) for m in BUDGET_NAMES},
         "seed": args.seed,
         "finetune_steps": args.finetune_steps,
+        "baseline_epochs": args.baseline_epochs,
         "agent": args.agent,
         "episodes": args.episodes,
         "warmup": args.warmup,
@@ -211,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the search, the final fine-tune, and print the comparison."""
     from autoshrink.agent.search.run import search
     from autoshrink.agent.search.run_folder import RunFolder
+    from autoshrink.scripts.train import ensure_baseline
 
     if args.resume and args.out is None:
         raise AutoshrinkError("--resume needs --out, the run folder to continue")
@@ -226,8 +235,9 @@ def run(args: argparse.Namespace) -> int:
         check_resume(out)
     config = _config(args, out)
     env_cfg, agent_cfg = config.env, config.agent
-    with err_console.status(f"preparing {env_cfg.model} on {env_cfg.dataset} (trains once)"):
-        env = config.make_env()
+    data = ensure_baseline(env_cfg)  # announced and shown, when it has to be trained
+    with err_console.status(f"preparing {env_cfg.model} on {env_cfg.dataset}"):
+        env = config.make_env(**({} if data is None else {"data": data}))
     warn_weak_baseline(env)
     budgets = ", ".join(str(b) for b in env_cfg.budgets.values())
     header = (

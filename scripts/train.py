@@ -12,7 +12,7 @@ from rich.progress import TextColumn
 from rich.table import Table
 
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
-from autoshrink.scripts.console import console, make_progress
+from autoshrink.scripts.console import console, err_console, make_progress
 
 if TYPE_CHECKING:
     from torch import nn
@@ -213,3 +213,55 @@ def _save_copy(model: nn.Module, cached: Path, out: Path) -> None:
             shutil.copyfile(cached, out)
     except OSError as exc:
         raise CheckpointError(f"cannot write {out}: {exc.strerror or exc}") from exc
+
+
+def ensure_baseline(cfg: Any, data: Any = None) -> Any:
+    """Train the cached baseline an env of ``cfg`` loads, if it is missing, saying so first.
+
+    A search or apply without ``--checkpoint`` compresses the cached baseline, and trains
+    it when there is none: that is announced in one line (model, data, epochs), then shown
+    epoch by epoch, instead of hiding behind "preparing".
+
+    Args:
+        cfg: The env's :class:`~autoshrink.env.config.EnvConfig`.
+        data: The dataset, if loaded already.
+
+    Returns:
+        The dataset, loaded as the env loads it (pass it on), or ``data`` when ``cfg``
+        names a checkpoint.
+    """
+    if cfg.checkpoint is not None:
+        return data
+    from autoshrink.compression.baselines import baseline, baseline_path, default_epochs
+    from autoshrink.compression.data import load_dataset
+    from autoshrink.compression.models import ModelSpec
+
+    data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
+    spec = ModelSpec(cfg.model, data.num_classes, data.in_channels)
+    epochs = cfg.baseline_epochs if cfg.baseline_epochs is not None else default_epochs(cfg.dataset)
+    if baseline_path(spec, cfg.dataset, epochs, cfg.seed, variant=data.variant).is_file():
+        return data
+    err_console.print(
+        f"no cached {cfg.model} baseline on {cfg.dataset}: training it first, {epochs} epochs "
+        f"over {len(data.train):,} images (once; later runs load it; --baseline-epochs N "
+        "for fewer)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    with make_progress(TextColumn("val acc {task.fields[val]}")) as progress:
+        task = progress.add_task(f"training the {cfg.model} baseline", total=epochs, val="-")
+
+        def on_epoch(epoch: int, val_accuracy: float) -> None:
+            progress.update(task, completed=epoch, val=f"{val_accuracy:.2%}")
+
+        baseline(
+            spec,
+            cfg.dataset,
+            epochs,
+            cfg.seed,
+            cfg.data_dir,
+            on_epoch,
+            splits=data,
+            min_accuracy=cfg.min_baseline_accuracy,
+        )
+    return data

@@ -206,7 +206,8 @@ def test_line_progress_leaves_out_empty_columns(capsys: pytest.CaptureFixture[st
     progress.update(task, completed=1)  # nothing moved: no line
     progress.update(task, completed=2, best="0.5")
     lines = capsys.readouterr().err.splitlines()
-    assert [line.rsplit(" ", 1)[0] for line in lines] == ["fine-tune 1/4", "fine-tune 2/4 best 0.5"]
+    assert [line.split(" (")[0] for line in lines] == ["fine-tune 1/4", "fine-tune 2/4 best 0.5"]
+    assert all(re.search(r" \(\d+s, about \d+s left\)$", line) for line in lines), lines
 
 
 @pytest.mark.parametrize("command", ["search", "apply", "batch"])
@@ -228,3 +229,20 @@ def test_out_has_one_rule_a_folder_of_other_files_is_refused(
     line = one_error_line(capsys)
     assert f"--out {out} is not empty (notes.txt): choose a new or empty folder" in line, line
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # nothing written there
+
+
+def test_training_a_missing_baseline_is_announced_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("AUTOSHRINK_CACHE", str(tmp_path / "cache"))  # nothing cached
+    argv = ["search", "--model", "smallcnn", "--baseline-epochs", "1", "--episodes", "2"]
+    argv += ["--final-epochs", "0"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(
+        "no cached smallcnn baseline on digits: training it first, 1 epochs over "
+    ), err[0]
+    assert any(line.startswith("training the smallcnn baseline 1/1 val acc ") for line in err)
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0  # cached now: no word of it
+    again = capsys.readouterr().err
+    assert "no cached" not in again and "training the" not in again
