@@ -9,7 +9,8 @@
       tb/agent/          TensorBoard: SB3's own train/* and rollout/* (step = timestep)
       checkpoint/        latest.json -> ckpt-NNNNN/{agent.zip, replay_buffer.npz,
                                                replay_buffer.json, state.json}
-      policy.json        the best policy found
+      policy.json        the best policy found (after the finish: the one shipped)
+      policy.png         its figure: keep-ratio and bits per unit, pinned layers, budgets
       agent.zip          the agent at the end
       model.safetensors  the compressed, fine-tuned artifact
       result.json        baseline against compressed, budgets, whether they were met
@@ -114,6 +115,11 @@ class RunFolder:
     @property
     def policy(self) -> Path:  # noqa: D102
         return self.root / "policy.json"
+
+    @property
+    def policy_png(self) -> Path:
+        """The figure of ``policy.json``: keep and bits per unit, pins, budget use."""
+        return self.root / "policy.png"
 
     @property
     def agent(self) -> Path:  # noqa: D102

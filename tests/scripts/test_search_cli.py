@@ -25,7 +25,7 @@ def check_run_folder(out) -> dict:
     assert result["budgets_met"] is True
     for side in ("baseline", "compressed"):  # val beside test, both measured on the model
         assert 0 <= result[side]["val_accuracy"] <= 1 and 0 <= result[side]["accuracy"] <= 1
-    for name in ("policy.json", "episodes.jsonl", "agent.zip", result["artifact"]):
+    for name in ("policy.json", "policy.png", "episodes.jsonl", "agent.zip", result["artifact"]):
         assert (out / name).is_file(), name
     assert list((out / "tb" / "search").glob("events.out.tfevents.*"))
     # an independent count of the shipped artifact agrees with result.json
