@@ -8,11 +8,11 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.progress import TextColumn
+from rich.progress import Progress, TextColumn
 from rich.table import Table
 
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
-from autoshrink.scripts.console import console, err_console, make_progress
+from autoshrink.scripts.console import LineProgress, console, err_console, make_progress
 
 if TYPE_CHECKING:
     from torch import nn
@@ -168,15 +168,10 @@ def run(args: argparse.Namespace) -> int:
         model, path = baseline(spec, args.dataset, epochs, args.seed, **options)
         console.print("[green]cached:[/] trained before, loaded (--retrain to train again)")
     else:
+        steps = math.ceil(len(splits.train) / args.batch_size)
         with make_progress(TextColumn("val acc {task.fields[val]}")) as progress:
-            task = progress.add_task(f"training {args.model}", total=epochs, val="-")
-
-            def on_epoch(epoch: int, val_accuracy: float) -> None:
-                progress.update(task, completed=epoch, val=f"{val_accuracy:.2%}")
-
-            model, path = baseline(
-                spec, args.dataset, epochs, args.seed, on_epoch=on_epoch, **options
-            )
+            shown = trainer_progress(progress, f"training {args.model}", epochs, steps)
+            model, path = baseline(spec, args.dataset, epochs, args.seed, **shown, **options)
     if args.out is not None:
         _save_copy(model, path, args.out)
     _summary(args, epochs, path)
@@ -232,7 +227,12 @@ def ensure_baseline(cfg: Any, data: Any = None) -> Any:
     """
     if cfg.checkpoint is not None:
         return data
-    from autoshrink.compression.baselines import baseline, baseline_path, default_epochs
+    from autoshrink.compression.baselines import (
+        DEFAULT_BATCH_SIZE,
+        baseline,
+        baseline_path,
+        default_epochs,
+    )
     from autoshrink.compression.data import load_dataset
     from autoshrink.compression.models import ModelSpec
 
@@ -248,20 +248,41 @@ def ensure_baseline(cfg: Any, data: Any = None) -> Any:
         highlight=False,
         soft_wrap=True,
     )
+    steps = math.ceil(len(data.train) / DEFAULT_BATCH_SIZE)
     with make_progress(TextColumn("val acc {task.fields[val]}")) as progress:
-        task = progress.add_task(f"training the {cfg.model} baseline", total=epochs, val="-")
-
-        def on_epoch(epoch: int, val_accuracy: float) -> None:
-            progress.update(task, completed=epoch, val=f"{val_accuracy:.2%}")
-
+        shown = trainer_progress(progress, f"training the {cfg.model} baseline", epochs, steps)
         baseline(
             spec,
             cfg.dataset,
             epochs,
             cfg.seed,
             cfg.data_dir,
-            on_epoch,
             splits=data,
             min_accuracy=cfg.min_baseline_accuracy,
+            **shown,
         )
     return data
+
+
+def trainer_progress(
+    progress: Progress | LineProgress, description: str, epochs: int, steps_per_epoch: int
+) -> dict[str, Any]:
+    """``on_epoch`` and ``on_step`` for :func:`baseline` that move a progress task.
+
+    On a terminal the bar counts batches, so that its time left is right from the first
+    minutes of a long epoch; piped, a line per batch would flood the log, so it counts
+    epochs (one line each). The val accuracy follows each epoch.
+    """
+    per_batch = not isinstance(progress, LineProgress)
+    total = epochs * steps_per_epoch if per_batch else epochs
+    task = progress.add_task(description, total=total, val="-")
+
+    def on_epoch(epoch: int, val_accuracy: float) -> None:
+        done = epoch * steps_per_epoch if per_batch else epoch
+        progress.update(task, completed=done, val=f"{val_accuracy:.2%}")
+
+    def on_step(step: int, steps: int) -> None:
+        if per_batch:
+            progress.update(task, completed=step, total=steps)
+
+    return {"on_epoch": on_epoch, "on_step": on_step}

@@ -246,3 +246,29 @@ def test_training_a_missing_baseline_is_announced_once(
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0  # cached now: no word of it
     again = capsys.readouterr().err
     assert "no cached" not in again and "training the" not in again
+
+
+def test_training_progress_counts_batches_on_a_terminal_and_epochs_in_a_pipe(capsys):
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from autoshrink.scripts.console import LineProgress
+    from autoshrink.scripts.train import trainer_progress
+
+    bar = Progress(console=Console(file=io.StringIO(), force_terminal=True))
+    shown = trainer_progress(bar, "training", epochs=2, steps_per_epoch=5)
+    shown["on_step"](3, 10)
+    (task,) = bar.tasks
+    assert (task.completed, task.total) == (3, 10)  # batches: its time left moves mid-epoch
+    shown["on_epoch"](1, 0.5)
+    assert task.completed == 5 and task.fields["val"] == "50.00%"
+
+    piped = LineProgress((), Console(file=sys.stderr))
+    shown = trainer_progress(piped, "training", epochs=2, steps_per_epoch=5)
+    for step in range(1, 6):
+        shown["on_step"](step, 10)  # no line per batch in a log
+    shown["on_epoch"](1, 0.5)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["training 1/2"]
