@@ -17,6 +17,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
@@ -102,14 +103,26 @@ class LineProgress:
             return None
         parts = [f"{task.description} {task.completed:.0f}/{task.total:.0f}"]
         for column in self.columns:
-            names = _FIELD.findall(column.text_format)
-            if names and all(task.fields.get(n) in ("", None) for n in names):
-                continue
-            parts.append(Text.from_markup(column.text_format.format(task=task)).plain)
+            if not _blank(column, task.fields):
+                parts.append(Text.from_markup(column.text_format.format(task=task)).plain)
         if task.completed < task.total:  # the rest at the pace so far
             left = seconds / task.completed * (task.total - task.completed)
             elapsed = f"({seconds:.0f}s, about {left:.0f}s left)"
         return " ".join([*parts, elapsed])
+
+
+def _blank(column: TextColumn, fields: dict[str, Any]) -> bool:
+    """Whether every field ``column`` shows is empty (as the final fine-tune's ``best``)."""
+    names = _FIELD.findall(column.text_format)
+    return bool(names) and all(fields.get(n) in ("", None) for n in names)
+
+
+class FieldColumn(TextColumn):
+    """A text column that shows nothing, not its bare label, while its fields are empty."""
+
+    def render(self, task: Task) -> Text:
+        """The column's text, or nothing when every field it shows is empty."""
+        return Text("") if _blank(self, task.fields) else super().render(task)
 
 
 def make_progress(*extra: TextColumn) -> Progress | LineProgress:
@@ -123,7 +136,7 @@ def make_progress(*extra: TextColumn) -> Progress | LineProgress:
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        *extra,
+        *(FieldColumn(column.text_format) for column in extra),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err_console,

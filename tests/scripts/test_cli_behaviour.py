@@ -272,3 +272,19 @@ def test_training_progress_counts_batches_on_a_terminal_and_epochs_in_a_pipe(cap
     shown["on_epoch"](1, 0.5)
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(" (")[0] for line in lines] == ["training 1/2"]
+
+
+def test_a_bar_shows_no_bare_label_for_empty_fields():
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from autoshrink.scripts.console import FieldColumn
+
+    column = FieldColumn("best {task.fields[best]}")
+    bar = Progress(column, console=Console(file=io.StringIO(), force_terminal=True))
+    empty = bar.add_task("final fine-tune", total=None, best="")
+    full = bar.add_task("search", total=3, best="0.6806")
+    assert column.render(bar.tasks[empty]).plain == ""
+    assert column.render(bar.tasks[full]).plain == "best 0.6806"
