@@ -182,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
     shape = "x".join(map(str, graph.input_shape))
     table = Table(
         title=f"{args.model} on {shape}: {len(report['units'])} prunable units",
+        caption="MACs and params: every layer whose output channels the unit prunes "
+        "(its group, which `autoshrink show` lists), not the named layer alone",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
