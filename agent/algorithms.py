@@ -42,6 +42,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from autoshrink.agent.agent_file import sb3_loader
+from autoshrink.agent.config import AGENTS
 from autoshrink.agent.noise import TruncatedNormalActionNoise, bind_noise
 from autoshrink.agent.policies import SplitLRSACPolicy, SplitLRTD3Policy
 from autoshrink.agent.replay import EpisodeRewardReplayBuffer
@@ -179,7 +180,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             sb3_loader(DDPG, SplitLRTD3Policy, _off_policy_agent_kwargs, make_noise),
             True,
             True,
-            "DDPG with AMC's settings (default)",
+            AGENTS["ddpg"],
         ),
         AlgorithmSpec(
             "td3",
@@ -187,7 +188,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             sb3_loader(TD3, SplitLRTD3Policy, _off_policy_agent_kwargs, make_noise),
             True,
             True,
-            "TD3, AMC's settings",
+            AGENTS["td3"],
         ),
         AlgorithmSpec(
             "sac",
@@ -195,7 +196,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             sb3_loader(SAC, SplitLRSACPolicy, _off_policy_agent_kwargs, make_noise),
             True,
             True,
-            "SAC, AMC's nets and rates",
+            AGENTS["sac"],
         ),
         AlgorithmSpec(
             "ppo",
@@ -203,14 +204,16 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             sb3_loader(PPO, ActorCriticPolicy, _ppo_kwargs, make_noise),
             True,
             False,
-            "PPO on the Box actions",
-        ),
-        AlgorithmSpec("random", _scripted("random"), _load_scripted, False, False, "random search"),
-        AlgorithmSpec(
-            "uniform", _scripted("uniform"), _load_scripted, False, False, "uniform, bisected"
+            AGENTS["ppo"],
         ),
         AlgorithmSpec(
-            "global", _scripted("global"), _load_scripted, False, False, "global ranking"
+            "random", _scripted("random"), _load_scripted, False, False, AGENTS["random"]
+        ),
+        AlgorithmSpec(
+            "uniform", _scripted("uniform"), _load_scripted, False, False, AGENTS["uniform"]
+        ),
+        AlgorithmSpec(
+            "global", _scripted("global"), _load_scripted, False, False, AGENTS["global"]
         ),
     )
 }

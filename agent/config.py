@@ -25,6 +25,18 @@ CONFIG_VERSION = 1
 DEFAULT_EPISODES = 60
 #: The most random warm-up episodes by default (a third of the episodes, up to this).
 DEFAULT_WARMUP = 20
+#: The agents a search can run, by alias, with a line on each. SB3 builds the learning
+#: ones in :mod:`autoshrink.agent.algorithms`; their names live here, where ``--help``
+#: reads them without importing SB3 or torch.
+AGENTS: dict[str, str] = {
+    "ddpg": "DDPG with AMC's settings",
+    "td3": "TD3, AMC's settings",
+    "sac": "SAC, AMC's nets and rates",
+    "ppo": "PPO on the Box actions",
+    "random": "random search",
+    "uniform": "one keep-ratio for every unit, bisected to the budget",
+    "global": "global ranking of channels",
+}
 
 
 def default_warmup(episodes: int) -> int:
@@ -46,7 +58,7 @@ class AgentConfig(JsonFile):
     take them from here.
 
     Args:
-        algorithm: Alias from :data:`autoshrink.agent.algorithms.ALGORITHMS`: ``ddpg`` (the
+        algorithm: Alias from :data:`AGENTS`: ``ddpg`` (the
             default), ``td3``, ``sac``, ``ppo``, or a non-learning baseline: ``random``,
             ``uniform``, ``global``.
         episodes: Episodes in total, warm-up included. Every agent, scripted searches included, gets
@@ -104,11 +116,9 @@ class AgentConfig(JsonFile):
 
     def problems(self) -> list[str]:
         """Every reason this config is invalid (empty when it is valid)."""
-        from autoshrink.agent.algorithms import ALGORITHMS
-
         out: list[str] = []
-        if self.algorithm not in ALGORITHMS:
-            out.append(f"unknown algorithm {self.algorithm!r} (choose from {sorted(ALGORITHMS)})")
+        if self.algorithm not in AGENTS:
+            out.append(f"unknown algorithm {self.algorithm!r} (choose from {sorted(AGENTS)})")
         for name in ("episodes", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -244,6 +244,7 @@ def baseline(
     splits: DataSplits | None = None,
     retrain: bool = False,
     min_accuracy: float | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[nn.Module, Path]:
     """Return a trained ``spec`` model for ``dataset``, training it only if not cached.
 
@@ -262,6 +263,7 @@ def baseline(
         min_accuracy: Warn (log) when the test accuracy is under this, as well as when it
             is within 2 points of chance (see :meth:`TrainResult.near_chance`, and
             :func:`read_result` to put the flag in a report).
+        on_step: Called after each training step with ``(step, steps)``, for progress.
 
     Returns:
         The trained model in eval mode, and the path of its cached state dict.
@@ -288,7 +290,7 @@ def baseline(
             (logger.warning if changed else logger.info)("training the baseline again: %s", why)
         if splits is None:
             splits = load_dataset(dataset, data_dir=data_dir, seed=seed)
-        model, result = _train(spec, dataset, splits, key, on_epoch, path)
+        model, result = _train(spec, dataset, splits, key, (on_epoch, on_step), path)
         _warn_if_near_chance(result, spec, dataset, min_accuracy)
         return model, path
 
@@ -308,7 +310,7 @@ def _train(
     dataset: str,
     splits: DataSplits,
     key: dict[str, Any],
-    on_epoch: Callable[[int, float], None] | None,
+    progress: tuple[Callable[[int, float], None] | None, Callable[[int, int], None] | None],
     path: Path,
 ) -> tuple[nn.Module, TrainResult]:
     """Train, record and cache one baseline (under the caller's lock)."""
@@ -322,8 +324,16 @@ def _train(
         torch.manual_seed(seed)
         model = build_model(spec)
     logger.info("training %s on %s for %d epochs", spec.name, dataset, epochs)
+    on_epoch, on_step = progress
     result = train_model(
-        model, splits, epochs, lr=lr, batch_size=batch_size, seed=seed, on_epoch=on_epoch
+        model,
+        splits,
+        epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        on_epoch=on_epoch,
+        on_step=on_step,
     )
     result = replace(result, chance_accuracy=1.0 / spec.num_classes)
     meta = {"spec": spec.to_dict(), "dataset": dataset, "seed": seed, "lr": lr}

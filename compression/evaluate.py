@@ -281,6 +281,7 @@ def train_model(
     batch_size: int = 128,
     seed: int = 0,
     on_epoch: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train a model from its current weights: :func:`finetune` over whole epochs.
 
@@ -292,6 +293,7 @@ def train_model(
         batch_size: Samples per step.
         seed: Seeds the shuffling and the global RNG during training.
         on_epoch: Called after every epoch with ``(epoch, val_accuracy)``, from 1.
+        on_step: Called after every step with ``(step, steps)``, from 1, for progress.
 
     Returns:
         Val and test accuracy after the last epoch, epochs and seconds taken.
@@ -304,6 +306,8 @@ def train_model(
 
     def end_of_epoch(step: int, loss: float) -> None:
         nonlocal val_accuracy
+        if on_step is not None:
+            on_step(step, epochs * per_epoch)
         if step % per_epoch:
             return
         epoch = step // per_epoch

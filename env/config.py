@@ -1,15 +1,8 @@
 """EnvConfig: everything that defines a compression environment, as one small dataclass.
 
 Budgets are :class:`Budget` values: a ratio of the uncompressed model (``0.5`` = half) or an
-absolute amount (``1.5M`` MACs, ``300KB``, ``4ms``). :func:`parse_budget` reads the forms a
-command line gives:
-
->>> parse_budget("flops", "0.25")
-Budget(metric='flops', value=0.25, relative=True)
->>> parse_budget("size", "300KB").value
-300000.0
->>> parse_budget("latency", "4ms").value
-0.004
+absolute amount (``1.5M`` MACs, ``300KB``, ``4ms``), read by :func:`parse_budget`
+(:mod:`autoshrink.env.budget_text`, whose names this module re-exports).
 
 The config round-trips through versioned JSON, like a policy:
 
@@ -20,13 +13,15 @@ True
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeAlias
 
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.metrics import BUDGET_NAMES
 from autoshrink.compression.versioned import JsonFile, unwrap, wrap
+from autoshrink.env.budget_text import Budget, format_amount, parse_budget
+
+__all__ = ["Budget", "BudgetLike", "EnvConfig", "format_amount", "parse_budget"]
 
 CONFIG_TYPE = "autoshrink.EnvConfig"
 #: 2: ``keep_action`` (version-1 configs acted with what is now ``keep_action="absolute"``).
@@ -36,129 +31,14 @@ REWARDS: tuple[str, ...] = ("accuracy", "acc_flops", "penalty")
 #: How a keep action maps to a keep-ratio (``EnvConfig.keep_action``).
 KEEP_ACTIONS: tuple[str, ...] = ("budget", "absolute")
 Mode = Literal["prune", "quant", "joint"]
-
-# Metric -> (suffix -> multiplier). Sizes are SI (KB = 1000 bytes) and binary (KiB = 1024).
-_COUNT = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-_UNITS: dict[str, dict[str, float]] = {
-    "flops": _COUNT,
-    "params": _COUNT,
-    "size": {
-        "": 1.0,
-        "b": 1.0,
-        "kb": 1e3,
-        "mb": 1e6,
-        "gb": 1e9,
-        "kib": 1024.0,
-        "mib": 1024.0**2,
-        "gib": 1024.0**3,
-    },
-    "latency": {"s": 1.0, "ms": 1e-3, "us": 1e-6},
+#: The budgets of each mode when none is given (ratios of the uncompressed model).
+DEFAULT_BUDGETS: dict[str, dict[str, float]] = {
+    "prune": {"flops": 0.5},
+    "quant": {"size": 0.15},
+    "joint": {"flops": 0.5, "size": 0.1},
 }
-_NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z%]*)\s*$", re.IGNORECASE)
 
-
-@dataclass(frozen=True)
-class Budget:
-    """One budget: an upper bound on MACs ("flops"), params, bytes ("size") or latency.
-
-    Args:
-        metric: ``flops`` (counted as MACs, as in AMC), ``params``, ``size`` (bytes of the
-            compressed payload) or ``latency`` (seconds, from the measured lookup table).
-        value: The bound: a ratio in (0, 1] of the uncompressed model when ``relative``,
-            else an absolute amount (MACs, parameters, bytes or seconds).
-        relative: Whether ``value`` is a ratio of the baseline.
-    """
-
-    metric: str
-    value: float
-    relative: bool = True
-
-    def __post_init__(self) -> None:
-        if self.metric not in BUDGET_NAMES:
-            raise AutoshrinkError(f"unknown budget {self.metric!r}: use one of {BUDGET_NAMES}")
-        value = float(self.value)
-        if not math.isfinite(value) or value <= 0:
-            raise AutoshrinkError(f"{self.metric} budget must be positive, got {self.value!r}")
-        if self.relative and value > 1:
-            raise AutoshrinkError(
-                f"{self.metric} budget ratio must lie in (0, 1], got {value:g}; "
-                "give an absolute value with a unit suffix instead"
-            )
-        object.__setattr__(self, "value", value)
-
-    def limit(self, baseline: float) -> float:
-        """The absolute bound, given the uncompressed model's value of the metric."""
-        return self.value * baseline if self.relative else self.value
-
-    def __str__(self) -> str:
-        if self.relative:
-            return f"{self.metric} <= {self.value:.4g} of baseline"
-        return f"{self.metric} <= {format_amount(self.metric, self.value)}"
-
-
-def format_amount(metric: str, value: float) -> str:
-    """Human form of an absolute amount: ``1.23M MACs``, ``300KB``, ``4.1ms``."""
-    if metric == "latency":
-        return f"{value * 1e3:.4g}ms"
-    for suffix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if value >= scale:
-            amount = f"{value / scale:.4g}{suffix}"
-            break
-    else:
-        amount = f"{value:.4g}"
-    return {"flops": f"{amount} MACs", "params": f"{amount} params", "size": f"{amount}B"}[metric]
-
-
-def parse_budget(metric: str, text: str | float | Budget) -> Budget:
-    """Parse a budget as given on a command line.
-
-    A bare number up to 1 (or a percentage) is a ratio of the uncompressed model; a number
-    above 1 or with a unit suffix is absolute. Suffixes: ``K M G T`` for flops (MACs) and
-    params; ``B KB MB GB KiB MiB GiB`` for size; ``s ms us`` for latency (which needs one).
-
-    Args:
-        metric: One of ``flops``, ``params``, ``size``, ``latency``.
-        text: ``"0.2"``, ``"20%"``, ``"1.5M"``, ``"300KB"``, ``"4ms"``, a number or a Budget.
-
-    Returns:
-        The budget.
-
-    Raises:
-        AutoshrinkError: On an unknown metric, an unparsable value or a wrong suffix.
-    """
-    if isinstance(text, Budget):
-        if text.metric != metric:
-            raise AutoshrinkError(f"a {text.metric} budget was given for {metric}")
-        return text
-    if metric not in BUDGET_NAMES:
-        raise AutoshrinkError(f"unknown budget {metric!r}: use one of {BUDGET_NAMES}")
-    if isinstance(text, bool):
-        raise AutoshrinkError(f"{metric} budget must be a number, got {text!r}")
-    if isinstance(text, int | float):
-        value = float(text)
-        return Budget(metric, value, relative=value <= 1)
-    match = _NUMBER.match(str(text))
-    if match is None:
-        raise AutoshrinkError(f"cannot read {metric} budget {text!r}: {_hint(metric)}")
-    value, suffix = float(match.group(1)), match.group(2).lower()
-    if suffix == "%":
-        return Budget(metric, value / 100.0, relative=True)
-    if suffix == "" and value <= 1:
-        return Budget(metric, value, relative=True)
-    units = _UNITS[metric]
-    if suffix not in units:
-        raise AutoshrinkError(
-            f"unknown unit {suffix!r} in {metric} budget {text!r}: {_hint(metric)}"
-        )
-    return Budget(metric, value * units[suffix], relative=False)
-
-
-def _hint(metric: str) -> str:
-    example = {"flops": "1.5M", "params": "200K", "size": "300KB", "latency": "4ms"}[metric]
-    return f"use a ratio like 0.2, a percentage like 20%, or an absolute value like {example}"
-
-
-BudgetLike = Budget | float | str | None
+BudgetLike: TypeAlias = Budget | float | str | None
 
 
 @dataclass(frozen=True)
@@ -260,16 +140,14 @@ class EnvConfig(JsonFile):
     def budgets(self) -> dict[str, Budget]:
         """The active budgets by metric; the mode's defaults when none is given.
 
-        Defaults: prune ``flops<=0.5``; quant ``size<=0.15``; joint ``flops<=0.5`` and
-        ``size<=0.1``. Give a ratio of 1 to search without a constraint.
+        Defaults (:data:`DEFAULT_BUDGETS`): prune ``flops<=0.5``; quant ``size<=0.15``;
+        joint ``flops<=0.5`` and ``size<=0.1``. Give a ratio of 1 to search without a
+        constraint.
         """
         given = {m: b for m in BUDGET_NAMES if (b := getattr(self, m)) is not None}
         if given:
             return given
-        defaults = {"prune": {"flops": 0.5}, "quant": {"size": 0.15}}.get(
-            self.mode, {"flops": 0.5, "size": 0.1}
-        )
-        return {m: Budget(m, v) for m, v in defaults.items()}
+        return {m: Budget(m, v) for m, v in DEFAULT_BUDGETS[self.mode].items()}
 
     def replace(self, **changes: Any) -> EnvConfig:
         """Return a validated copy with ``changes`` applied (budgets may be strings)."""

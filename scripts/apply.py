@@ -30,7 +30,16 @@ from typing import Any
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.metrics import BUDGET_NAMES
 from autoshrink.scripts.console import console, err_console, make_progress
-from autoshrink.scripts.options import add_budget_flags
+from autoshrink.scripts.options import (
+    DATA_DIR_HELP,
+    JSON_HELP,
+    add_budget_flags,
+    check_out_folder,
+)
+from autoshrink.scripts.show import print_shipped
+
+#: The one line ``autoshrink --help`` shows.
+HELP = "apply a saved policy or a trained agent to a model, and ship its model"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -39,7 +48,7 @@ def add_parser(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "apply",
-        help="apply a saved policy or a trained agent to a model, and ship its model",
+        help=HELP,
         description=(
             "Apply a policy.json (or roll a trained agent.zip out once) on a model, fine-tune "
             "the result and write a run folder as search does (policy.json, result.json, the "
@@ -48,28 +57,59 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--policy", default=None, help="a policy.json to apply")
-    source.add_argument("--agent", default=None, help="a trained agent.zip to roll out")
-    p.add_argument("--map", choices=MAPS, default=None, help="stretch --policy over depth")
-    p.add_argument("--model", required=True, help="model name or file.py:factory")
-    p.add_argument("--checkpoint", default=None, help="trained weights (default: cached)")
-    p.add_argument("--dataset", default=None, help="dataset (the policy's or agent's)")
-    p.add_argument("--data-dir", default=None, help="where the dataset files are")
-    add_budget_flags(p)
+    source.add_argument(
+        "--policy", default=None, help="a policy.json to apply (required: it or --agent)"
+    )
+    source.add_argument(
+        "--agent", default=None, help="a trained agent.zip to roll out (required: it or --policy)"
+    )
+    p.add_argument(
+        "--map",
+        choices=MAPS,
+        default=None,
+        help="stretch --policy over another depth, unit by unit (default: none, as it is)",
+    )
+    p.add_argument("--model", required=True, help="model name or file.py:factory (required)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="trained weights (default: the cached baseline, trained once if missing)",
+    )
+    p.add_argument("--dataset", default=None, help="dataset (default: the policy's or the agent's)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    p.add_argument(
+        "--baseline-epochs",
+        type=int,
+        default=None,
+        help="epochs of the baseline, trained once when there is no --checkpoint and none "
+        "is cached (default: the dataset's, as autoshrink train's)",
+    )
+    given = "the policy's own, or the agent's search's; with --map, none"
+    add_budget_flags(p, dict.fromkeys(BUDGET_NAMES, given))
+    _add_final_flags(p)
+    p.add_argument("--out", required=True, help="run folder to write, new or empty (required)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=run)
+
+
+def _add_final_flags(p: argparse.ArgumentParser) -> None:
+    """The final fine-tune's flags, defaults from :class:`FinalConfig`."""
     from autoshrink.agent.search.config import FinalConfig
 
-    epochs = FinalConfig.epochs
     p.add_argument(
         "--finetune-epochs",
         type=int,
-        default=epochs,
-        help=f"fine-tune epochs of the final model ({epochs})",
+        default=FinalConfig.epochs,
+        help="fine-tune epochs of the final model (default: %(default)s)",
     )
-    p.add_argument("--distill", action="store_true", help="distil the final fine-tune")
-    p.add_argument("--seed", type=int, default=0, help="seed of data and fine-tune (0)")
-    p.add_argument("--out", required=True, help="run folder to write (must be new or empty)")
-    p.add_argument("--json", action="store_true", help="print result.json instead of a table")
-    p.set_defaults(func=run)
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="distil the final fine-tune from the original model (default: off)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of data and fine-tune (default: %(default)s)"
+    )
 
 
 def _given_budgets(args: argparse.Namespace) -> dict[str, Any]:
@@ -82,8 +122,7 @@ def _given_budgets(args: argparse.Namespace) -> dict[str, Any]:
 
 def _prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Every check that needs no training; returns what the run needs. Writes nothing."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise AutoshrinkError(f"{out} is not empty: choose a new folder for --out")
+    check_out_folder(out)
     if args.map and args.policy is None:
         raise AutoshrinkError("--map stretches a --policy; an agent transfers without it")
     if args.finetune_epochs < 0:
@@ -102,6 +141,7 @@ def _prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         seed=args.seed,
         budgets=budgets,
         map_name=args.map,
+        settings=_baseline_setting(args),
     )
     return {
         "policy_plan": applied,
@@ -112,6 +152,11 @@ def _prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     }
 
 
+def _baseline_setting(args: argparse.Namespace) -> dict[str, Any]:
+    given = args.baseline_epochs
+    return {} if given is None else {"baseline_epochs": given}
+
+
 def _prepare_agent(args: argparse.Namespace, budgets: dict[str, Any]) -> dict[str, Any]:
     """The checks of ``--agent``: the agent, its mode, the target's data and checkpoint."""
     from autoshrink.agent.search.transfer_plan import plan_transfer
@@ -119,6 +164,7 @@ def _prepare_agent(args: argparse.Namespace, budgets: dict[str, Any]) -> dict[st
     from autoshrink.compression.models import ModelSpec, build_model, load_weights
 
     given = {
+        **_baseline_setting(args),
         "model": args.model,
         "dataset": args.dataset,
         "data_dir": args.data_dir,
@@ -146,12 +192,15 @@ def run(args: argparse.Namespace) -> int:
     from autoshrink.agent.search.transfer import transfer
     from autoshrink.env.compression_env import CompressionEnv
     from autoshrink.scripts.search import comparison_table, warn_weak_baseline
+    from autoshrink.scripts.train import ensure_baseline
 
     out = Path(args.out)
     plan = _prepare(args, out)
     final = FinalConfig(epochs=args.finetune_epochs, distill=args.distill)
     cfg = plan["config"]
-    with err_console.status(f"preparing {cfg.model} on {cfg.dataset} (trains once)"):
+    if plan.get("model") is None:  # the cached baseline, trained first if missing: say so
+        ensure_baseline(cfg, plan["data"])
+    with err_console.status(f"preparing {cfg.model} on {cfg.dataset}"):
         env = CompressionEnv(cfg, model=plan.get("model"), data=plan["data"])
     warn_weak_baseline(env)
     if args.agent is not None:
@@ -180,5 +229,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(report) + "\n")
     else:
         console.print(comparison_table(report))
+        print_shipped(out / report["artifact"], args.model)
         console.print(f"run folder: {out}", highlight=False)
     return 0

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,17 @@ from rich.progress import TextColumn
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import hold
 from autoshrink.scripts.console import console, err_console, make_progress
+from autoshrink.scripts.options import check_out_folder
+
+#: The one line ``autoshrink --help`` shows.
+HELP = "run many searches from a TOML spec on a process pool or a Ray cluster"
 
 
 def add_parser(subparsers: Any) -> None:
     """Register ``batch`` and its flags."""
     p = subparsers.add_parser(
         "batch",
-        help="run many searches from a TOML spec on a process pool or a Ray cluster",
+        help=HELP,
         description=(
             "Run the jobs of a TOML spec (a list of jobs, or a grid of models x datasets x "
             "budgets x agents x seeds) on a local process pool or on Ray. Each job's record "
@@ -32,14 +37,35 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     p.add_argument("spec", nargs="?", metavar="SPEC", help="the batch spec (TOML)")
-    p.add_argument("--out", metavar="DIR", help="batch folder: results, summary, plot, runs/")
-    p.add_argument("--workers", type=int, metavar="N", help="jobs at once (the cores)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local", help="(local)")
-    p.add_argument("--address", metavar="ADDR", help="Ray cluster: auto or ray://host:port")
-    p.add_argument("--job-timeout", type=float, metavar="S", help="seconds per job (none)")
-    p.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
-    p.add_argument("--example", action="store_true", help="print an example spec and exit")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="batch folder: results, summary, plot, runs/ (required unless --example)",
+    )
+    p.add_argument("--workers", type=int, metavar="N", help="jobs at once (default: the cores)")
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: a process pool here; ray: a Ray cluster (default: %(default)s)",
+    )
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="Ray cluster: auto or ray://host:port (default: a local Ray)",
+    )
+    p.add_argument("--job-timeout", type=float, metavar="S", help="seconds per job (default: none)")
+    p.add_argument(
+        "--retry-failed", action="store_true", help="run failed jobs again (default: off)"
+    )
+    p.add_argument(
+        "--example", action="store_true", help="print an example spec and exit (default: off)"
+    )
     p.set_defaults(func=run)
+
+
+#: What marks a batch folder, which a rerun resumes.
+OWN = ("spec.toml", "results.jsonl")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
     if args.spec is None or args.out is None:
         raise AutoshrinkError("give a spec and --out DIR (or --example for a spec to start from)")
     spec = load_spec(args.spec)
+    # a batch folder: its spec.toml is written first, results.jsonl as jobs end
+    check_out_folder(Path(args.out), reuse=lambda f: any((f / n).exists() for n in OWN))
+    again = " ".join(shlex.quote(a) for a in ("autoshrink", "batch", args.spec, "--out", args.out))
+    args.on_interrupt = lambda: f"rerun to resume: {again}"
     with hold(Path(args.out), "batch"):  # refused here, before a line is printed
         return _run(spec, args)
 

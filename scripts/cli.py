@@ -19,6 +19,7 @@ from autoshrink.scripts.console import err_console
 SUBCOMMANDS: tuple[str, ...] = (
     "train",
     "inspect",
+    "show",
     "search",
     "apply",
     "evaluate",
@@ -42,8 +43,14 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with one sub-parser per subcommand module."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Build the top-level parser with one sub-parser per subcommand module.
+
+    Args:
+        argv: The arguments to be parsed. Given, only the subcommand they name gets its
+            flags; the others get their one-line help alone, so that ``autoshrink --help``
+            imports neither torch nor SB3. None builds every subcommand in full.
+    """
     parser = OneLineParser(
         prog="autoshrink",
         description=(
@@ -53,14 +60,61 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"autoshrink {_version()}")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
-    )
+    add_verbosity_flags(parser, "")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = None if argv is None else _named_command(argv)
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"autoshrink.scripts.{name}")
-        module.add_parser(sub)
+        if argv is None or name == chosen:
+            module.add_parser(sub)
+        else:
+            sub.add_parser(name, help=module.HELP)
+        add_verbosity_flags(sub.choices[name], "_after")
     return parser
+
+
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is not a top-level option."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def add_verbosity_flags(parser: argparse.ArgumentParser, suffix: str) -> None:
+    """``-v`` and ``-q``, counted apart before and after the subcommand, then added up.
+
+    A subcommand's parser writes every one of its destinations over the top level's, so
+    its copies have their own (``verbose_after``, ``quiet_after``).
+    """
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        dest=f"verbose{suffix}",
+        action="count",
+        default=0,
+        help="more log output: -v info, -vv autoshrink's debug, -vvv every library's "
+        "(default: warnings)",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        dest=f"quiet{suffix}",
+        action="count",
+        default=0,
+        help="less log output: errors only (default: off)",
+    )
+
+
+def set_log_level(verbosity: int) -> None:
+    """Log autoshrink's records at ``verbosity`` (-1 quiet .. 2 debug); others at warning.
+
+    Third-party libraries (matplotlib, PIL, filelock, ...) log their debug output only
+    from ``-vvv`` on: at ``-vv`` it would bury autoshrink's under hundreds of lines.
+    """
+    levels = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}
+    level = levels.get(max(verbosity, -1), logging.DEBUG)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.DEBUG if verbosity >= 3 else max(level, logging.WARNING))
+    logging.getLogger("autoshrink").setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,10 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 on success, 2 on a user error (reported in one line), 130 on Ctrl-C.
     """
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    verbose = args.verbose + getattr(args, "verbose_after", 0)
+    set_log_level(verbose - args.quiet - getattr(args, "quiet_after", 0))
     if args.command is None:
         parser.print_help()
         return 0
@@ -88,7 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+        hint = getattr(args, "on_interrupt", None)
+        line = hint() if callable(hint) else None
+        tail = escape(f"; {line}" if line else "")
+        err_console.print(f"[yellow]interrupted[/]{tail}", highlight=False, soft_wrap=True)
         return 130
 
 

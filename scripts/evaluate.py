@@ -17,30 +17,48 @@ from rich.table import Table
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
 from autoshrink.compression.metrics import MEASURED_LATENCY
 from autoshrink.scripts.console import console, err_console
+from autoshrink.scripts.options import DATA_DIR_HELP, JSON_HELP
 
 #: Largest batch sizes and repeat counts accepted: beyond these a value is a typo.
 MAX_BATCH = 1 << 16
 MAX_REPEATS = 100_000
 
 
+#: The one line ``autoshrink --help`` shows.
+HELP = "measure a compressed artifact: accuracy, MACs, params, bytes, latency"
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``evaluate`` and its flags."""
     p = subparsers.add_parser(
         "evaluate",
-        help="measure a compressed artifact: accuracy, MACs, params, bytes, latency",
+        help=HELP,
         description=(
             "Load an artifact written by `autoshrink search` (or `apply`) and report its "
             "test accuracy on a dataset, its MACs, parameters, payload bytes and CPU latency."
         ),
     )
     p.add_argument("artifact", help="the .safetensors artifact")
-    p.add_argument("--dataset", required=True, help="dataset to score on (its test split)")
-    p.add_argument("--data-dir", default=None, help="where the dataset files are")
-    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (256)")
-    p.add_argument("--latency-batch", type=int, default=1, help="batch of the timed pass (1)")
-    p.add_argument("--repeats", type=int, default=30, help="timed passes, median taken (30)")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset whose test split scores it (default: the one the artifact was made on)",
+    )
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="evaluation batch size (default: %(default)s)"
+    )
+    p.add_argument(
+        "--latency-batch",
+        type=int,
+        default=1,
+        help="batch of the timed pass (default: %(default)s)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=30, help="timed passes, median taken (default: %(default)s)"
+    )
     add_model_flags(p)
-    p.add_argument("--json", action="store_true", help="print only JSON")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=run)
 
 
@@ -50,13 +68,14 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
         "--model",
         default=None,
         metavar="FILE.py:FN",
-        help="for an artifact of a user model: the factory that rebuilds it (its code runs; "
-        "an artifact never imports a file by itself)",
+        help="for an artifact of a user model: the factory that rebuilds it, whose code runs; "
+        "an artifact never imports a file by itself (default: none)",
     )
     p.add_argument(
         "--allow-changed-model",
         action="store_true",
-        help="load even if --model's file differs from the one the artifact was made with",
+        help="load even if --model's file differs from the one the artifact was made with "
+        "(default: off)",
     )
 
 
@@ -122,7 +141,7 @@ def payload_bytes(path: Path) -> int:
 
 def evaluate_artifact(
     path: Path,
-    dataset: str,
+    dataset: str | None = None,
     data_dir: str | None = None,
     batch_size: int = 256,
     latency_batch: int = 1,
@@ -132,7 +151,8 @@ def evaluate_artifact(
 ) -> dict[str, Any]:
     """Measure an artifact; the keys are those of ``result.json``'s ``compressed``.
 
-    ``factory`` (and ``allow_changed_factory``) rebuild an artifact of a user model, see
+    ``dataset`` None scores it on the dataset its policy was made on. ``factory`` (and
+    ``allow_changed_factory``) rebuild an artifact of a user model, see
     :func:`~autoshrink.compression.artifact.load_artifact`.
     """
     import torch
@@ -146,6 +166,7 @@ def evaluate_artifact(
     from autoshrink.env.latency import time_forward
 
     header = read_header(path)  # checked in full; nothing is built or imported yet
+    dataset = dataset or _made_on(path, header)
     shape = tuple(header.input_shape[1:])
     check_input_shape((latency_batch, *shape), "--latency-batch times the artifact's input")
     check_input_shape((batch_size, *shape), "--batch-size times the artifact's input")
@@ -171,6 +192,16 @@ def evaluate_artifact(
     }
 
 
+def _made_on(path: Path, header: Any) -> str:
+    """The dataset an artifact's policy was searched (or applied) on."""
+    meta = getattr(header.policy, "meta", {})
+    name = meta.get("dataset") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name:
+        raise AutoshrinkError(f"{path} does not say which dataset it was made on; pass --dataset")
+    check_dataset_flag(name)
+    return name
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate the artifact and print a table (or JSON)."""
     check_flags(args)
@@ -181,9 +212,9 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate_artifact(path, *flags, **factory)
         sys.stdout.write(json.dumps(report) + "\n")  # plain JSON for pipes, no rich markup
         return 0
-    with err_console.status(f"evaluating {path.name} on {args.dataset}"):
+    with err_console.status(f"evaluating {path.name} on {args.dataset or 'its dataset'}"):
         report = evaluate_artifact(path, *flags, **factory)
-    table = Table(title=f"{path.name} ({report['model']}) on {args.dataset}")
+    table = Table(title=f"{path.name} ({report['model']}) on {report['dataset']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("test accuracy", f"{report['accuracy']:.2%}")

@@ -25,8 +25,13 @@ from autoshrink.scripts.evaluate import (
     check_dataset_flag,
     check_model_flag,
 )
+from autoshrink.scripts.options import DATA_DIR_HELP, JSON_HELP
 
 MAX_CALIB_BATCHES = 10_000
+
+
+#: The one line ``autoshrink --help`` shows.
+HELP = "export a compressed artifact to ONNX or TorchScript, checked against it"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -35,7 +40,7 @@ def add_parser(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "export",
-        help="export a compressed artifact to ONNX or TorchScript, checked against it",
+        help=HELP,
         description=(
             "Export an artifact written by `autoshrink search` or `apply` to ONNX (run and "
             "checked in onnxruntime) or TorchScript (torch.jit). The outputs must match the "
@@ -43,15 +48,35 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     p.add_argument("artifact", help="the .safetensors artifact")
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="(onnx)")
-    p.add_argument("--out", default=None, help="output file (next to the artifact)")
-    p.add_argument("--exporter", choices=EXPORTERS, default="auto", help="ONNX exporter (auto)")
-    p.add_argument("--int8", action="store_true", help="export the real int8 path as QDQ ONNX")
-    p.add_argument("--dataset", default=None, help="dataset whose train split calibrates --int8")
-    p.add_argument("--data-dir", default=None, help="where the dataset files are")
-    p.add_argument("--calib-batches", type=int, default=8, help="calibration batches (8)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="onnx",
+        help="onnx (checked in onnxruntime) or torchscript (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out", default=None, help="output file (default: next to the artifact, named after it)"
+    )
+    p.add_argument(
+        "--exporter", choices=EXPORTERS, default="auto", help="ONNX exporter (default: %(default)s)"
+    )
+    p.add_argument(
+        "--int8", action="store_true", help="export the real int8 path as QDQ ONNX (default: off)"
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset whose train split calibrates --int8 (default: none)",
+    )
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    p.add_argument(
+        "--calib-batches",
+        type=int,
+        default=8,
+        help="calibration batches of --int8 (default: %(default)s)",
+    )
     add_model_flags(p)
-    p.add_argument("--json", action="store_true", help="print only JSON")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=run)
 
 

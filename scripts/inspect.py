@@ -18,6 +18,7 @@ from rich.table import Table
 
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.scripts.console import console
+from autoshrink.scripts.options import DATA_DIR_HELP, JSON_HELP
 
 if TYPE_CHECKING:
     from autoshrink.compression.units import UnitGraph
@@ -30,36 +31,52 @@ class InputShapeError(AutoshrinkError):
     """``--input-shape`` is not a list of positive integers."""
 
 
+#: The one line ``autoshrink --help`` shows.
+HELP = "list a model's prunable units (channel groups) with MACs and params"
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``inspect`` and its flags."""
     p = subparsers.add_parser(
         "inspect",
-        help="list a model's prunable units (channel groups) with MACs and params",
+        help=HELP,
         description=(
             "Trace a model with Torch-Pruning's DepGraph and list its prunable units: the "
             "groups of layers that must keep the same channels. Totals are MACs, parameters "
             "and bytes at float precision."
         ),
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name ({DEFAULT_MODEL})")
-    p.add_argument("--checkpoint", default=None, help="state dict to load into the model")
-    shape = p.add_mutually_exclusive_group()
-    shape.add_argument("--input-shape", default=None, help="input batch shape, e.g. 1,3,224,224")
-    shape.add_argument(
-        "--dataset", default=None, help=f"take the input shape from a dataset ({DEFAULT_DATASET})"
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="state dict to load into the model (default: none; units and costs are the same)",
     )
-    p.add_argument("--data-dir", default=None, help="where the dataset files are")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier width (dataset's)")
-    p.add_argument("--round-to", type=int, default=1, help="channel granularity (1)")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--input-shape",
+        default=None,
+        help="input batch shape, e.g. 1,3,224,224 (default: the dataset's)",
+    )
+    shape.add_argument(
+        "--dataset",
+        default=None,
+        help=f"take the input shape from a dataset (default: {DEFAULT_DATASET})",
+    )
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="classifier width (default: the dataset's)"
+    )
+    p.add_argument("--round-to", type=int, default=1, help="channel granularity (default: 1)")
     p.add_argument(
         "--keep",
         type=float,
         default=None,
         metavar="R",
         help="what-if: keep this fraction (0, 1] of every unit's channels; adds the kept "
-        "channels and the pruned totals, from the exact cost model",
+        "channels and the pruned totals, from the exact cost model (default: none)",
     )
-    p.add_argument("--json", action="store_true", help="print only JSON")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=run)
 
 
@@ -174,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
     shape = "x".join(map(str, graph.input_shape))
     table = Table(
         title=f"{args.model} on {shape}: {len(report['units'])} prunable units",
+        caption="MACs and params: every layer whose output channels the unit prunes "
+        "(its group, which `autoshrink show` lists), not the named layer alone",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )

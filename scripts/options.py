@@ -1,8 +1,22 @@
-"""Flags that several subcommands share, defined once so they read the same everywhere."""
+"""Flags that several subcommands share, defined once so they read the same everywhere.
+
+Every flag's help ends with its default, as ``(default: ...)`` (``(default: off)`` for a
+switch), or with ``(required)``.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.locking import LOCK_FILE
+
+#: ``--data-dir`` of every command that reads a dataset.
+DATA_DIR_HELP = "where the dataset files are, or are downloaded to (default: the cache's)"
+#: ``--json`` of every command that prints a table.
+JSON_HELP = "print only JSON, for machines (default: off)"
 
 #: Budget flag -> help text. Values are parsed by ``autoshrink.env.config.parse_budget``.
 BUDGET_FLAGS: dict[str, str] = {
@@ -13,7 +27,52 @@ BUDGET_FLAGS: dict[str, str] = {
 }
 
 
-def add_budget_flags(parser: argparse.ArgumentParser) -> None:
-    """Add ``--flops --params --size --latency`` (each None unless given)."""
+def add_budget_flags(parser: argparse.ArgumentParser, defaults: Mapping[str, str]) -> None:
+    """Add ``--flops --params --size --latency`` (each None unless given).
+
+    Args:
+        parser: The subcommand's parser.
+        defaults: What each budget is when its flag is left out, as help text.
+    """
     for name, help_text in BUDGET_FLAGS.items():
-        parser.add_argument(f"--{name}", default=None, help=help_text)
+        default = defaults.get(name, "none")
+        parser.add_argument(f"--{name}", default=None, help=f"{help_text} (default: {default})")
+
+
+def mode_defaults() -> dict[str, str]:
+    """Each budget's default in words, from the env's ``DEFAULT_BUDGETS`` by mode."""
+    from autoshrink.env.config import DEFAULT_BUDGETS
+
+    by_metric: dict[str, dict[float, list[str]]] = {}
+    for mode, budgets in DEFAULT_BUDGETS.items():
+        for metric, value in budgets.items():
+            by_metric.setdefault(metric, {}).setdefault(value, []).append(mode)
+    return {
+        metric: ", ".join(f"{v:g} in {' and '.join(modes)} mode" for v, modes in values.items())
+        + ", if no budget is given"
+        for metric, values in by_metric.items()
+    }
+
+
+def check_out_folder(out: Path, reuse: Callable[[Path], bool] | None = None) -> None:
+    """``--out``'s one rule: a new or empty folder, or, for a command that resumes, its own.
+
+    Checked before any work, so that no command writes into a folder of other files.
+
+    Args:
+        out: The folder given.
+        reuse: Whether a non-empty ``out`` is this command's own folder, which it may
+            continue (a search's run folder, a batch folder); None: never.
+
+    Raises:
+        AutoshrinkError: If ``out`` is a file, or holds other files.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise AutoshrinkError(f"--out {out} exists and is not a folder")
+    others = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+    if not others or (reuse is not None and reuse(out)):
+        return
+    listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+    raise AutoshrinkError(f"--out {out} is not empty ({listed}): choose a new or empty folder")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -21,65 +22,125 @@ from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import check_free
 from autoshrink.compression.metrics import BUDGET_NAMES, MEASURED_LATENCY, result_key
 from autoshrink.scripts.console import console, err_console, make_progress
-from autoshrink.scripts.options import add_budget_flags
+from autoshrink.scripts.options import (
+    DATA_DIR_HELP,
+    JSON_HELP,
+    add_budget_flags,
+    check_out_folder,
+    mode_defaults,
+)
+from autoshrink.scripts.show import print_shipped
+
+#: The one line ``autoshrink --help`` shows.
+HELP = "search a per-unit keep-ratio and bit-width policy under budgets"
 
 
 def add_parser(subparsers: Any) -> None:
     """Register ``search`` and its flags."""
     p = subparsers.add_parser(
         "search",
-        help="search a per-unit keep-ratio and bit-width policy under budgets",
+        help=HELP,
         description=(
             "Search a per-unit channel keep-ratio and weight bit-width for a trained model "
             "under guaranteed budgets, fine-tune the best policy and write a run folder "
             "(policy.json, result.json, episodes.jsonl, the compressed artifact, agent.zip, "
             "TensorBoard events). Budgets are ratios of the original (0.5, 50%) or "
-            "absolute amounts (1.5M MACs, 300KB, 4ms)."
+            "absolute amounts with their unit (1.5M MACs, 300KB, 4ms); a bare number above "
+            "1 is refused. With no budget, the mode's defaults apply."
         ),
     )
-    from autoshrink.agent.algorithms import ALGORITHMS
-    from autoshrink.agent.config import DEFAULT_EPISODES, DEFAULT_WARMUP, AgentConfig
+    _add_model_flags(p)
+    add_budget_flags(p, mode_defaults())
+    _add_agent_flags(p)
+    _add_final_flags(p)
+    p.add_argument(
+        "--out",
+        default=None,
+        help="run folder, refused if it holds another search unless --resume "
+        "(default: runs/<model>-<dataset>-<time>)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue (or finish anew) the search in --out (default: off)",
+    )
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=run)
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    """What is compressed, and how: model, data, weights, mode, per-policy fine-tune."""
     from autoshrink.agent.search.config import DATASET_DEFAULTS
-    from autoshrink.env.config import EnvConfig
+    from autoshrink.env.config import MODES, EnvConfig
 
     digits = DATASET_DEFAULTS["digits"]
     p.add_argument(
-        "--model", default=None, help=f"model name or file.py:factory ({EnvConfig.model})"
+        "--model", default=None, help=f"model name or file.py:factory (default: {EnvConfig.model})"
     )
-    p.add_argument("--dataset", default=None, help=f"dataset name ({EnvConfig.dataset}, embedded)")
-    p.add_argument("--data-dir", default=None, help="where the dataset files are")
-    p.add_argument("--checkpoint", default=None, help="trained weights (default: cached)")
     p.add_argument(
-        "--mode", choices=("prune", "quant", "joint"), default=None, help=f"({EnvConfig.mode})"
+        "--dataset",
+        default=None,
+        help=f"dataset name (default: {EnvConfig.dataset}, embedded)",
     )
-    add_budget_flags(p)
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument(
-        "--agent", choices=sorted(ALGORITHMS), default=None, help=f"({AgentConfig.algorithm})"
+        "--checkpoint",
+        default=None,
+        help="trained weights (default: the cached baseline, trained once if missing)",
     )
-    p.add_argument("--episodes", type=int, default=None, help=f"({DEFAULT_EPISODES})")
     p.add_argument(
-        "--warmup",
+        "--mode",
+        choices=MODES,
+        default=None,
+        help="what a policy decides per unit: prune (channels), quant (weight bits) or "
+        f"joint (both) (default: {EnvConfig.mode})",
+    )
+    p.add_argument(
+        "--baseline-epochs",
         type=int,
         default=None,
-        help=f"random episodes (a third of --episodes, at most {DEFAULT_WARMUP})",
+        help="epochs of the baseline, trained once when none is cached (default: the "
+        "dataset's, as autoshrink train's)",
     )
     p.add_argument(
         "--finetune-steps",
         type=int,
         default=None,
-        help=(
-            f"fine-tune steps per evaluated policy ({EnvConfig.finetune_steps}; "
-            f"{digits['finetune_steps']} on digits)"
-        ),
+        help=f"fine-tune steps per evaluated policy (default: {EnvConfig.finetune_steps}; "
+        f"{digits['finetune_steps']} on digits)",
     )
-    _add_final_flags(p)
     p.add_argument(
-        "--seed", type=int, default=None, help=f"seed of agent, env and data ({EnvConfig.seed})"
+        "--seed",
+        type=int,
+        default=None,
+        help=f"seed of agent, env and data (default: {EnvConfig.seed})",
     )
-    p.add_argument("--out", default=None, help="run folder (runs/<model>-<dataset>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the search in --out")
-    p.add_argument("--json", action="store_true", help="print result.json instead of a table")
-    p.set_defaults(func=run)
+
+
+def _add_agent_flags(p: argparse.ArgumentParser) -> None:
+    """Which agent searches, and for how long."""
+    from autoshrink.agent.config import AGENTS, DEFAULT_EPISODES, DEFAULT_WARMUP, AgentConfig
+
+    p.add_argument(
+        "--agent",
+        choices=list(AGENTS),
+        default=None,
+        help="; ".join(f"{name}: {what}" for name, what in AGENTS.items())
+        + f" (default: {AgentConfig.algorithm})",
+    )
+    p.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help=f"episodes of the search, warm-up included (default: {DEFAULT_EPISODES})",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="random episodes before a learning agent learns "
+        f"(default: a third of --episodes, at most {DEFAULT_WARMUP})",
+    )
 
 
 def _add_final_flags(p: argparse.ArgumentParser) -> None:
@@ -91,16 +152,20 @@ def _add_final_flags(p: argparse.ArgumentParser) -> None:
         "--final-epochs",
         type=int,
         default=None,
-        help=f"fine-tune epochs of the final model ({final.epochs})",
+        help=f"fine-tune epochs of the final model (default: {final.epochs})",
     )
-    p.add_argument("--distill", action="store_true", help="distil the final fine-tune")
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="distil the final fine-tune from the original model (default: off)",
+    )
     p.add_argument(
         "--finalists",
         type=int,
         default=None,
         help=(
             "fine-tune the N best distinct policies of the search the same way, score each "
-            f"on the whole val split and ship the best ({final.finalists}; "
+            f"on the whole val split and ship the best (default: {final.finalists}; "
             f"{digits['final_finalists']} on digits)"
         ),
     )
@@ -110,7 +175,7 @@ def _add_final_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help=(
             "least mean keep-ratio difference per unit between two finalists, so that "
-            f"near-copies of one policy do not fill the list ({final.finalist_spacing})"
+            f"near-copies of one policy do not fill the list (default: {final.finalist_spacing})"
         ),
     )
 
@@ -126,6 +191,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         **{m: getattr(args, m) for m in BUDGET_NAMES},
         "seed": args.seed,
         "finetune_steps": args.finetune_steps,
+        "baseline_epochs": args.baseline_epochs,
         "agent": args.agent,
         "episodes": args.episodes,
         "warmup": args.warmup,
@@ -152,20 +218,26 @@ def _config(args: argparse.Namespace, out: Path) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run the search, the final fine-tune, and print the comparison."""
     from autoshrink.agent.search.run import search
+    from autoshrink.agent.search.run_folder import RunFolder
+    from autoshrink.scripts.train import ensure_baseline
 
     if args.resume and args.out is None:
         raise AutoshrinkError("--resume needs --out, the run folder to continue")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/{args.model or 'resnet20'}-{args.dataset or 'digits'}-{stamp}")
     check_free(out, "search")  # before the env is built, which can take minutes
+    # a run folder (config.json is its first file) is continued, or refused in the loop
+    check_out_folder(out, reuse=lambda f: RunFolder(f).has_search() or RunFolder(f).config.exists())
+    args.on_interrupt = lambda: resume_hint(out)
     if args.resume:
         from autoshrink.agent.search.preflight import check_resume
 
         check_resume(out)
     config = _config(args, out)
     env_cfg, agent_cfg = config.env, config.agent
-    with err_console.status(f"preparing {env_cfg.model} on {env_cfg.dataset} (trains once)"):
-        env = config.make_env()
+    data = ensure_baseline(env_cfg)  # announced and shown, when it has to be trained
+    with err_console.status(f"preparing {env_cfg.model} on {env_cfg.dataset}"):
+        env = config.make_env(**({} if data is None else {"data": data}))
     warn_weak_baseline(env)
     budgets = ", ".join(str(b) for b in env_cfg.budgets.values())
     header = (
@@ -176,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     bars = _SearchBars(config, env)
 
     def start() -> None:  # once the run folder is checked: a refusal stays one line
-        err_console.print(header, highlight=False)
+        err_console.print(header, highlight=False, soft_wrap=True)
         for name, why in env.graph.frozen.items():
             err_console.print(f"frozen unit {name}: {why}", highlight=False, soft_wrap=True)
         bars.progress.start()
@@ -198,8 +270,18 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(report) + "\n")
     else:
         console.print(comparison_table(report))
+        print_shipped(out / report["artifact"], env_cfg.model)
         console.print(f"run folder: {out}", highlight=False)
     return 0
+
+
+def resume_hint(out: Path) -> str:
+    """What to run to continue the search in ``out``, once it holds one."""
+    from autoshrink.agent.search.run_folder import RunFolder
+
+    if not RunFolder(out).has_search():
+        return f"no episode was logged in {out}: nothing to resume"
+    return f"resume with: autoshrink search --resume --out {shlex.quote(str(out))}"
 
 
 def warn_weak_baseline(env: Any) -> None:
@@ -228,7 +310,7 @@ class _SearchBars:
         self.config, self.env = config, env
         self.progress = make_progress(
             TextColumn("best {task.fields[best]}"),
-            TextColumn("acc {task.fields[acc]}"),
+            TextColumn("val acc {task.fields[acc]}"),
             TextColumn("{task.fields[budget]}"),
         )
         total = config.agent.episodes
@@ -284,6 +366,7 @@ def comparison_table(report: dict[str, Any]) -> Table:
     table.add_column("compressed", justify="right")
     table.add_column("ratio", justify="right")
     rows = [
+        ("val accuracy", "val_accuracy", lambda v: f"{v:.2%}"),
         ("test accuracy", "accuracy", lambda v: f"{v:.2%}"),
         ("MACs", "macs", _count),
         ("params", "params", _count),
@@ -294,7 +377,7 @@ def comparison_table(report: dict[str, Any]) -> Table:
         b, c = base.get(key), comp.get(key)
         if b is None or c is None:
             continue
-        ratio = f"{c / b:.3f}x" if key != "accuracy" and b else f"{(c - b) * 100:+.2f} pts"
+        ratio = f"{c / b:.3f}x" if "accuracy" not in key and b else f"{(c - b) * 100:+.2f} pts"
         table.add_row(label, fmt(b), fmt(c), ratio)
     return table
 

@@ -6,33 +6,26 @@ import argparse
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.progress import TextColumn
+from rich.progress import Progress, TextColumn
 from rich.table import Table
-from torch import nn
 
-from autoshrink.compression.baselines import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_DATASET,
-    DEFAULT_LR,
-    DEFAULT_MODEL,
-    baseline,
-    baseline_path,
-    default_epochs,
-    read_result,
-)
-from autoshrink.compression.data import DATASETS, load_dataset
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
-from autoshrink.compression.models import ZOO_MODELS, ModelSpec, build_model
-from autoshrink.scripts.console import console, make_progress
+from autoshrink.scripts.console import LineProgress, console, err_console, make_progress
+
+if TYPE_CHECKING:
+    from torch import nn
+
+#: The one line ``autoshrink --help`` shows (torch is imported only when ``train`` runs).
+HELP = "train a baseline model (cached: a second run is instant)"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``train`` subcommand."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "train",
-        help="train a baseline model (cached: a second run is instant)",
+        help=HELP,
         description=(
             "Train a model on a dataset and save its state dict. The result is cached in "
             "$AUTOSHRINK_CACHE (else $XDG_CACHE_HOME/autoshrink, else ~/.cache/autoshrink), "
@@ -50,6 +43,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model and data flags: ``--model``, ``--dataset``, ``--data-dir``."""
+    from autoshrink.compression.baselines import DEFAULT_DATASET, DEFAULT_MODEL
+    from autoshrink.compression.data import DATASETS
+    from autoshrink.compression.models import ZOO_MODELS
+
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -73,6 +70,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of the training run: ``--epochs``, ``--lr``, ``--batch-size``, ``--seed``."""
+    from autoshrink.compression.baselines import DEFAULT_BATCH_SIZE, DEFAULT_LR, default_epochs
+
     parser.add_argument(
         "--epochs",
         type=_positive_int,
@@ -114,7 +113,9 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: only the cache file is written)",
     )
     parser.add_argument(
-        "--retrain", action="store_true", help="train even if a cached result exists"
+        "--retrain",
+        action="store_true",
+        help="train even if a cached result exists (default: off)",
     )
 
 
@@ -146,6 +147,10 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train or load the baseline, copy it to ``--out`` and print a summary."""
+    from autoshrink.compression.baselines import baseline, baseline_path, default_epochs
+    from autoshrink.compression.data import load_dataset
+    from autoshrink.compression.models import ModelSpec, build_model
+
     if args.out is not None:  # checked before minutes of training, not after them
         _check_out(Path(args.out))
     splits = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)
@@ -163,15 +168,10 @@ def run(args: argparse.Namespace) -> int:
         model, path = baseline(spec, args.dataset, epochs, args.seed, **options)
         console.print("[green]cached:[/] trained before, loaded (--retrain to train again)")
     else:
+        steps = math.ceil(len(splits.train) / args.batch_size)
         with make_progress(TextColumn("val acc {task.fields[val]}")) as progress:
-            task = progress.add_task(f"training {args.model}", total=epochs, val="-")
-
-            def on_epoch(epoch: int, val_accuracy: float) -> None:
-                progress.update(task, completed=epoch, val=f"{val_accuracy:.2%}")
-
-            model, path = baseline(
-                spec, args.dataset, epochs, args.seed, on_epoch=on_epoch, **options
-            )
+            shown = trainer_progress(progress, f"training {args.model}", epochs, steps)
+            model, path = baseline(spec, args.dataset, epochs, args.seed, **shown, **options)
     if args.out is not None:
         _save_copy(model, path, args.out)
     _summary(args, epochs, path)
@@ -179,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace, epochs: int, path: Path) -> None:
+    from autoshrink.compression.baselines import read_result
+
     table = Table(title="baseline", show_header=False)
     table.add_row("model", args.model)
     table.add_row("dataset", args.dataset)
@@ -206,3 +208,81 @@ def _save_copy(model: nn.Module, cached: Path, out: Path) -> None:
             shutil.copyfile(cached, out)
     except OSError as exc:
         raise CheckpointError(f"cannot write {out}: {exc.strerror or exc}") from exc
+
+
+def ensure_baseline(cfg: Any, data: Any = None) -> Any:
+    """Train the cached baseline an env of ``cfg`` loads, if it is missing, saying so first.
+
+    A search or apply without ``--checkpoint`` compresses the cached baseline, and trains
+    it when there is none: that is announced in one line (model, data, epochs), then shown
+    epoch by epoch, instead of hiding behind "preparing".
+
+    Args:
+        cfg: The env's :class:`~autoshrink.env.config.EnvConfig`.
+        data: The dataset, if loaded already.
+
+    Returns:
+        The dataset, loaded as the env loads it (pass it on), or ``data`` when ``cfg``
+        names a checkpoint.
+    """
+    if cfg.checkpoint is not None:
+        return data
+    from autoshrink.compression.baselines import (
+        DEFAULT_BATCH_SIZE,
+        baseline,
+        baseline_path,
+        default_epochs,
+    )
+    from autoshrink.compression.data import load_dataset
+    from autoshrink.compression.models import ModelSpec
+
+    data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
+    spec = ModelSpec.for_data(cfg.model, data)
+    epochs = cfg.baseline_epochs if cfg.baseline_epochs is not None else default_epochs(cfg.dataset)
+    if baseline_path(spec, cfg.dataset, epochs, cfg.seed, variant=data.variant).is_file():
+        return data
+    err_console.print(
+        f"no cached {cfg.model} baseline on {cfg.dataset}: training it first, {epochs} epochs "
+        f"over {len(data.train):,} images (once; later runs load it; --baseline-epochs N "
+        "for fewer)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    steps = math.ceil(len(data.train) / DEFAULT_BATCH_SIZE)
+    with make_progress(TextColumn("val acc {task.fields[val]}")) as progress:
+        shown = trainer_progress(progress, f"training the {cfg.model} baseline", epochs, steps)
+        baseline(
+            spec,
+            cfg.dataset,
+            epochs,
+            cfg.seed,
+            cfg.data_dir,
+            splits=data,
+            min_accuracy=cfg.min_baseline_accuracy,
+            **shown,
+        )
+    return data
+
+
+def trainer_progress(
+    progress: Progress | LineProgress, description: str, epochs: int, steps_per_epoch: int
+) -> dict[str, Any]:
+    """``on_epoch`` and ``on_step`` for :func:`baseline` that move a progress task.
+
+    On a terminal the bar counts batches, so that its time left is right from the first
+    minutes of a long epoch; piped, a line per batch would flood the log, so it counts
+    epochs (one line each). The val accuracy follows each epoch.
+    """
+    per_batch = not isinstance(progress, LineProgress)
+    total = epochs * steps_per_epoch if per_batch else epochs
+    task = progress.add_task(description, total=total, val="-")
+
+    def on_epoch(epoch: int, val_accuracy: float) -> None:
+        done = epoch * steps_per_epoch if per_batch else epoch
+        progress.update(task, completed=done, val=f"{val_accuracy:.2%}")
+
+    def on_step(step: int, steps: int) -> None:
+        if per_batch:
+            progress.update(task, completed=step, total=steps)
+
+    return {"on_epoch": on_epoch, "on_step": on_step}

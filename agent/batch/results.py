@@ -1,4 +1,4 @@
-"""The results of a batch: ``results.jsonl``, ``summary.csv`` and the Pareto plot.
+"""The results of a batch: ``results.jsonl`` and ``summary.csv`` (the plot: ``pareto``).
 
 ``results.jsonl`` holds one JSON record per finished job, in the order jobs finished. Each
 record is appended with a single ``os.write`` of the complete line to a file opened with
@@ -203,52 +203,3 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
             front.append(i)
             best = points[i][1]
     return front
-
-
-def plot_pareto(records: Iterable[dict[str, Any]], path: Path) -> Path | None:
-    """Plot test accuracy against MACs and against bytes, with each dataset's front.
-
-    Uses matplotlib's Agg canvas directly, so no global backend is touched. Returns None
-    (and writes nothing) when no job has succeeded yet.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = [summary_row(r) for r in latest_records(records).values() if r.get("status") == OK]
-    rows = [r for r in rows if r["accuracy"] is not None and r["macs"] is not None]
-    if not rows:
-        return None
-    fig = Figure(figsize=(11, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    groups = sorted({(r["model"], r["dataset"]) for r in rows})
-    colors = {g: f"C{i % 10}" for i, g in enumerate(groups)}
-    for ax, key, label in zip(
-        fig.subplots(1, 2), ("macs", "bytes"), ("MACs", "bytes"), strict=True
-    ):
-        for group in groups:
-            mine = [r for r in rows if (r["model"], r["dataset"]) == group]
-            ax.scatter(
-                [r[key] for r in mine],
-                [r["accuracy"] for r in mine],
-                color=colors[group],
-                label=f"{group[0]} / {group[1]}",
-            )
-        for dataset in sorted({r["dataset"] for r in rows}):
-            mine = [r for r in rows if r["dataset"] == dataset]
-            front = [mine[i] for i in pareto_front([(r[key], r["accuracy"]) for r in mine])]
-            ax.step(
-                [r[key] for r in front],
-                [r["accuracy"] for r in front],
-                where="post",
-                color="0.4",
-                linestyle="--",
-                linewidth=1,
-            )
-        ax.set_xscale("log")
-        ax.set_xlabel(f"{label} of the compressed model (log)")
-        ax.set_ylabel("test accuracy")
-        ax.grid(True, alpha=0.3)
-    fig.axes[0].legend(fontsize="small")
-    fig.suptitle(f"accuracy against cost: {len(rows)} jobs, dashed = Pareto front")
-    write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    return path

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autoshrink.agent.batch.job import init_worker, run_job
+from autoshrink.agent.batch.pareto import plot_pareto
 from autoshrink.agent.batch.results import (
     FAILED,
     OK,
@@ -42,7 +43,6 @@ from autoshrink.agent.batch.results import (
     append_record,
     finished_ids,
     latest_records,
-    plot_pareto,
     read_records,
     repair_tail,
     write_summary,

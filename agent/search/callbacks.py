@@ -84,13 +84,21 @@ class TensorBoardCallback(EpisodeCallback):
     """Per-episode scalars (``episode/*``, ``budget/*``, ``search/*``) and the best policy.
 
     The x axis is the episode index. When an episode is the new best, a figure of its
-    per-unit keep-ratio and bits is added under ``search/best_policy``.
+    per-unit keep-ratio and bits (``draw``, see :mod:`~autoshrink.agent.search.policy_plot`)
+    is added under ``search/best_policy``.
     """
 
-    def __init__(self, book: EpisodeBook, log_dir: Path, purge_step: int | None = None) -> None:
+    def __init__(
+        self,
+        book: EpisodeBook,
+        log_dir: Path,
+        purge_step: int | None = None,
+        draw: Callable[[EpisodeRecord], Any] | None = None,
+    ) -> None:
         super().__init__(book)
         self.log_dir = Path(log_dir)
         self.purge_step = purge_step
+        self.draw = draw or _record_figure
         self.writer: Any = None
 
     def _on_training_start(self) -> None:
@@ -115,7 +123,7 @@ class TensorBoardCallback(EpisodeCallback):
         if sigma is not None:
             w.add_scalar("search/noise_sigma", sigma, step)
         if record.is_best and record.keep:
-            w.add_figure("search/best_policy", policy_figure(record), step, close=False)
+            w.add_figure("search/best_policy", self.draw(record), step, close=False)
         w.flush()
 
     def _on_training_end(self) -> None:
@@ -227,30 +235,9 @@ class AgentThreadsCallback(BaseCallback):
         self._restore()
 
 
-def policy_figure(record: EpisodeRecord) -> Any:
-    """A matplotlib figure of keep-ratio (bars) and bits (line) per unit."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def _record_figure(record: EpisodeRecord) -> Any:
+    """The policy figure of a record alone (no env: no pins, no budgets)."""
+    from autoshrink.agent.search.policy_plot import PolicyView, policy_figure
 
-    names = list(record.keep)
-    x = np.arange(len(names))
-    fig = Figure(figsize=(max(6.0, 0.35 * len(names)), 3.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.bar(x, [record.keep[n] for n in names], color="tab:blue", label="keep-ratio")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("keep-ratio")
-    ax.set_xticks(x, names, rotation=90, fontsize=6)
-    bits = [record.bits.get(n, 32) for n in names]
-    if any(b < 32 for b in bits):
-        ax2 = ax.twinx()
-        ax2.plot(x, bits, "o-", color="tab:red", label="bits")
-        ax2.set_ylim(0, 9)
-        ax2.set_ylabel("weight bits")
-    acc = record.metrics.get("accuracy")
-    ax.set_title(
-        f"best policy, episode {record.episode}: reward {record.reward:.4f}"
-        + (f", accuracy {acc:.4f}" if acc is not None else "")
-    )
-    fig.tight_layout()
-    return fig
+    title = f"best policy, episode {record.episode}: reward {record.reward:.4f}"
+    return policy_figure(PolicyView(title, dict(record.keep), dict(record.bits)))

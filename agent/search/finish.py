@@ -114,6 +114,7 @@ def _finish(
     data: Any,
 ) -> dict[str, Any]:
     """:func:`finish_search` in its locked run folder."""
+    from autoshrink.agent.search.policy_plot import save_policy_png, shipped_view
     from autoshrink.compression.artifact import save_artifact
     from autoshrink.compression.models import ModelSpec
 
@@ -130,6 +131,9 @@ def _finish(
     model, chosen, scored = _pick(env, data, candidates, final, seed, on_step)
     policy = chosen.policy.with_meta(agent=search.algorithm, episode=chosen.episode)
     policy.save(folder.policy)
+    title = f"{inner.config.model} on {inner.config.dataset}: the shipped policy"
+    title += f" (episode {chosen.episode}, {search.algorithm})"
+    save_policy_png(shipped_view(env, policy, title), folder.policy_png)
     spec = ModelSpec.for_data(inner.config.model, data)
     example = data.example_input(1)
     meta = {"agent": search.algorithm, "seed": seed, "episode": chosen.episode}

@@ -52,6 +52,7 @@ from autoshrink.agent.search.config import (
     saved_agent,
 )
 from autoshrink.agent.search.episodes import EpisodeBook, EpisodeRecord, SearchState
+from autoshrink.agent.search.policy_plot import record_drawer
 from autoshrink.agent.search.run_folder import RunFolder
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.json_write import write_document, write_json
@@ -163,13 +164,14 @@ def _run(
     if on_start is not None:
         on_start()
     book = EpisodeBook(state, reference_metrics(env), clock_start=start)
-    cbs = _callbacks(agent, book, folder, spec.off_policy, config, progress)
+    draw = record_drawer(env)  # TensorBoard's policy figure, with the env's pins and budgets
+    cbs = _callbacks(agent, book, folder, spec.off_policy, config, progress, draw)
     remaining = config.episodes - state.episodes
     if remaining > 0:
         if spec.learning:
             from stable_baselines3.common.logger import configure
 
-            agent.set_logger(configure(str(folder.tensorboard), ["tensorboard"]))
+            agent.set_logger(configure(str(folder.tensorboard_agent), ["tensorboard"]))
         agent.learn(
             total_timesteps=remaining * n_units,
             callback=[*cbs, *callbacks],
@@ -232,6 +234,7 @@ def _callbacks(
     off_policy: bool,
     config: AgentConfig,
     progress: Progress | None,
+    draw: Callable[[EpisodeRecord], Any],
 ) -> list[BaseCallback]:
     def save_files(where: Path) -> None:
         save_agent(agent, where / "agent.zip")
@@ -246,7 +249,9 @@ def _callbacks(
 
     cbs: list[BaseCallback] = [
         EpisodeLogCallback(book, folder.episodes, extra),
-        TensorBoardCallback(book, folder.tensorboard, purge_step=book.state.episodes),
+        TensorBoardCallback(
+            book, folder.tensorboard_search, purge_step=book.state.episodes, draw=draw
+        ),
         # Off-policy agents are checkpointed after their training step, so a resume is the
         # same search. PPO trains once per rollout of four episodes, so its checkpoint is
         # every episode's: a resume loses at most one, but starts a new rollout there.

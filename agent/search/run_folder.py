@@ -5,10 +5,12 @@
     run/
       config.json        the AgentConfig (and the env settings) the search started with
       episodes.jsonl     one line per finished episode, appended and flushed
-      tb/                TensorBoard events: per-episode scalars, the best policy's figure
+      tb/search/         TensorBoard: our per-episode scalars (step = episode), the figure
+      tb/agent/          TensorBoard: SB3's own train/* and rollout/* (step = timestep)
       checkpoint/        latest.json -> ckpt-NNNNN/{agent.zip, replay_buffer.npz,
                                                replay_buffer.json, state.json}
-      policy.json        the best policy found
+      policy.json        the best policy found (after the finish: the one shipped)
+      policy.png         its figure: keep-ratio and bits per unit, pinned layers, budgets
       agent.zip          the agent at the end
       model.safetensors  the compressed, fine-tuned artifact
       result.json        baseline against compressed, budgets, whether they were met
@@ -87,8 +89,24 @@ class RunFolder:
         return self.root / "episodes.jsonl"
 
     @property
-    def tensorboard(self) -> Path:  # noqa: D102
+    def tensorboard(self) -> Path:
+        """TensorBoard's log folder; each writer has its own run subfolder in it.
+
+        SB3 steps its scalars by timestep and we step ours by episode. In one folder
+        TensorBoard's reader takes the smaller steps for a restart and purges the larger
+        ones, so SB3's curves would end empty: they go to :attr:`tensorboard_agent`.
+        """
         return self.root / "tb"
+
+    @property
+    def tensorboard_search(self) -> Path:
+        """Our per-episode scalars and the best policy's figure (step = episode)."""
+        return self.tensorboard / "search"
+
+    @property
+    def tensorboard_agent(self) -> Path:
+        """SB3's own scalars, ``train/*`` and ``rollout/*`` (step = timestep)."""
+        return self.tensorboard / "agent"
 
     @property
     def checkpoints(self) -> Path:  # noqa: D102
@@ -97,6 +115,11 @@ class RunFolder:
     @property
     def policy(self) -> Path:  # noqa: D102
         return self.root / "policy.json"
+
+    @property
+    def policy_png(self) -> Path:
+        """The figure of ``policy.json``: keep and bits per unit, pins, budget use."""
+        return self.root / "policy.png"
 
     @property
     def agent(self) -> Path:  # noqa: D102

@@ -43,3 +43,12 @@ def test_foreign_future_and_unknown_keys_are_refused():
     with pytest.raises(AgentConfigError, match="malformed"):
         AgentConfig.from_json("{")
     assert json.loads(AgentConfig().to_json())["data"]["algorithm"] == "ddpg"
+
+
+def test_the_agent_names_help_reads_are_the_agents_there_are() -> None:
+    """``AGENTS`` (read by --help without SB3) names exactly what ALGORITHMS builds."""
+    from autoshrink.agent.algorithms import ALGORITHMS
+    from autoshrink.agent.config import AGENTS
+
+    assert list(ALGORITHMS) == list(AGENTS)
+    assert all(spec.description == AGENTS[name] for name, spec in ALGORITHMS.items())

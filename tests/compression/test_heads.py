@@ -147,3 +147,21 @@ def test_layers_no_unit_decides_are_pinned_not_left_float(factories: Path) -> No
     assert not {"blocks.0.attn.qkv", "blocks.0.mlp.fc1"} & set(pins)
     resnet = build_model(ModelSpec("resnet20"))
     assert pinned_layers(build_units(resnet, torch.zeros(1, 3, 8, 8))) == ("conv1", "fc")
+
+
+def test_the_per_unit_breakdown_holds_each_units_attention_matmuls(factories: Path) -> None:
+    from autoshrink.compression.breakdown import breakdown
+    from autoshrink.compression.cost import cost_from_channels
+
+    _, model = _model(factories, "vit")
+    graph = build_units(model, X)
+    kept = {"blocks.0.attn.qkv": 1, "blocks.1.mlp.fc1": 40}
+    table = breakdown(graph, kept, {})
+    assert table.after == cost_from_channels(graph, kept)
+    assert sum(r.after.macs for r in table.rows) == table.after.macs
+    head = next(r for r in table.rows if r.name == "blocks.0.attn.qkv")
+    assert (head.kept, head.channels) == (1, 4)  # heads, not qkv rows
+    qkv = next(layer for layer in graph.layers if layer.name == "blocks.0.attn.qkv")
+    # 1 of 4 heads kept: a quarter of the qkv matmul, plus that head's attention matmuls.
+    attention = int(graph.coupling.unit_macs[graph.unit_names.index(head.name)])
+    assert head.after.macs == qkv.macs // 4 + attention > qkv.macs // 4

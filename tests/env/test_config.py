@@ -16,7 +16,7 @@ from autoshrink.env.config import Budget, EnvConfig, format_amount, parse_budget
         ("flops", "1", 1.0, True),
         ("flops", "1.5M", 1.5e6, False),
         ("flops", "2g", 2e9, False),
-        ("params", "150000", 150000.0, False),
+        ("params", "150K", 150000.0, False),
         ("params", "200K", 2e5, False),
         ("size", "300KB", 3e5, False),
         ("size", "1MiB", 1024.0**2, False),
@@ -25,7 +25,7 @@ from autoshrink.env.config import Budget, EnvConfig, format_amount, parse_budget
         ("latency", "250us", 0.00025, False),
         ("latency", "0.5", 0.5, True),
         ("flops", 0.3, 0.3, True),
-        ("params", 5000, 5000.0, False),
+        ("params", 0.05, 0.05, True),
     ],
 )
 def test_parse_budget(metric: str, text: str | float, value: float, relative: bool) -> None:
@@ -40,7 +40,13 @@ def test_parse_budget(metric: str, text: str | float, value: float, relative: bo
     [
         ("flops", "abc", "cannot read"),
         ("flops", "3ms", "unknown unit"),
-        ("latency", "4", "unknown unit"),
+        ("latency", "4", "did you mean 4%"),
+        # a bare number above 1 is a mistyped percentage or an amount without its unit
+        ("flops", "1.5", "bare number above 1: did you mean 1.5%"),
+        ("flops", "50", "did you mean 50%"),
+        ("params", "150000", "did you mean 150K[?]"),
+        ("size", "2500000", "did you mean 2.5MB[?]"),
+        ("size", "1e2", "did you mean 100%"),
         ("size", "-1", "cannot read"),
         ("flops", "0", "positive"),
         ("flops", "150%", "ratio"),
@@ -146,3 +152,11 @@ def test_replace_validates_and_refuses_unknown() -> None:
         EnvConfig(reward="acc_flops").replace(hard=False)  # an explicit reward is kept
     with pytest.raises(AutoshrinkError, match="unknown environment setting"):
         EnvConfig().replace(colour="red")
+
+
+def test_a_bare_number_above_1_is_refused_as_a_number_too() -> None:
+    """A TOML spec's ``flops = 50`` or the API's ``flops=50`` reads as the text ``50`` does."""
+    with pytest.raises(AutoshrinkError, match="did you mean 50%"):
+        parse_budget("flops", 50)
+    with pytest.raises(AutoshrinkError, match="did you mean 50%"):
+        EnvConfig(flops=50)

@@ -40,11 +40,13 @@ def searched(tmp_path_factory, cache_root, smallcnn_checkpoint):
     return out
 
 
-def test_round_trip_same_macs_bytes_and_accuracy(searched, smallcnn_checkpoint, tmp_path):
+def test_round_trip_same_macs_bytes_and_accuracy(searched, smallcnn_checkpoint, tmp_path, capsys):
     out = tmp_path / "applied"
     argv = ["apply", "--policy", str(searched / "policy.json"), "--model", "smallcnn"]
     argv += ["--checkpoint", str(smallcnn_checkpoint), "--finetune-epochs", "1"]
     assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out  # the comparison, then the per-unit table
+    assert "smallcnn on 1x1x8x8: 4 units" in printed and "* pinned by the policy" in printed
     found = read_result(searched / "result.json")
     applied = check_applied(out)
     for key in ("macs", "params", "bytes", "accuracy", "artifact_bytes"):

@@ -23,9 +23,11 @@ def payload(path) -> int:
 def check_run_folder(out) -> dict:
     result = read_result(out / "result.json")
     assert result["budgets_met"] is True
-    for name in ("policy.json", "episodes.jsonl", "agent.zip", result["artifact"]):
+    for side in ("baseline", "compressed"):  # val beside test, both measured on the model
+        assert 0 <= result[side]["val_accuracy"] <= 1 and 0 <= result[side]["accuracy"] <= 1
+    for name in ("policy.json", "policy.png", "episodes.jsonl", "agent.zip", result["artifact"]):
         assert (out / name).is_file(), name
-    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert list((out / "tb" / "search").glob("events.out.tfevents.*"))
     # an independent count of the shipped artifact agrees with result.json
     path = out / result["artifact"]
     model = load_artifact(path)
@@ -54,6 +56,10 @@ def test_search_cli_writes_a_verified_run_folder(tmp_path, smallcnn_checkpoint, 
     assert result["budgets"]["size"]["value"] == 0.08
     table = capsys.readouterr().out
     assert "test accuracy" in table and "MACs" in table and "latency" in table
+    assert "val accuracy" in table
+    # then the shipped policy per unit, as `autoshrink show` prints it (compact when piped)
+    assert "* pinned by the policy: features.0.0 at 8 bits, classifier at 8 bits" in table
+    assert "smallcnn on 1x1x8x8: 4 units" in table and "/128" in table
     assert result["final"]["finalists"] == 1  # the default on digits
     # resuming a finished search re-finishes it without new episodes, here with finalists
     lines = (out / "episodes.jsonl").read_text()

@@ -61,7 +61,7 @@ def test_every_alias_writes_a_run_folder(tmp_path, algorithm):
     assert result.best_policy is not None and len(result.best_policy.units) == 4
     for name in ("policy.json", "agent.zip", "config.json"):
         assert (tmp_path / "run" / name).is_file()
-    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "run" / "tb" / "search").glob("events.out.tfevents.*"))
     assert 0 < rows[0]["macs_ratio"] <= 0.5 + 1e-9
 
 
@@ -184,7 +184,9 @@ def test_tensorboard_has_namespaced_scalars_and_the_policy_figure(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_search(ToyCompressionEnv(), tiny("random", episodes=5), tmp_path / "r")
-    acc = EventAccumulator(str(tmp_path / "r" / "tb"), size_guidance={"images": 0}).Reload()
+    acc = EventAccumulator(
+        str(tmp_path / "r" / "tb" / "search"), size_guidance={"images": 0}
+    ).Reload()
     tags = acc.Tags()
     for tag in ("episode/reward", "episode/accuracy", "budget/macs_ratio", "search/best_reward"):
         assert tag in tags["scalars"], tag
