@@ -244,6 +244,7 @@ def baseline(
     splits: DataSplits | None = None,
     retrain: bool = False,
     min_accuracy: float | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[nn.Module, Path]:
     """Return a trained ``spec`` model for ``dataset``, training it only if not cached.
 
@@ -262,9 +263,10 @@ def baseline(
         min_accuracy: Warn (log) when the test accuracy is under this, as well as when it
             is within 2 points of chance (see :meth:`TrainResult.near_chance`, and
             :func:`read_result` to put the flag in a report).
+        device: Where it trains (the cache does not depend on it: it is saved from the CPU).
 
     Returns:
-        The trained model in eval mode, and the path of its cached state dict.
+        The trained model in eval mode on the CPU, and the path of its cached state dict.
 
     Raises:
         DataError: If the dataset cannot be loaded or does not fit ``spec``.
@@ -288,7 +290,8 @@ def baseline(
             (logger.warning if changed else logger.info)("training the baseline again: %s", why)
         if splits is None:
             splits = load_dataset(dataset, data_dir=data_dir, seed=seed)
-        model, result = _train(spec, dataset, splits, key, on_epoch, path)
+        splits = splits.for_device(torch.device(device))
+        model, result = _train(spec, dataset, splits, key, on_epoch, path, device)
         _warn_if_near_chance(result, spec, dataset, min_accuracy)
         return model, path
 
@@ -310,6 +313,7 @@ def _train(
     key: dict[str, Any],
     on_epoch: Callable[[int, float], None] | None,
     path: Path,
+    device: torch.device | str,
 ) -> tuple[nn.Module, TrainResult]:
     """Train, record and cache one baseline (under the caller's lock)."""
     if (splits.num_classes, splits.in_channels) != (spec.num_classes, spec.in_channels):
@@ -320,8 +324,8 @@ def _train(
     seed, lr, batch_size, epochs = key["seed"], key["lr"], key["batch_size"], key["epochs"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(spec)
-    logger.info("training %s on %s for %d epochs", spec.name, dataset, epochs)
+        model = build_model(spec).to(device)  # initialised on the CPU: the same on any device
+    logger.info("training %s on %s for %d epochs on %s", spec.name, dataset, epochs, device)
     result = train_model(
         model, splits, epochs, lr=lr, batch_size=batch_size, seed=seed, on_epoch=on_epoch
     )
@@ -329,6 +333,7 @@ def _train(
     meta = {"spec": spec.to_dict(), "dataset": dataset, "seed": seed, "lr": lr}
     meta |= {"batch_size": batch_size, "result": asdict(result), "key": key}
     write_document(path.with_suffix(".json"), RECORD_TYPE, RECORD_VERSION, meta)
+    model = model.cpu()  # the cached file loads on any machine
     write_atomic(path, lambda p: torch.save(model.state_dict(), p))
     logger.info("saved baseline %s (val %.4f)", path, result.val_accuracy)
     return model.eval(), result

@@ -21,7 +21,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from autoshrink.agent.env_view import search_env
+from autoshrink.agent.env_view import env_device, search_env
 from autoshrink.agent.search.config import FinalConfig
 from autoshrink.agent.search.run_folder import RunFolder
 from autoshrink.compression.documents import read_document
@@ -102,9 +102,10 @@ def build_result(
     values = realised_costs(env, shipped.policy)
     limits = dict(inner.limits)
     model = load_artifact(shipped.artifact.path, factory=cfg.model)
-    baseline = {**_side(inner.model, data, final), **by_result_key(inner.baseline)}
+    device = env_device(env)
+    baseline = {**_side(inner.model, data, final, device), **by_result_key(inner.baseline)}
     compressed = {
-        **_side(model, data, final),
+        **_side(model, data, final, device),
         "val_accuracy_search": _search_accuracy(search, shipped.episode),
         "val_accuracy": next(
             (f["val_accuracy"] for f in shipped.finalists if f["episode"] == shipped.episode),
@@ -166,15 +167,16 @@ def baseline_training(env: gym.Env) -> dict[str, Any] | None:
     }
 
 
-def _side(model: Any, data: Any, final: FinalConfig) -> dict[str, float]:
-    """Test accuracy and measured latency (batch 1) of one model."""
+def _side(model: Any, data: Any, final: FinalConfig, device: Any) -> dict[str, float]:
+    """Test accuracy (scored on ``device``) and CPU latency (batch 1) of one CPU model."""
+    from autoshrink.compression.device import on_device
     from autoshrink.compression.evaluate import accuracy
     from autoshrink.env.latency import time_forward
 
-    test = data.loader("test", batch_size=256)
+    test = data.for_device(device).loader("test", batch_size=256)
     example = data.example_input(1)
     return {
-        "accuracy": accuracy(model, test),
+        "accuracy": accuracy(on_device(model, device), test),
         MEASURED_LATENCY: time_forward(model, example, final.latency_repeats),
     }
 
