@@ -21,7 +21,7 @@ from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import check_free
 from autoshrink.compression.metrics import BUDGET_NAMES, MEASURED_LATENCY, result_key
 from autoshrink.scripts.console import console, err_console, make_progress
-from autoshrink.scripts.options import add_budget_flags
+from autoshrink.scripts.options import add_budget_flags, add_device_flags, device_line, setup_device
 
 
 def add_parser(subparsers: Any) -> None:
@@ -76,6 +76,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--seed", type=int, default=None, help=f"seed of agent, env and data ({EnvConfig.seed})"
     )
+    add_device_flags(p)
     p.add_argument("--out", default=None, help="run folder (runs/<model>-<dataset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
     p.add_argument("--json", action="store_true", help="print result.json instead of a table")
@@ -133,6 +134,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "final_distill": True if args.distill else None,
         "final_finalists": args.finalists,
         "final_finalist_spacing": args.finalist_spacing,
+        "device": args.device,
     }
     return {k: v for k, v in given.items() if v is not None}
 
@@ -144,7 +146,9 @@ def _config(args: argparse.Namespace, out: Path) -> Any:
     saved = out / "config.json"
     if args.resume and saved.exists():  # a resumed search may be extended, or finished anew
         given = _settings(args)
-        keep = {k: v for k, v in given.items() if k == "episodes" or k.startswith("final_")}
+        # the device is where it runs, not what it searches: a resume may move
+        again = ("episodes", "device")
+        keep = {k: v for k, v in given.items() if k in again or k.startswith("final_")}
         return SearchConfig.load(saved).replace(**keep)
     return SearchConfig.from_settings(_settings(args))
 
@@ -152,11 +156,13 @@ def _config(args: argparse.Namespace, out: Path) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run the search, the final fine-tune, and print the comparison."""
     from autoshrink.agent.search.run import search
+    from autoshrink.compression.device import resolve_device
 
     if args.resume and args.out is None:
         raise AutoshrinkError("--resume needs --out, the run folder to continue")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/{args.model or 'resnet20'}-{args.dataset or 'digits'}-{stamp}")
+    setup_device(args)  # a device this machine lacks is refused before any work
     check_free(out, "search")  # before the env is built, which can take minutes
     if args.resume:
         from autoshrink.agent.search.preflight import check_resume
@@ -164,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         check_resume(out)
     config = _config(args, out)
     env_cfg, agent_cfg = config.env, config.agent
+    device = resolve_device(env_cfg.device)  # the saved one on resume, if --device is not given
+    resolve_device(agent_cfg.device)
     with err_console.status(f"preparing {env_cfg.model} on {env_cfg.dataset} (trains once)"):
         env = config.make_env()
     warn_weak_baseline(env)
@@ -171,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     header = (
         f"searching {len(env.units)} units of {env_cfg.model} on {env_cfg.dataset}, "
         f"{env_cfg.mode} mode, {budgets}; agent {agent_cfg.algorithm}, "
-        f"{agent_cfg.episodes} episodes -> {out}"
+        f"{agent_cfg.episodes} episodes, {device_line(env_cfg.device, device)} -> {out}"
     )
     bars = _SearchBars(config, env)
 
