@@ -30,7 +30,7 @@ from typing import Any
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.metrics import BUDGET_NAMES
 from autoshrink.scripts.console import console, err_console, make_progress
-from autoshrink.scripts.options import add_budget_flags
+from autoshrink.scripts.options import add_budget_flags, add_device_flags, device_line, setup_device
 
 
 def add_parser(subparsers: Any) -> None:
@@ -67,6 +67,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--distill", action="store_true", help="distil the final fine-tune")
     p.add_argument("--seed", type=int, default=0, help="seed of data and fine-tune (0)")
+    add_device_flags(p)
     p.add_argument("--out", required=True, help="run folder to write (must be new or empty)")
     p.add_argument("--json", action="store_true", help="print result.json instead of a table")
     p.set_defaults(func=run)
@@ -148,9 +149,14 @@ def run(args: argparse.Namespace) -> int:
     from autoshrink.scripts.search import comparison_table, warn_weak_baseline
 
     out = Path(args.out)
+    device = setup_device(args)  # a device this machine lacks is refused before any work
     plan = _prepare(args, out)
     final = FinalConfig(epochs=args.finetune_epochs, distill=args.distill)
     cfg = plan["config"]
+    if args.device is not None:
+        cfg = cfg.replace(device=args.device)
+    where = device_line(cfg.device, device)
+    err_console.print(f"applying to {cfg.model} on {cfg.dataset}, {where}", highlight=False)
     with err_console.status(f"preparing {cfg.model} on {cfg.dataset} (trains once)"):
         env = CompressionEnv(cfg, model=plan.get("model"), data=plan["data"])
     warn_weak_baseline(env)

@@ -16,6 +16,7 @@ from rich.progress import TextColumn
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import hold
 from autoshrink.scripts.console import console, err_console, make_progress
+from autoshrink.scripts.options import add_device_flags
 
 
 def add_parser(subparsers: Any) -> None:
@@ -38,6 +39,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--address", metavar="ADDR", help="Ray cluster: auto or ray://host:port")
     p.add_argument("--job-timeout", type=float, metavar="S", help="seconds per job (none)")
     p.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
+    add_device_flags(p, workers="--workers")
     p.add_argument("--example", action="store_true", help="print an example spec and exit")
     p.set_defaults(func=run)
 
@@ -66,6 +68,8 @@ def _run(spec: Any, args: argparse.Namespace) -> int:
         address=args.address,
         job_timeout_s=args.job_timeout,
         retry_failed=args.retry_failed,
+        device=args.device,
+        threads=args.threads,
     )
     counts = {"ok": 0, "failed": 0, "running": 0, "skipped": 0}
     progress = make_progress(

@@ -30,21 +30,22 @@ def add_device_flags(parser: argparse.ArgumentParser, workers: str | None = None
     """
     from autoshrink.compression.device import DEFAULT_DEVICE, DEVICE_FORMS, available_cores
 
+    jobs = " for every job whose spec gives none" if workers else ""
     parser.add_argument(
         "--device",
         default=None,
         metavar="DEVICE",
-        help=f"where models train and policies are scored: {DEVICE_FORMS} (default: "
+        help=f"where models train and policies are scored{jobs}: {DEVICE_FORMS} (default: "
         f"{DEFAULT_DEVICE}, CUDA when available, else the CPU)",
     )
     cores = available_cores()
-    share = f"the {cores} usable cores divided by {workers}, at least 1" if workers else cores
+    share = f"the {cores} usable cores" + (f" divided by {workers}, at least 1" if workers else "")
     parser.add_argument(
         "--threads",
         type=int,
         default=None,
         metavar="N",
-        help=f"torch's intra-op CPU threads (default: {share})",
+        help=f"torch's intra-op CPU threads{jobs.replace('none', 'no cpus')} (default: {share})",
     )
 
 

@@ -26,6 +26,7 @@ from autoshrink.compression.data import DATASETS, load_dataset
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
 from autoshrink.compression.models import ZOO_MODELS, ModelSpec, build_model
 from autoshrink.scripts.console import console, make_progress
+from autoshrink.scripts.options import add_device_flags, device_line, setup_device
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -116,6 +117,7 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retrain", action="store_true", help="train even if a cached result exists"
     )
+    add_device_flags(parser)
 
 
 def _check_out(out: Path) -> None:
@@ -146,6 +148,7 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train or load the baseline, copy it to ``--out`` and print a summary."""
+    device = setup_device(args)  # a device this machine lacks is refused before any work
     if args.out is not None:  # checked before minutes of training, not after them
         _check_out(Path(args.out))
     splits = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)
@@ -157,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "splits": splits,
         "retrain": args.retrain,
+        "device": device,
     }
     cached = baseline_path(spec, args.dataset, epochs, args.seed, args.lr, args.batch_size)
     if cached.is_file() and not args.retrain:
@@ -164,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         console.print("[green]cached:[/] trained before, loaded (--retrain to train again)")
     else:
         with make_progress(TextColumn("val acc {task.fields[val]}")) as progress:
-            task = progress.add_task(f"training {args.model}", total=epochs, val="-")
+            what = f"training {args.model}, {device_line(args.device, device)}"
+            task = progress.add_task(what, total=epochs, val="-")
 
             def on_epoch(epoch: int, val_accuracy: float) -> None:
                 progress.update(task, completed=epoch, val=f"{val_accuracy:.2%}")
