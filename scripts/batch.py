@@ -46,6 +46,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the spec, run the batch with a progress bar, and say where the results are."""
+    from autoshrink.agent.batch.runner import check_devices
     from autoshrink.agent.batch.spec import EXAMPLE_SPEC, load_spec
 
     if args.example:
@@ -54,15 +55,17 @@ def run(args: argparse.Namespace) -> int:
     if args.spec is None or args.out is None:
         raise AutoshrinkError("give a spec and --out DIR (or --example for a spec to start from)")
     spec = load_spec(args.spec)
+    options = _options(args)
+    check_devices(spec, options)  # a device this machine lacks: refused before any work
     with hold(Path(args.out), "batch"):  # refused here, before a line is printed
-        return _run(spec, args)
+        return _run(spec, args, options)
 
 
-def _run(spec: Any, args: argparse.Namespace) -> int:
-    """Run a loaded spec in its locked folder, with the progress bar and the summary."""
-    from autoshrink.agent.batch.runner import BatchEvent, BatchOptions, run_batch
+def _options(args: argparse.Namespace) -> Any:
+    """The batch's options, as the flags give them."""
+    from autoshrink.agent.batch.runner import BatchOptions
 
-    options = BatchOptions(
+    return BatchOptions(
         backend=args.backend,
         workers=args.workers,
         address=args.address,
@@ -71,6 +74,12 @@ def _run(spec: Any, args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
     )
+
+
+def _run(spec: Any, args: argparse.Namespace, options: Any) -> int:
+    """Run a loaded spec in its locked folder, with the progress bar and the summary."""
+    from autoshrink.agent.batch.runner import BatchEvent, run_batch
+
     counts = {"ok": 0, "failed": 0, "running": 0, "skipped": 0}
     progress = make_progress(
         TextColumn("[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/]"),

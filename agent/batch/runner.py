@@ -151,9 +151,7 @@ def run_batch(
     """
     options = options or BatchOptions()
     out = Path(out_dir)
-    if options.backend == "local":  # Ray's workers may have devices that this driver lacks
-        for job in spec.jobs:
-            resolve_device(job.settings.get("device") or options.device or DEFAULT_DEVICE)
+    check_devices(spec, options)
     with hold(out, "batch"):  # a second driver on this folder would record jobs twice
         return _run_batch(spec, out, options, on_event)
 
@@ -201,6 +199,21 @@ def default_workers(jobs: Sequence[Job], cpus: int | None = None) -> int:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     per_job = max((job.cpus for job in jobs), default=1)
     return max(1, (cpus or 1) // per_job)
+
+
+def check_devices(spec: BatchSpec, options: BatchOptions) -> None:
+    """Refuse a job's device that this machine lacks, before any job runs (local backend).
+
+    Ray's workers may have devices that its driver lacks: there, only the spelling is
+    checked (when the spec is read).
+
+    Raises:
+        DeviceError: Naming the first device that is not here.
+    """
+    if options.backend != "local":
+        return
+    for job in spec.jobs:
+        resolve_device(job.settings.get("device") or options.device or DEFAULT_DEVICE)
 
 
 def placed(job: Job, options: BatchOptions, workers: int | None) -> Job:
