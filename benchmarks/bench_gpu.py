@@ -18,10 +18,11 @@ Two measurements, each on the device and then on the CPU, in one run:
 
 Where CUDA is not available it prints one line and exits 0 without measuring or writing.
 With ``--device cpu`` (a dry run) it runs everything with the CPU in CUDA's place, at tiny
-sizes, prints the table and writes nothing. Only a CUDA run writes its table to the
-"GPU against CPU" section of ``docs/benchmarks.md`` (between its markers; every other
-section is left as it is). Sized to finish in about 5 minutes on an H100 machine with 16
-cores; a SIGALRM limit (``--limit-s``, 450 s) stops it with one line past that.
+sizes, prints the table and writes nothing. Only a CUDA run writes its tables to
+``docs/benchmarks.md``, between its markers in "GPU against CPU" (every other section is
+left as it is). Sized to finish in about 5 minutes on a 16-core H100 machine (an estimate:
+not yet run on one); a SIGALRM limit (``--limit-s``, 450 s) stops it with one line past
+that, writing nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 START = "<!-- bench_gpu: start -->"
 END = "<!-- bench_gpu: end -->"
-TITLE = "## GPU against CPU"
+TITLE = "#### Measured: CUDA against the CPU"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_gpu: dry run on the CPU: {args.docs} untouched")
     else:
         write_section(args.docs, section)
-        print(f"bench_gpu: wrote the '{TITLE[3:]}' section of {args.docs}")
+        print(f"bench_gpu: wrote its section of {args.docs} (between its markers)")
     return 0
 
 
