@@ -249,8 +249,7 @@ def baseline(
     """Return a trained ``spec`` model for ``dataset``, training it only if not cached.
 
     Args:
-        spec: The model to build; its ``num_classes`` and ``in_channels`` must match the
-            dataset.
+        spec: The model to build; its ``num_classes`` and ``in_channels`` must fit the data.
         dataset: A dataset name (see :data:`autoshrink.compression.data.DATASETS`).
         epochs: Training epochs; :func:`default_epochs` when None.
         seed: Seeds the initial weights, the val split and the batch order.
@@ -260,9 +259,8 @@ def baseline(
         batch_size: Samples per step.
         splits: The already-loaded dataset, to avoid loading it twice.
         retrain: Train even if a cached baseline exists, and replace it.
-        min_accuracy: Warn (log) when the test accuracy is under this, as well as when it
-            is within 2 points of chance (see :meth:`TrainResult.near_chance`, and
-            :func:`read_result` to put the flag in a report).
+        min_accuracy: Warn (log) when the test accuracy is under this, or within 2 points
+            of chance (:meth:`TrainResult.near_chance`; :func:`read_result` reports it).
         device: Where it trains (the cache does not depend on it: it is saved from the CPU).
 
     Returns:
@@ -290,7 +288,6 @@ def baseline(
             (logger.warning if changed else logger.info)("training the baseline again: %s", why)
         if splits is None:
             splits = load_dataset(dataset, data_dir=data_dir, seed=seed)
-        splits = splits.for_device(torch.device(device))
         model, result = _train(spec, dataset, splits, key, on_epoch, path, device)
         _warn_if_near_chance(result, spec, dataset, min_accuracy)
         return model, path
@@ -322,6 +319,7 @@ def _train(
             f"but the model spec has {spec.num_classes} and {spec.in_channels}"
         )
     seed, lr, batch_size, epochs = key["seed"], key["lr"], key["batch_size"], key["epochs"]
+    splits = splits.for_device(torch.device(device))  # pinned batches feed CUDA faster
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(spec).to(device)  # initialised on the CPU: the same on any device

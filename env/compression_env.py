@@ -36,6 +36,13 @@ from autoshrink.env.state import (
 
 logger = logging.getLogger(__name__)
 
+#: What each action entry decides, by mode.
+ACTION_DIMS: dict[str, tuple[str, ...]] = {
+    "prune": ("keep",),
+    "quant": ("bits",),
+    "joint": ("keep", "bits"),
+}
+
 
 class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     """Choose a keep-ratio and/or a weight bit-width for each prunable unit of a model.
@@ -182,11 +189,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         if evaluator is None:
             evaluator = Evaluator.from_config(self.model, self.graph, self.data, cfg)
         self.evaluator: PolicyEvaluator = evaluator
-        self.action_dims: tuple[str, ...] = {
-            "prune": ("keep",),
-            "quant": ("bits",),
-            "joint": ("keep", "bits"),
-        }[cfg.mode]
+        self.action_dims: tuple[str, ...] = ACTION_DIMS[cfg.mode]
         self.action_space = gym.spaces.Box(0.0, 1.0, (len(self.action_dims),), np.float32)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (len(FEATURES),), np.float32)
         self._t = 0
