@@ -182,15 +182,15 @@ def run(args: argparse.Namespace) -> int:
     check_flags(args)
     path = Path(args.artifact)
     flags = (args.dataset, args.data_dir, args.batch_size, args.latency_batch, args.repeats)
-    factory = {"factory": args.model, "allow_changed_factory": args.allow_changed_model}
-    factory["device"] = device
+    given = {"factory": args.model, "allow_changed_factory": args.allow_changed_model}
+    given["device"] = device
     if args.json:
-        report = evaluate_artifact(path, *flags, **factory)
+        report = evaluate_artifact(path, *flags, **given)
         sys.stdout.write(json.dumps(report) + "\n")  # plain JSON for pipes, no rich markup
         return 0
     where = device_line(args.device, device)
     with err_console.status(f"evaluating {path.name} on {args.dataset}, {where}"):
-        report = evaluate_artifact(path, *flags, **factory)
+        report = evaluate_artifact(path, *flags, **given)
     table = Table(title=f"{path.name} ({report['model']}) on {args.dataset}")
     table.add_column("metric")
     table.add_column("value", justify="right")
