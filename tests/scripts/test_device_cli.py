@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -89,3 +92,44 @@ def test_cpu_and_auto_give_the_same_search_here(tmp_path, smallcnn_checkpoint, c
     assert episodes_cpu == episodes_auto and len(episodes_cpu.splitlines()) == 4
     saved = (tmp_path / "auto" / "config.json").read_text()
     assert '"device": "auto"' in saved  # what was asked: the same file reads on a GPU machine
+
+
+def _say_cuda(config: Path) -> None:
+    """Make a run folder's config.json say what a search made on a GPU machine says."""
+    doc = json.loads(config.read_text())
+    doc["data"]["env"]["data"]["device"] = "cuda"
+    config.write_text(json.dumps(doc))
+
+
+def test_resume_and_apply_run_where_they_are_asked_not_where_the_search_ran(
+    tmp_path,
+    smallcnn_checkpoint,  # noqa: F811
+    capsys,
+):
+    run = tmp_path / "run"
+    ckpt = ["--model", "smallcnn", "--checkpoint", str(smallcnn_checkpoint)]
+    argv = ["search", *ckpt, "--episodes", "2", "--final-epochs", "0", "--threads", "1"]
+    assert main([*argv, "--device", "cpu", "--out", str(run)]) == 0
+    _say_cuda(run / "config.json")
+    log = (run / "episodes.jsonl").read_text()
+    again = ["search", "--resume", "--out", str(run), "--final-epochs", "0", "--threads", "1"]
+    capsys.readouterr()
+    if not torch.cuda.is_available():  # the saved device is not here: one line, no work
+        assert main(again) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "device 'cuda' needs CUDA" in err[0]
+    assert main([*again, "--device", "cpu"]) == 0
+    assert (run / "episodes.jsonl").read_text() == log
+    capsys.readouterr()
+    # a transferred agent runs where this command says (here: the default), not on cuda
+    played = tmp_path / "played"
+    base = ["--finetune-epochs", "0", "--threads", "1", "--json"]
+    agent = ["apply", "--agent", str(run / "agent.zip"), *ckpt, *base]
+    assert main([*agent, "--out", str(played)]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["env"]["device"] == "auto"
+    where = "(auto)" if torch.cuda.is_available() else "device cpu (auto)"
+    assert where in " ".join(out.err.split())
+    policy = ["apply", "--policy", str(run / "policy.json"), *ckpt, *base, "--device", "cpu"]
+    assert main([*policy, "--out", str(tmp_path / "applied")]) == 0
+    assert json.loads(capsys.readouterr().out)["env"]["device"] == "cpu"
