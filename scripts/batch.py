@@ -16,7 +16,7 @@ from rich.progress import TextColumn
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import hold
 from autoshrink.scripts.console import console, err_console, make_progress
-from autoshrink.scripts.options import add_device_flags
+from autoshrink.scripts.options import add_device_flags, device_line
 
 
 def add_parser(subparsers: Any) -> None:
@@ -85,8 +85,15 @@ def _run(spec: Any, args: argparse.Namespace, options: Any) -> int:
         TextColumn("[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/]"),
         TextColumn("{task.fields[running]} running"),
     )
+    where = ""
+    if args.backend == "local":  # Ray's workers may have other devices than this driver
+        from autoshrink.compression.device import DEFAULT_DEVICE, resolve_device
+
+        device = resolve_device(args.device or DEFAULT_DEVICE)
+        where = f", {device_line(args.device, device)} unless a job sets its own"
     err_console.print(
-        f"{len(spec.jobs)} jobs from {spec.name} on {args.backend} -> {args.out}", highlight=False
+        f"{len(spec.jobs)} jobs from {spec.name} on {args.backend}{where} -> {args.out}",
+        highlight=False,
     )
     with progress:
         task = progress.add_task("batch", total=len(spec.jobs), ok=0, failed=0, running=0)

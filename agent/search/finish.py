@@ -163,7 +163,7 @@ def _pick(
     if len(candidates) == 1:
         model = compress_and_finetune(env, candidates[0].policy, final, seed, on_step, data)
         return model, candidates[0], []
-    val = data.loader("val", batch_size=256)
+    val = data.for_device(env_device(env)).loader("val", batch_size=256)
     best: tuple[float, nn.Module, Candidate] | None = None
     scored: list[dict[str, Any]] = []
     done = 0

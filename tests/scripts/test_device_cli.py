@@ -133,3 +133,16 @@ def test_resume_and_apply_run_where_they_are_asked_not_where_the_search_ran(
     policy = ["apply", "--policy", str(run / "policy.json"), *ckpt, *base, "--device", "cpu"]
     assert main([*policy, "--out", str(tmp_path / "applied")]) == 0
     assert json.loads(capsys.readouterr().out)["env"]["device"] == "cpu"
+
+
+def test_a_batch_says_its_device_and_each_record_what_its_job_ran_with(tmp_path, capsys):
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[[jobs]]\nmodel = "no_such_net"\n[[jobs]]\nmodel = "no_such_net2"\ncpus = 2\n')
+    out = tmp_path / "out"
+    assert main(["batch", str(spec), "--out", str(out), "--device", "cpu", "--threads", "1"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "on local, device cpu unless a job sets its own ->" in err
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    ran = {r["settings"]["model"]: r["settings"] for r in records}
+    assert ran["no_such_net"]["device"] == "cpu" and ran["no_such_net"]["cpus"] == 1
+    assert ran["no_such_net2"]["cpus"] == 2  # the spec's own
