@@ -225,8 +225,8 @@ def placed(job: Job, options: BatchOptions, workers: int | None) -> Job:
     settings = dict(job.settings)
     if options.device is not None:
         settings.setdefault("device", options.device)
-    threads = options.threads or (default_threads(workers) if options.backend == "local" else 1)
-    settings.setdefault("cpus", threads)
+    local = options.backend == "local"  # Ray: one CPU a job unless asked, as before
+    settings.setdefault("cpus", options.threads or (default_threads(workers or 1) if local else 1))
     return replace(job, settings=settings)
 
 
