@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
+from autoshrink.compression.device import device_problem
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.versioned import JsonFile, unwrap, wrap
 
@@ -84,7 +85,9 @@ class AgentConfig(JsonFile):
         seed: Seeds SB3, numpy, torch, the env and the exploration noise.
         policy_kwargs: SB3 ``policy_kwargs``; None = two hidden layers of 300 (AMC).
         algorithm_kwargs: Extra keyword arguments for the SB3 constructor, passed last.
-        device: Torch device of the agent's networks.
+        device: Torch device of the agent's networks: ``cpu`` (the default: its MLPs are
+            small, and a search's models go to ``EnvConfig.device``), ``auto``, ``cuda`` or
+            ``cuda:N``.
     """
 
     json_what: ClassVar[str] = "agent config"
@@ -149,6 +152,8 @@ class AgentConfig(JsonFile):
             out.append("policy_kwargs must be an object or null")
         if not isinstance(self.algorithm_kwargs, dict):
             out.append("algorithm_kwargs must be an object")
+        if (problem := device_problem(self.device)) is not None:
+            out.append(problem)
         return out
 
     @property

@@ -22,6 +22,7 @@ import numpy as np
 from autoshrink.compression.errors import AutoshrinkError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from autoshrink.compression.data import DataSplits
@@ -83,6 +84,17 @@ def search_env(env: gym.Env, needs: Sequence[str] = REQUIRED) -> SearchEnv:
             f"{type(inner).__name__} is not a compression env (it has no {missing[0]!r})"
         )
     return inner
+
+
+def env_device(env: gym.Env) -> torch.device:
+    """Where ``env`` scores its policies (``EnvConfig.device`` resolved); the CPU if it says not.
+
+    The finish fine-tunes and tests there too, so a search runs on one device throughout.
+    """
+    import torch
+
+    device = getattr(env.unwrapped, "device", None)
+    return device if isinstance(device, torch.device) else torch.device("cpu")
 
 
 def episode_length(env: gym.Env) -> int:

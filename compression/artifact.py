@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -125,6 +126,14 @@ def _out_channels(module: nn.Module) -> int:
     return int(weight.shape[0])
 
 
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """``model``, or a CPU copy of it: an artifact never depends on the device it came from."""
+    devices = {t.device.type for t in itertools.chain(model.parameters(), model.buffers())}
+    if "meta" in devices:
+        raise CheckpointError("the model is on the meta device: it has no weights to save")
+    return model if devices <= {"cpu"} else copy.deepcopy(model).cpu()
+
+
 def _digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> str:
     """SHA-256 over every tensor (name, dtype, shape, bytes) and every metadata field."""
     h = hashlib.sha256()
@@ -177,8 +186,9 @@ def save_artifact(
 
     Args:
         path: Destination file (conventionally ``*.safetensors``); written atomically.
-        model: The compressed model. Its weights may be float, already quantized, or
-            fake-quantized; they are quantized here with the bits the policy gives.
+        model: The compressed model, on any device (it is saved from a CPU copy). Its
+            weights may be float, already quantized, or fake-quantized; they are quantized
+            here with the bits the policy gives.
         spec: The base model's spec; loading rebuilds from it.
         input_shape: Shape of an example input batch, e.g. ``(1, 3, 32, 32)``.
         policy: The policy, or a plain ``{layer: bits}`` mapping.
@@ -192,6 +202,7 @@ def save_artifact(
         CheckpointError: If the model is not a pruned ``build_model(spec)``.
     """
     path = Path(path)
+    model = _on_cpu(model)
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         model = bake_(copy.deepcopy(model))
     frozen = list(policy.frozen) if isinstance(policy, Policy) else []

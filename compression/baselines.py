@@ -245,12 +245,12 @@ def baseline(
     retrain: bool = False,
     min_accuracy: float | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[nn.Module, Path]:
     """Return a trained ``spec`` model for ``dataset``, training it only if not cached.
 
     Args:
-        spec: The model to build; its ``num_classes`` and ``in_channels`` must match the
-            dataset.
+        spec: The model to build; its ``num_classes`` and ``in_channels`` must fit the data.
         dataset: A dataset name (see :data:`autoshrink.compression.data.DATASETS`).
         epochs: Training epochs; :func:`default_epochs` when None.
         seed: Seeds the initial weights, the val split and the batch order.
@@ -260,13 +260,13 @@ def baseline(
         batch_size: Samples per step.
         splits: The already-loaded dataset, to avoid loading it twice.
         retrain: Train even if a cached baseline exists, and replace it.
-        min_accuracy: Warn (log) when the test accuracy is under this, as well as when it
-            is within 2 points of chance (see :meth:`TrainResult.near_chance`, and
-            :func:`read_result` to put the flag in a report).
+        min_accuracy: Warn (log) when the test accuracy is under this, or within 2 points
+            of chance (:meth:`TrainResult.near_chance`; :func:`read_result` reports it).
         on_step: Called after each training step with ``(step, steps)``, for progress.
+        device: Where it trains (the cache does not depend on it: it is saved from the CPU).
 
     Returns:
-        The trained model in eval mode, and the path of its cached state dict.
+        The trained model in eval mode on the CPU, and the path of its cached state dict.
 
     Raises:
         DataError: If the dataset cannot be loaded or does not fit ``spec``.
@@ -290,7 +290,7 @@ def baseline(
             (logger.warning if changed else logger.info)("training the baseline again: %s", why)
         if splits is None:
             splits = load_dataset(dataset, data_dir=data_dir, seed=seed)
-        model, result = _train(spec, dataset, splits, key, (on_epoch, on_step), path)
+        model, result = _train(spec, dataset, splits, key, (on_epoch, on_step), path, device)
         _warn_if_near_chance(result, spec, dataset, min_accuracy)
         return model, path
 
@@ -312,6 +312,7 @@ def _train(
     key: dict[str, Any],
     progress: tuple[Callable[[int, float], None] | None, Callable[[int, int], None] | None],
     path: Path,
+    device: torch.device | str,
 ) -> tuple[nn.Module, TrainResult]:
     """Train, record and cache one baseline (under the caller's lock)."""
     if (splits.num_classes, splits.in_channels) != (spec.num_classes, spec.in_channels):
@@ -320,10 +321,11 @@ def _train(
             f"but the model spec has {spec.num_classes} and {spec.in_channels}"
         )
     seed, lr, batch_size, epochs = key["seed"], key["lr"], key["batch_size"], key["epochs"]
+    splits = splits.for_device(torch.device(device))  # pinned batches feed CUDA faster
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(spec)
-    logger.info("training %s on %s for %d epochs", spec.name, dataset, epochs)
+        model = build_model(spec).to(device)  # initialised on the CPU: the same on any device
+    logger.info("training %s on %s for %d epochs on %s", spec.name, dataset, epochs, device)
     on_epoch, on_step = progress
     result = train_model(
         model,
@@ -339,6 +341,7 @@ def _train(
     meta = {"spec": spec.to_dict(), "dataset": dataset, "seed": seed, "lr": lr}
     meta |= {"batch_size": batch_size, "result": asdict(result), "key": key}
     write_document(path.with_suffix(".json"), RECORD_TYPE, RECORD_VERSION, meta)
+    model = model.cpu()  # the cached file loads on any machine
     write_atomic(path, lambda p: torch.save(model.state_dict(), p))
     logger.info("saved baseline %s (val %.4f)", path, result.val_accuracy)
     return model.eval(), result

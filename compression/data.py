@@ -43,6 +43,7 @@ from autoshrink.compression.data_sources import (
     read_fake,
     read_mnist_like,
 )
+from autoshrink.compression.device import pins_memory
 from autoshrink.compression.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class DataSplits:
         image_size: Image height and width.
         variant: The split settings that differ from the defaults (``""`` when none), e.g.
             ``"val0.2-sub10000"``; caches of things trained on these splits key on it.
+        pin_memory: Whether every loader pins its batches (:meth:`for_device` sets it for
+            CUDA); the batches and their order are the same either way.
     """
 
     name: str
@@ -98,6 +101,11 @@ class DataSplits:
     in_channels: int
     image_size: int
     variant: str = ""
+    pin_memory: bool = False
+
+    def for_device(self, device: torch.device) -> DataSplits:
+        """These splits, their loaders pinning batches when they feed a CUDA device."""
+        return replace(self, pin_memory=pins_memory(device))
 
     def loader(
         self,
@@ -134,7 +142,9 @@ class DataSplits:
                 else SequentialSampler(dataset)
             )
             batches = BatchSampler(order, batch_size, drop_last)
-            return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=0)
+            return DataLoader(
+                dataset, sampler=batches, batch_size=None, num_workers=0, pin_memory=self.pin_memory
+            )
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -142,6 +152,7 @@ class DataSplits:
             generator=generator,
             drop_last=drop_last,
             num_workers=0,
+            pin_memory=self.pin_memory,
         )
 
     def example_input(self, batch: int = 1) -> torch.Tensor:

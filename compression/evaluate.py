@@ -106,8 +106,8 @@ def accuracy(model: nn.Module, loader: Batches, max_batches: int | None = None) 
     try:
         with torch.inference_mode():
             for x, y in itertools.islice(loader, max_batches):
-                y = y.to(device)
-                correct += int((model(x.to(device)).argmax(dim=1) == y).sum())
+                y = y.to(device, non_blocking=True)
+                correct += int((model(x.to(device, non_blocking=True)).argmax(dim=1) == y).sum())
                 total += y.numel()
     finally:
         model.train(was_training)
@@ -145,7 +145,7 @@ def recalibrate_bn(model: nn.Module, loader: Batches, n_batches: int = 10) -> nn
         # no_grad, not inference_mode: the updated buffers must stay usable for autograd.
         with torch.no_grad():
             for x, _ in itertools.islice(loader, n_batches):
-                model(x.to(device))
+                model(x.to(device, non_blocking=True))
     finally:
         for bn, momentum in zip(norms, momenta, strict=True):
             bn.momentum = momentum
@@ -262,8 +262,9 @@ def finetune(
         batches = _cycle(loader)
         for step in range(1, steps + 1):
             x, y = next(batches)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             model.train()
-            loss = _loss(model, teacher, x.to(device), y.to(device), distill_alpha, temperature)
+            loss = _loss(model, teacher, x, y, distill_alpha, temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

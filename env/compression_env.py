@@ -12,6 +12,7 @@ from torch import nn
 
 from autoshrink.compression.cost import cost_from_channels
 from autoshrink.compression.data import DataSplits, load_dataset
+from autoshrink.compression.device import resolve_device
 from autoshrink.compression.errors import UnsupportedModelError
 from autoshrink.compression.evaluate import TrainResult
 from autoshrink.compression.metrics import FLOAT_BITS, ratio_key, result_key
@@ -34,6 +35,13 @@ from autoshrink.env.state import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: What each action entry decides, by mode.
+ACTION_DIMS: dict[str, tuple[str, ...]] = {
+    "prune": ("keep",),
+    "quant": ("bits",),
+    "joint": ("keep", "bits"),
+}
 
 
 class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -144,7 +152,10 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         cfg = config or EnvConfig()
         self.config = cfg = cfg.replace(**overrides) if overrides else cfg
         self.render_mode = render_mode
-        self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
+        #: Where the baseline trains and policies are scored (the model stays on the CPU).
+        self.device = resolve_device(cfg.device)
+        data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
+        self.data = data.for_device(self.device)
         #: How the cached baseline trained (None for a given model or checkpoint).
         self.baseline_training: TrainResult | None = None
         self.model = (model if model is not None else self._load_model()).eval()
@@ -178,11 +189,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         if evaluator is None:
             evaluator = Evaluator.from_config(self.model, self.graph, self.data, cfg)
         self.evaluator: PolicyEvaluator = evaluator
-        self.action_dims: tuple[str, ...] = {
-            "prune": ("keep",),
-            "quant": ("bits",),
-            "joint": ("keep", "bits"),
-        }[cfg.mode]
+        self.action_dims: tuple[str, ...] = ACTION_DIMS[cfg.mode]
         self.action_space = gym.spaces.Box(0.0, 1.0, (len(self.action_dims),), np.float32)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (len(FEATURES),), np.float32)
         self._t = 0
@@ -205,6 +212,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
             cfg.data_dir,
             splits=self.data,
             min_accuracy=cfg.min_baseline_accuracy,
+            device=self.device,
         )
         self.baseline_training = read_result(path)
         return model

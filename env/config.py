@@ -16,6 +16,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar, Literal, TypeAlias
 
+from autoshrink.compression.device import DEFAULT_DEVICE, device_problem
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.metrics import BUDGET_NAMES
 from autoshrink.compression.versioned import JsonFile, unwrap, wrap
@@ -91,6 +92,8 @@ class EnvConfig(JsonFile):
         round_to: Channel granularity of every unit.
         latency_batch: Batch size at which the latency table is measured.
         seed: Seed of data order, fine-tuning and the baseline.
+        device: Where the baseline trains and every evaluation runs: ``auto`` (CUDA when
+            available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. Files never depend on it.
     """
 
     json_what: ClassVar[str] = "environment config"
@@ -125,6 +128,7 @@ class EnvConfig(JsonFile):
     round_to: int = 1
     latency_batch: int = 1
     seed: int = 0
+    device: str = DEFAULT_DEVICE
 
     def __post_init__(self) -> None:
         for metric in BUDGET_NAMES:
@@ -234,31 +238,23 @@ def _choice_problems(cfg: EnvConfig) -> list[str]:
             cfg.importance in IMPORTANCES,
             f"importance must be one of {IMPORTANCES}, got {cfg.importance!r}",
         ),
+        (device_problem(cfg.device) is None, str(device_problem(cfg.device))),
     ]
-    for name in ("model", "dataset"):
-        value = getattr(cfg, name)
-        checks.append(
-            (isinstance(value, str) and bool(value), f"{name} must be a name, got {value!r}")
-        )
-    for name in ("data_dir", "checkpoint"):
-        value = getattr(cfg, name)
-        checks.append(
-            (value is None or isinstance(value, str), f"{name} must be a path, got {value!r}")
-        )
+    for name in ("model", "dataset", "data_dir", "checkpoint"):
+        value, path = getattr(cfg, name), name in ("data_dir", "checkpoint")
+        ok = value is None or isinstance(value, str) if path else isinstance(value, str) and value
+        checks.append((bool(ok), f"{name} must be {'a path' if path else 'a name'}, got {value!r}"))
     return [message for ok, message in checks if not ok]
 
 
 def _number_problems(cfg: EnvConfig) -> list[str]:
     """What is wrong with the settings that count or measure something."""
     out: list[str] = []
-    for name, low in (("bn_batches", 0), ("finetune_steps", 0), ("batch_size", 1)):
+    lows = {"bn_batches": 0, "finetune_steps": 0, "batch_size": 1, "round_to": 1}
+    for name, low in {**lows, "latency_batch": 1}.items():
         value = getattr(cfg, name)
         if not (_is_int(value) and value >= low):
             out.append(f"{name} must be an integer >= {low}, got {value!r}")
-    for name in ("round_to", "latency_batch"):
-        value = getattr(cfg, name)
-        if not (_is_int(value) and value >= 1):
-            out.append(f"{name} must be an integer >= 1, got {value!r}")
     for name in ("eval_batches", "baseline_epochs"):
         value = getattr(cfg, name)
         if not (value is None or (_is_int(value) and value >= 1)):

@@ -19,9 +19,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
 from torch import nn
 
 from autoshrink.compression.apply import apply_policy
+from autoshrink.compression.device import on_device, resolve_device
 from autoshrink.compression.evaluate import accuracy, finetune, recalibrate_bn
 from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.policy import Policy, kept_channels, layer_bits
@@ -80,6 +82,8 @@ class Evaluator:
         batch_size: Batch size of every loader.
         seed: Seeds the batch order and the fine-tune.
         cache_size: Most policies remembered (least recently used go first).
+        device: Where each compressed model is recalibrated, fine-tuned and scored (and the
+            teacher runs); ``model`` itself stays where it is, and is pruned there.
     """
 
     def __init__(
@@ -98,8 +102,10 @@ class Evaluator:
         batch_size: int = 64,
         seed: int = 0,
         cache_size: int = 10_000,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.model = model.eval()
+        self.device = torch.device(device)
         self.graph = graph
         self.data = data
         self.importance = importance
@@ -111,6 +117,7 @@ class Evaluator:
         self.seed = seed
         self.cache_size = cache_size
         self.scores = self._channel_scores()
+        self.teacher = on_device(self.model, self.device) if distill else None
         # Fixed batches: the same every evaluation, so the score is a function of the policy.
         train = data.loader("train", batch_size=batch_size, shuffle=True, seed=seed)
         self.bn_batches = list(itertools.islice(train, bn_batches)) if self.recalibrate else []
@@ -138,6 +145,7 @@ class Evaluator:
             eval_batches=config.eval_batches,
             batch_size=config.batch_size,
             seed=config.seed,
+            device=resolve_device(config.device),
         )
 
     def _channel_scores(self) -> Any:
@@ -165,6 +173,7 @@ class Evaluator:
         compute = 0.0
         if self.finetune_steps == 0:
             model = apply_policy(self.model, self.graph, policy, self.importance, self.scores)
+            model = model.to(self.device)
             other = time.perf_counter() - start
             if self.recalibrate:
                 t0 = time.perf_counter()
@@ -175,17 +184,15 @@ class Evaluator:
         bits = {k: b for k, b in layer_bits(policy, self.graph).items() if b < FLOAT_BITS}
         model = prune_channels(
             self.model, self.graph, kept, importance=self.importance, scores=self.scores
-        )
+        ).to(self.device)
         fake_quantize_(model, bits)
         other = time.perf_counter() - start
         t0 = time.perf_counter()
         if self.recalibrate:
             recalibrate_bn(model, self.bn_batches, len(self.bn_batches))
         train = self.data.loader("train", batch_size=self.batch_size, shuffle=True, seed=self.seed)
-        teacher = self.model if self.distill else None
-        finetune(
-            model, train, self.finetune_steps, self.finetune_lr, teacher=teacher, seed=self.seed
-        )
+        steps, lr = self.finetune_steps, self.finetune_lr
+        finetune(model, train, steps, lr, teacher=self.teacher, seed=self.seed)
         compute += time.perf_counter() - t0
         t0 = time.perf_counter()
         bake_(model)

@@ -34,7 +34,10 @@ from autoshrink.scripts.options import (
     DATA_DIR_HELP,
     JSON_HELP,
     add_budget_flags,
+    add_device_flags,
     check_out_folder,
+    device_line,
+    setup_device,
 )
 from autoshrink.scripts.show import print_shipped
 
@@ -87,6 +90,7 @@ def add_parser(subparsers: Any) -> None:
     given = "the policy's own, or the agent's search's; with --map, none"
     add_budget_flags(p, dict.fromkeys(BUDGET_NAMES, given))
     _add_final_flags(p)
+    add_device_flags(p)
     p.add_argument("--out", required=True, help="run folder to write, new or empty (required)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=run)
@@ -195,9 +199,14 @@ def run(args: argparse.Namespace) -> int:
     from autoshrink.scripts.train import ensure_baseline
 
     out = Path(args.out)
+    device = setup_device(args)  # a device this machine lacks is refused before any work
     plan = _prepare(args, out)
     final = FinalConfig(epochs=args.finetune_epochs, distill=args.distill)
     cfg = plan["config"]
+    if args.device is not None:
+        cfg = cfg.replace(device=args.device)
+    where = device_line(cfg.device, device)
+    err_console.print(f"applying to {cfg.model} on {cfg.dataset}, {where}", highlight=False)
     if plan.get("model") is None:  # the cached baseline, trained first if missing: say so
         ensure_baseline(cfg, plan["data"])
     with err_console.status(f"preparing {cfg.model} on {cfg.dataset}"):

@@ -17,7 +17,7 @@ from rich.progress import TextColumn
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import hold
 from autoshrink.scripts.console import console, err_console, make_progress
-from autoshrink.scripts.options import check_out_folder
+from autoshrink.scripts.options import add_device_flags, check_out_folder, device_line
 
 #: The one line ``autoshrink --help`` shows.
 HELP = "run many searches from a TOML spec on a process pool or a Ray cluster"
@@ -58,6 +58,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--retry-failed", action="store_true", help="run failed jobs again (default: off)"
     )
+    add_device_flags(p, workers="--workers")
     p.add_argument(
         "--example", action="store_true", help="print an example spec and exit (default: off)"
     )
@@ -70,6 +71,7 @@ OWN = ("spec.toml", "results.jsonl")
 
 def run(args: argparse.Namespace) -> int:
     """Validate the spec, run the batch with a progress bar, and say where the results are."""
+    from autoshrink.agent.batch.runner import check_devices
     from autoshrink.agent.batch.spec import EXAMPLE_SPEC, load_spec
 
     if args.example:
@@ -82,28 +84,45 @@ def run(args: argparse.Namespace) -> int:
     check_out_folder(Path(args.out), reuse=lambda f: any((f / n).exists() for n in OWN))
     again = " ".join(shlex.quote(a) for a in ("autoshrink", "batch", args.spec, "--out", args.out))
     args.on_interrupt = lambda: f"rerun to resume: {again}"
+    options = _options(args)
+    check_devices(spec, options)  # a device this machine lacks: refused before any work
     with hold(Path(args.out), "batch"):  # refused here, before a line is printed
-        return _run(spec, args)
+        return _run(spec, args, options)
 
 
-def _run(spec: Any, args: argparse.Namespace) -> int:
-    """Run a loaded spec in its locked folder, with the progress bar and the summary."""
-    from autoshrink.agent.batch.runner import BatchEvent, BatchOptions, run_batch
+def _options(args: argparse.Namespace) -> Any:
+    """The batch's options, as the flags give them."""
+    from autoshrink.agent.batch.runner import BatchOptions
 
-    options = BatchOptions(
+    return BatchOptions(
         backend=args.backend,
         workers=args.workers,
         address=args.address,
         job_timeout_s=args.job_timeout,
         retry_failed=args.retry_failed,
+        device=args.device,
+        threads=args.threads,
     )
+
+
+def _run(spec: Any, args: argparse.Namespace, options: Any) -> int:
+    """Run a loaded spec in its locked folder, with the progress bar and the summary."""
+    from autoshrink.agent.batch.runner import BatchEvent, run_batch
+
     counts = {"ok": 0, "failed": 0, "running": 0, "skipped": 0}
     progress = make_progress(
         TextColumn("[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/]"),
         TextColumn("{task.fields[running]} running"),
     )
+    where = ""
+    if args.backend == "local":  # Ray's workers may have other devices than this driver
+        from autoshrink.compression.device import DEFAULT_DEVICE, resolve_device
+
+        device = resolve_device(args.device or DEFAULT_DEVICE)
+        where = f", {device_line(args.device, device)} unless a job sets its own"
     err_console.print(
-        f"{len(spec.jobs)} jobs from {spec.name} on {args.backend} -> {args.out}", highlight=False
+        f"{len(spec.jobs)} jobs from {spec.name} on {args.backend}{where} -> {args.out}",
+        highlight=False,
     )
     with progress:
         task = progress.add_task("batch", total=len(spec.jobs), ok=0, failed=0, running=0)

@@ -17,7 +17,13 @@ from rich.table import Table
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
 from autoshrink.compression.metrics import MEASURED_LATENCY
 from autoshrink.scripts.console import console, err_console
-from autoshrink.scripts.options import DATA_DIR_HELP, JSON_HELP
+from autoshrink.scripts.options import (
+    DATA_DIR_HELP,
+    JSON_HELP,
+    add_device_flags,
+    device_line,
+    setup_device,
+)
 
 #: Largest batch sizes and repeat counts accepted: beyond these a value is a typo.
 MAX_BATCH = 1 << 16
@@ -58,6 +64,7 @@ def add_parser(subparsers: Any) -> None:
         "--repeats", type=int, default=30, help="timed passes, median taken (default: %(default)s)"
     )
     add_model_flags(p)
+    add_device_flags(p)
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=run)
 
@@ -148,18 +155,21 @@ def evaluate_artifact(
     repeats: int = 30,
     factory: str | None = None,
     allow_changed_factory: bool = False,
+    device: Any = "cpu",
 ) -> dict[str, Any]:
     """Measure an artifact; the keys are those of ``result.json``'s ``compressed``.
 
     ``dataset`` None scores it on the dataset its policy was made on. ``factory`` (and
     ``allow_changed_factory``) rebuild an artifact of a user model, see
-    :func:`~autoshrink.compression.artifact.load_artifact`.
+    :func:`~autoshrink.compression.artifact.load_artifact`. The accuracy is scored on
+    ``device``; the latency is the CPU's.
     """
     import torch
 
     from autoshrink.compression.artifact import load_artifact, read_header
     from autoshrink.compression.counting import count_macs, count_params
     from autoshrink.compression.data import load_dataset
+    from autoshrink.compression.device import on_device
     from autoshrink.compression.errors import DataError
     from autoshrink.compression.evaluate import accuracy
     from autoshrink.compression.models import check_input_shape
@@ -171,7 +181,7 @@ def evaluate_artifact(
     check_input_shape((latency_batch, *shape), "--latency-batch times the artifact's input")
     check_input_shape((batch_size, *shape), "--batch-size times the artifact's input")
     model = load_artifact(path, factory, allow_changed_factory=allow_changed_factory)
-    data = load_dataset(dataset, data_dir=data_dir)
+    data = load_dataset(dataset, data_dir=data_dir).for_device(torch.device(device))
     if (data.in_channels, data.image_size, data.image_size) != shape:
         raise DataError(
             f"{dataset} images are {data.in_channels}x{data.image_size}x{data.image_size}, "
@@ -182,7 +192,7 @@ def evaluate_artifact(
         "artifact": str(path),
         "model": header.spec.name,
         "dataset": dataset,
-        "accuracy": accuracy(model, data.loader("test", batch_size=batch_size)),
+        "accuracy": accuracy(on_device(model, device), data.loader("test", batch_size=batch_size)),
         "macs": count_macs(model, one),
         "params": count_params(model),
         "bytes": payload_bytes(path),
@@ -204,20 +214,24 @@ def _made_on(path: Path, header: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate the artifact and print a table (or JSON)."""
+    device = setup_device(args)  # a device this machine lacks is refused before any work
     check_flags(args)
     path = Path(args.artifact)
     flags = (args.dataset, args.data_dir, args.batch_size, args.latency_batch, args.repeats)
-    factory = {"factory": args.model, "allow_changed_factory": args.allow_changed_model}
+    given = {"factory": args.model, "allow_changed_factory": args.allow_changed_model}
+    given["device"] = device
     if args.json:
-        report = evaluate_artifact(path, *flags, **factory)
+        report = evaluate_artifact(path, *flags, **given)
         sys.stdout.write(json.dumps(report) + "\n")  # plain JSON for pipes, no rich markup
         return 0
-    with err_console.status(f"evaluating {path.name} on {args.dataset or 'its dataset'}"):
-        report = evaluate_artifact(path, *flags, **factory)
+    where = device_line(args.device, device)
+    with err_console.status(f"evaluating {path.name} on {args.dataset or 'its dataset'}, {where}"):
+        report = evaluate_artifact(path, *flags, **given)
     table = Table(title=f"{path.name} ({report['model']}) on {report['dataset']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("test accuracy", f"{report['accuracy']:.2%}")
+    table.add_row("scored on", where.removeprefix("device "))
     table.add_row("MACs", f"{report['macs']:,}")
     table.add_row("params", f"{report['params']:,}")
     table.add_row("bytes (payload)", f"{report['bytes']:,}")

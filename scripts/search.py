@@ -26,8 +26,11 @@ from autoshrink.scripts.options import (
     DATA_DIR_HELP,
     JSON_HELP,
     add_budget_flags,
+    add_device_flags,
     check_out_folder,
+    device_line,
     mode_defaults,
+    setup_device,
 )
 from autoshrink.scripts.show import print_shipped
 
@@ -53,6 +56,7 @@ def add_parser(subparsers: Any) -> None:
     add_budget_flags(p, mode_defaults())
     _add_agent_flags(p)
     _add_final_flags(p)
+    add_device_flags(p)
     p.add_argument(
         "--out",
         default=None,
@@ -199,6 +203,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "final_distill": True if args.distill else None,
         "final_finalists": args.finalists,
         "final_finalist_spacing": args.finalist_spacing,
+        "device": args.device,
     }
     return {k: v for k, v in given.items() if v is not None}
 
@@ -210,7 +215,9 @@ def _config(args: argparse.Namespace, out: Path) -> Any:
     saved = out / "config.json"
     if args.resume and saved.exists():  # a resumed search may be extended, or finished anew
         given = _settings(args)
-        keep = {k: v for k, v in given.items() if k == "episodes" or k.startswith("final_")}
+        # the device is where it runs, not what it searches: a resume may move
+        again = ("episodes", "device")
+        keep = {k: v for k, v in given.items() if k in again or k.startswith("final_")}
         return SearchConfig.load(saved).replace(**keep)
     return SearchConfig.from_settings(_settings(args))
 
@@ -219,12 +226,14 @@ def run(args: argparse.Namespace) -> int:
     """Run the search, the final fine-tune, and print the comparison."""
     from autoshrink.agent.search.run import search
     from autoshrink.agent.search.run_folder import RunFolder
+    from autoshrink.compression.device import resolve_device
     from autoshrink.scripts.train import ensure_baseline
 
     if args.resume and args.out is None:
         raise AutoshrinkError("--resume needs --out, the run folder to continue")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/{args.model or 'resnet20'}-{args.dataset or 'digits'}-{stamp}")
+    setup_device(args)  # a device this machine lacks is refused before any work
     check_free(out, "search")  # before the env is built, which can take minutes
     # a run folder (config.json is its first file) is continued, or refused in the loop
     check_out_folder(out, reuse=lambda f: RunFolder(f).has_search() or RunFolder(f).config.exists())
@@ -235,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
         check_resume(out)
     config = _config(args, out)
     env_cfg, agent_cfg = config.env, config.agent
+    device = resolve_device(env_cfg.device)  # the saved one on resume, if --device is not given
+    resolve_device(agent_cfg.device)
     data = ensure_baseline(env_cfg)  # announced and shown, when it has to be trained
     with err_console.status(f"preparing {env_cfg.model} on {env_cfg.dataset}"):
         env = config.make_env(**({} if data is None else {"data": data}))
@@ -243,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     header = (
         f"searching {len(env.units)} units of {env_cfg.model} on {env_cfg.dataset}, "
         f"{env_cfg.mode} mode, {budgets}; agent {agent_cfg.algorithm}, "
-        f"{agent_cfg.episodes} episodes -> {out}"
+        f"{agent_cfg.episodes} episodes, {device_line(env_cfg.device, device)} -> {out}"
     )
     bars = _SearchBars(config, env)
 

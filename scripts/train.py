@@ -13,6 +13,7 @@ from rich.table import Table
 
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
 from autoshrink.scripts.console import LineProgress, console, err_console, make_progress
+from autoshrink.scripts.options import add_device_flags, device_line, setup_device
 
 if TYPE_CHECKING:
     from torch import nn
@@ -117,6 +118,7 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train even if a cached result exists (default: off)",
     )
+    add_device_flags(parser)
 
 
 def _check_out(out: Path) -> None:
@@ -151,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     from autoshrink.compression.data import load_dataset
     from autoshrink.compression.models import ModelSpec, build_model
 
+    device = setup_device(args)  # a device this machine lacks is refused before any work
     if args.out is not None:  # checked before minutes of training, not after them
         _check_out(Path(args.out))
     splits = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)
@@ -162,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "splits": splits,
         "retrain": args.retrain,
+        "device": device,
     }
     cached = baseline_path(spec, args.dataset, epochs, args.seed, args.lr, args.batch_size)
     if cached.is_file() and not args.retrain:
@@ -170,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         steps = math.ceil(len(splits.train) / args.batch_size)
         with make_progress(TextColumn("val acc {task.fields[val]}")) as progress:
-            shown = trainer_progress(progress, f"training {args.model}", epochs, steps)
+            what = f"training {args.model}, {device_line(args.device, device)}"
+            shown = trainer_progress(progress, what, epochs, steps)
             model, path = baseline(spec, args.dataset, epochs, args.seed, **shown, **options)
     if args.out is not None:
         _save_copy(model, path, args.out)
@@ -234,6 +239,7 @@ def ensure_baseline(cfg: Any, data: Any = None) -> Any:
         default_epochs,
     )
     from autoshrink.compression.data import load_dataset
+    from autoshrink.compression.device import resolve_device
     from autoshrink.compression.models import ModelSpec
 
     data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
@@ -259,6 +265,7 @@ def ensure_baseline(cfg: Any, data: Any = None) -> Any:
             cfg.data_dir,
             splits=data,
             min_accuracy=cfg.min_baseline_accuracy,
+            device=resolve_device(cfg.device),
             **shown,
         )
     return data

@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated cache for trained baselines, and deterministic torch."""
+"""Shared fixtures: an isolated cache for trained baselines, one torch thread, gpu skips."""
 
 from __future__ import annotations
 
@@ -31,6 +31,23 @@ def _isolated_cache(cache_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     yield
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Keep the worker on one thread after a test whose CLI call set ``--threads``."""
+    yield
+    torch.set_num_threads(1)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Keep each (xdist) worker on one thread: two workers share two cores."""
     torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``gpu`` where CUDA is not available, saying why."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA, and this machine has none")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

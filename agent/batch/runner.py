@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +49,12 @@ from autoshrink.agent.batch.results import (
 )
 from autoshrink.agent.batch.spec import BatchSpec, Job
 from autoshrink.compression.atomic import write_atomic
+from autoshrink.compression.device import (
+    DEFAULT_DEVICE,
+    check_device,
+    default_threads,
+    resolve_device,
+)
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import hold
 
@@ -71,6 +77,9 @@ class BatchOptions:
         address: Ray cluster address (``auto`` or ``ray://...``); None starts a local one.
         job_timeout_s: Seconds a job may run (a job's own ``timeout`` wins); None = no limit.
         retry_failed: Run failed and timed-out jobs again instead of skipping them.
+        device: The device of every job whose spec gives none (None: ``EnvConfig``'s).
+        threads: Torch threads of every job whose spec gives no ``cpus``; None = the cores
+            divided by the local workers, at least 1 (one per job on Ray).
     """
 
     backend: Literal["local", "ray"] = "local"
@@ -78,6 +87,8 @@ class BatchOptions:
     address: str | None = None
     job_timeout_s: float | None = None
     retry_failed: bool = False
+    device: str | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -88,6 +99,10 @@ class BatchOptions:
             raise AutoshrinkError(f"the job timeout must be positive, got {self.job_timeout_s}")
         if self.address is not None and self.backend != "ray":
             raise AutoshrinkError("an address is for the ray backend (--backend ray)")
+        if self.threads is not None and self.threads < 1:
+            raise AutoshrinkError(f"threads must be at least 1, got {self.threads}")
+        if self.device is not None:
+            check_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -136,6 +151,7 @@ def run_batch(
     """
     options = options or BatchOptions()
     out = Path(out_dir)
+    check_devices(spec, options)
     with hold(out, "batch"):  # a second driver on this folder would record jobs twice
         return _run_batch(spec, out, options, on_event)
 
@@ -162,7 +178,9 @@ def _run_batch(
     report = BatchReport(out, len(spec.jobs), len(spec.jobs) - len(pending))
     try:
         if pending:
-            for event in _executor(options, pending).run(pending, out, options.job_timeout_s):
+            executor = _executor(options, pending)
+            pending = [placed(job, options, executor.workers) for job in pending]
+            for event in executor.run(pending, out, options.job_timeout_s):
                 if event.kind == "end" and event.record is not None:
                     append_record(results, event.record)
                     report.records.append(event.record)
@@ -181,6 +199,35 @@ def default_workers(jobs: Sequence[Job], cpus: int | None = None) -> int:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     per_job = max((job.cpus for job in jobs), default=1)
     return max(1, (cpus or 1) // per_job)
+
+
+def check_devices(spec: BatchSpec, options: BatchOptions) -> None:
+    """Refuse a job's device that this machine lacks, before any job runs (local backend).
+
+    Ray's workers may have devices that its driver lacks: there, only the spelling is
+    checked (when the spec is read).
+
+    Raises:
+        DeviceError: Naming the first device that is not here.
+    """
+    if options.backend != "local":
+        return
+    for job in spec.jobs:
+        resolve_device(job.settings.get("device") or options.device or DEFAULT_DEVICE)
+
+
+def placed(job: Job, options: BatchOptions, workers: int | None) -> Job:
+    """``job`` with the batch's device and threads where its spec gives none.
+
+    Its id stays the spec's, so a batch rerun on another machine or with other
+    ``--threads`` skips the jobs it finished. The record shows what the job ran with.
+    """
+    settings = dict(job.settings)
+    if options.device is not None:
+        settings.setdefault("device", options.device)
+    local = options.backend == "local"  # Ray: one CPU a job unless asked, as before
+    settings.setdefault("cpus", options.threads or (default_threads(workers or 1) if local else 1))
+    return replace(job, settings=settings)
 
 
 def _executor(options: BatchOptions, jobs: Sequence[Job]) -> LocalExecutor | RayExecutor:

@@ -7,7 +7,9 @@ Keys are :class:`~autoshrink.env.config.EnvConfig` fields (budgets as ``0.5`` or
 ``"300KB"``), the agent (``agent``, ``episodes``, ``warmup``, ``agent_options``), the final
 fine-tune (``final_epochs`` and the other ``final_*`` fields of
 :class:`~autoshrink.agent.search.config.FinalConfig`) and the batch's own ``kind``, ``name``,
-``cpus`` and ``timeout``. A grid's ``budgets`` entry replaces every budget of the defaults.
+``cpus`` (its torch threads) and ``timeout``. ``device`` is an EnvConfig field like any
+other: where the job trains and scores. A grid's ``budgets`` entry replaces every budget
+of the defaults.
 Relative paths (``checkpoint``, ``data_dir``, ``agent_from``, ``policy_from``, a
 ``file.py:fn`` model) are relative to the spec file.
 
@@ -66,6 +68,7 @@ dataset = "digits"
 episodes = 6          # a real search wants 60 or more
 warmup = 2
 final_epochs = 1
+# device = "cuda"     # where each job trains and scores (auto: CUDA when available)
 
 [grid]
 budgets = [{ flops = 0.5 }, { flops = 0.3, size = 0.1 }]

@@ -22,11 +22,12 @@ from typing import Any
 import gymnasium as gym
 from torch import nn
 
-from autoshrink.agent.env_view import search_env
+from autoshrink.agent.env_view import env_device, search_env
 from autoshrink.agent.search.config import FinalConfig
 from autoshrink.agent.search.finalists import Candidate, top_candidates
 from autoshrink.agent.search.report import Shipped, build_result, write_result
 from autoshrink.agent.search.run_folder import RunFolder
+from autoshrink.compression.device import on_device
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import hold
 from autoshrink.compression.metrics import FLOAT_BITS
@@ -45,7 +46,8 @@ def compress_and_finetune(
 ) -> nn.Module:
     """The model of ``policy`` on ``env``'s model: pruned, fake-quantized, fine-tuned, baked.
 
-    ``data`` are the splits to train on (the env's when None).
+    ``data`` are the splits to train on (the env's when None). The model is fine-tuned and
+    returned on the env's device (:func:`~autoshrink.agent.env_view.env_device`).
     """
     from autoshrink.compression.evaluate import finetune, recalibrate_bn
     from autoshrink.compression.prune import prune_channels
@@ -57,13 +59,16 @@ def compress_and_finetune(
     scores = getattr(getattr(inner, "evaluator", None), "scores", None)
     kept = kept_channels(policy, graph)
     bits = {k: b for k, b in layer_bits(policy, graph).items() if b < FLOAT_BITS}
+    device = env_device(env)
     model = prune_channels(inner.model, graph, kept, importance=cfg.importance, scores=scores)
+    model = model.to(device)
     fake_quantize_(model, bits)
+    data = data.for_device(device)
     train = data.loader("train", batch_size=final.batch_size, shuffle=True, seed=seed)
     if final.bn_batches:
         recalibrate_bn(model, train, final.bn_batches)
     steps = final.epochs * len(train)
-    teacher = inner.model if final.distill else None
+    teacher = on_device(inner.model, device) if final.distill else None
     finetune(model, train, steps, final.lr, teacher=teacher, seed=seed, on_step=on_step)
     return bake_(model).eval()
 
@@ -162,7 +167,7 @@ def _pick(
     if len(candidates) == 1:
         model = compress_and_finetune(env, candidates[0].policy, final, seed, on_step, data)
         return model, candidates[0], []
-    val = data.loader("val", batch_size=256)
+    val = data.for_device(env_device(env)).loader("val", batch_size=256)
     best: tuple[float, nn.Module, Candidate] | None = None
     scored: list[dict[str, Any]] = []
     done = 0

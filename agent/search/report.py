@@ -24,7 +24,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from autoshrink.agent.env_view import search_env
+from autoshrink.agent.env_view import env_device, search_env
 from autoshrink.agent.search.config import FinalConfig
 from autoshrink.agent.search.run_folder import RunFolder
 from autoshrink.compression.documents import read_document
@@ -105,9 +105,10 @@ def build_result(
     values = realised_costs(env, shipped.policy)
     limits = dict(inner.limits)
     model = load_artifact(shipped.artifact.path, factory=cfg.model)
-    baseline = {**_side(inner.model, data, final), **by_result_key(inner.baseline)}
+    device = env_device(env)
+    baseline = {**_side(inner.model, data, final, device), **by_result_key(inner.baseline)}
     compressed = {
-        **_side(model, data, final),
+        **_side(model, data, final, device),
         "val_accuracy_search": _search_accuracy(search, shipped.episode),
         **by_result_key(values),
         "artifact_bytes": shipped.artifact.payload_bytes,
@@ -165,20 +166,24 @@ def baseline_training(env: gym.Env) -> dict[str, Any] | None:
     }
 
 
-def _side(model: Any, data: Any, final: FinalConfig) -> dict[str, float]:
-    """Test accuracy, val accuracy (the whole val split) and latency (batch 1) of a model.
+def _side(model: Any, data: Any, final: FinalConfig, device: Any) -> dict[str, float]:
+    """Test and val accuracy (scored on ``device``) and CPU latency (batch 1) of a CPU model.
 
-    The val accuracy is the one a search and its finalists are judged by, the test
-    accuracy the one reported: both are here so that neither is mistaken for the other.
+    The val accuracy (the whole val split) is the one a search and its finalists are judged
+    by, the test accuracy the one reported: both are here so that neither is mistaken for
+    the other.
     """
+    from autoshrink.compression.device import on_device
     from autoshrink.compression.evaluate import accuracy
     from autoshrink.env.latency import time_forward
 
-    test = data.loader("test", batch_size=256)
+    test = data.for_device(device).loader("test", batch_size=256)
     example = data.example_input(1)
     return {
-        "accuracy": accuracy(model, test),
-        "val_accuracy": accuracy(model, data.loader("val", batch_size=256)),
+        "accuracy": accuracy(on_device(model, device), test),
+        "val_accuracy": accuracy(
+            on_device(model, device), data.for_device(device).loader("val", batch_size=256)
+        ),
         MEASURED_LATENCY: time_forward(model, example, final.latency_repeats),
     }
 

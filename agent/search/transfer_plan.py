@@ -72,7 +72,8 @@ def plan_transfer(agent: str | Path, settings: Mapping[str, Any]) -> TransferPla
         given["bit_choices"] = tuple(given["bit_choices"])
     if any(m in given for m in BUDGET_NAMES):
         base = base.replace(**dict.fromkeys(BUDGET_NAMES))
-    config = base.replace(checkpoint=None).replace(**given)
+    # The device is where this run goes, not the search's: the default unless given.
+    config = base.replace(checkpoint=None, device=EnvConfig.device).replace(**given)
     _, act = agent_spaces(path)
     if act != _ACTIONS.get(config.mode):
         raise PolicyError(f"{path} acts on {act} actions, not {config.mode} mode's")
