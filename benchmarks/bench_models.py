@@ -73,7 +73,7 @@ PRESETS = {"issue": MODELS, "hidden": HIDDEN}
 #: fixed input size (ViT, DeiT, Swin, LeViT) are built for --size instead, as a search
 #: builds them for its dataset (``ModelSpec.image_size``). EfficientFormer fails when built
 #: for 64 (its attention biases assume 224's 7x7 grid).
-NEEDS_224 = ("vit_b_16", "swin_t", "inception_v3", "timm:efficientformer_l1")
+NEEDS_224 = ("vit_b_16", "swin_t", "inception_v3", "timm:efficientformer_l1", "timm:inception_v4")
 BITS = (2, 3, 4, 5, 6, 7, 8, 32)
 #: What the table cannot say by itself.
 NOTES = (

@@ -132,6 +132,23 @@ def _dependency_graph(model: nn.Module, example: Tensor) -> tp.DependencyGraph:
         )
 
 
+def _group_scores(dg: Any, root: nn.Module, n: int, scorer: Any, fallback: Any) -> Tensor:
+    """Scores of the ``n`` channels of the DepGraph group led by ``root``."""
+    pruner = dg.get_pruner_of_module(root)
+    with tolerant_index_mapping(again=False):
+        group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(n)))
+    imp = scorer(group)
+    # No signal (e.g. "bn" on a group without BatchNorm, or all-zero gradients, which the
+    # scorer's mean-normalisation turns into NaN): rank by weight magnitude.
+    if imp is None or not bool(torch.isfinite(imp).all()) or not bool(imp.any()):
+        imp = fallback(group)
+    if imp is None:  # only depthwise convs, which the magnitude scorer skips
+        weight = root.weight
+        assert isinstance(weight, Tensor)
+        imp = weight.detach().abs().flatten(1).sum(1)
+    return imp.detach().float().cpu().clone()
+
+
 def channel_scores(
     graph: UnitGraph,
     model: nn.Module,
@@ -180,16 +197,5 @@ def channel_scores(
             if u.name in heads:  # no DepGraph group to score: whole heads, scored by hand
                 scores[u.name] = head_scores(model, heads[u.name], importance)
                 continue
-            root = modules[u.name]
-            pruner = dg.get_pruner_of_module(root)
-            with tolerant_index_mapping(again=False):
-                group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(u.c_out)))
-            imp = scorer(group)
-            # No signal (e.g. "bn" on a group without BatchNorm, or all-zero gradients, which
-            # the scorer's mean-normalisation turns into NaN): rank by weight magnitude.
-            if imp is None or not bool(torch.isfinite(imp).all()) or not bool(imp.any()):
-                imp = fallback(group)
-            if imp is None:  # only depthwise convs, which the magnitude scorer skips
-                imp = root.weight.detach().abs().flatten(1).sum(1)
-            scores[u.name] = imp.detach().float().cpu().clone()
+            scores[u.name] = _group_scores(dg, modules[u.name], u.c_out, scorer, fallback)
     return scores
