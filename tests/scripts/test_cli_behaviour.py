@@ -288,3 +288,11 @@ def test_a_bar_shows_no_bare_label_for_empty_fields():
     full = bar.add_task("search", total=3, best="0.6806")
     assert column.render(bar.tasks[empty]).plain == ""
     assert column.render(bar.tasks[full]).plain == "best 0.6806"
+
+
+@pytest.mark.parametrize("episodes", ["0", "-3"])
+def test_episodes_below_1_are_refused(tmp_path: Path, capsys, episodes: str):
+    out = tmp_path / "run"
+    assert main(["search", "--episodes", episodes, "--out", str(out)]) == 2
+    assert f"episodes must be a positive integer, got {episodes}" in one_error_line(capsys)
+    assert not out.exists()
