@@ -366,12 +366,11 @@ def _budget_use(
 def comparison_table(report: dict[str, Any]) -> Table:
     """A rich table of baseline against compressed: accuracy, MACs, params, bytes, latency."""
     base, comp = report["baseline"], report["compressed"]
-    table = Table(
-        title=(
-            f"{report['model']} on {report['dataset']}: {report['agent']}, "
-            f"{report['episodes']} episodes, budgets met: {report['budgets_met']}"
-        )
+    title = (
+        f"{report['model']} on {report['dataset']}: {report['agent']}, "
+        f"{report['episodes']} episodes, budgets met: {report['budgets_met']}"
     )
+    table = Table(title=title, min_width=len(title))  # as wide as its title: not wrapped
     table.add_column("metric")
     table.add_column("baseline", justify="right")
     table.add_column("compressed", justify="right")

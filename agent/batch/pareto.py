@@ -20,7 +20,7 @@ from autoshrink.agent.batch.results import OK, latest_records, pareto_front, sum
 from autoshrink.compression.atomic import write_atomic
 from autoshrink.compression.metrics import METRICS
 
-#: Markers by agent, in the order agents first appear (colours are C0, C1, ...).
+#: Markers by agent, in the agents' alphabetical order (colours are C0, C1, ...).
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 #: The costs drawn, by budget name: always MACs and bytes, params when budgeted.
 PANELS = ("flops", "size", "params")
@@ -81,7 +81,7 @@ def pareto_figure(pts: list[Point]) -> Any:
     fig = Figure(figsize=(5.2 * len(panels), 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    agents = list(dict.fromkeys(p.agent for p in pts))
+    agents = sorted({p.agent for p in pts})  # the same colours whatever order jobs ended in
     for ax, metric in zip(axes, panels, strict=True):
         _panel(ax, metric, [p for p in pts if metric in p.cost], agents)
     axes[0].set_ylabel("test accuracy")
@@ -141,7 +141,7 @@ def _panel(ax: Any, metric: str, pts: list[Point], agents: list[str]) -> None:
     ax.xaxis.set_major_locator(FixedLocator(sorted(ticks | limits)))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.xaxis.set_major_formatter(PercentFormatter(decimals=None))
-    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=None))
     ax.set_xlabel(f"{label} of the compressed model, % of the baseline's (log)")
     ax.grid(True, alpha=0.3)
 

@@ -63,7 +63,7 @@ def check_applied(out) -> dict:
     result = read_result(out / "result.json")
     assert result["budgets_met"] is True
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["policy.json", "result.json", result["artifact"]]
+        ["policy.json", "policy.png", "result.json", result["artifact"]]
     )
     path = out / result["artifact"]
     model = load_artifact(path)

@@ -288,3 +288,27 @@ def test_a_bar_shows_no_bare_label_for_empty_fields():
     full = bar.add_task("search", total=3, best="0.6806")
     assert column.render(bar.tasks[empty]).plain == ""
     assert column.render(bar.tasks[full]).plain == "best 0.6806"
+
+
+@pytest.mark.parametrize("episodes", ["0", "-3"])
+def test_episodes_below_1_are_refused(tmp_path: Path, capsys, episodes: str):
+    out = tmp_path / "run"
+    assert main(["search", "--episodes", episodes, "--out", str(out)]) == 2
+    assert f"episodes must be a positive integer, got {episodes}" in one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_the_comparison_tables_title_is_one_line_at_80_columns():
+    import io
+
+    from rich.console import Console
+
+    from autoshrink.scripts.search import comparison_table
+
+    side = {"accuracy": 0.9, "val_accuracy": 0.9, "macs": 1e6}
+    report = {"model": "resnet56", "dataset": "digits", "agent": "policy+depth-map"}
+    report |= {"episodes": 1, "budgets_met": True, "baseline": side, "compressed": side}
+    out = io.StringIO()
+    Console(file=out, width=80).print(comparison_table(report))
+    first = out.getvalue().splitlines()[0]
+    assert first.strip() == "resnet56 on digits: policy+depth-map, 1 episodes, budgets met: True"
