@@ -277,9 +277,7 @@ def baseline(
     key = _key(spec, dataset, epochs, seed, lr, batch_size, variant)
     path = baseline_path(spec, dataset, epochs, seed, lr, batch_size, variant)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Concurrent processes (batch workers, test workers) wanting the same baseline wait for
-    # the first one to train it instead of all training it.
-    with FileLock(str(path.with_suffix(".lock"))):
+    with FileLock(str(path.with_suffix(".lock"))):  # others wait for the first to train it
         if path.is_file() and not retrain:
             cached = _load_cached(spec, path)
             if cached is not None:

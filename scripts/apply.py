@@ -195,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
     from autoshrink.agent.search.run_folder import RunFolder
     from autoshrink.agent.search.transfer import transfer
     from autoshrink.env.compression_env import CompressionEnv
-    from autoshrink.scripts.search import comparison_table, warn_weak_baseline
+    from autoshrink.scripts.comparison import comparison_table
+    from autoshrink.scripts.search import warn_weak_baseline
     from autoshrink.scripts.train import ensure_baseline
 
     out = Path(args.out)

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.progress import TextColumn
-from rich.table import Table
 
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import check_free
-from autoshrink.compression.metrics import BUDGET_NAMES, MEASURED_LATENCY, result_key
+from autoshrink.compression.metrics import BUDGET_NAMES, result_key
 from autoshrink.scripts.console import console, err_console, make_progress
 from autoshrink.scripts.options import (
     DATA_DIR_HELP,
@@ -225,7 +224,6 @@ def _config(args: argparse.Namespace, out: Path) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run the search, the final fine-tune, and print the comparison."""
     from autoshrink.agent.search.run import search
-    from autoshrink.agent.search.run_folder import RunFolder
     from autoshrink.compression.device import resolve_device
     from autoshrink.scripts.train import ensure_baseline
 
@@ -233,15 +231,7 @@ def run(args: argparse.Namespace) -> int:
         raise AutoshrinkError("--resume needs --out, the run folder to continue")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/{args.model or 'resnet20'}-{args.dataset or 'digits'}-{stamp}")
-    setup_device(args)  # a device this machine lacks is refused before any work
-    check_free(out, "search")  # before the env is built, which can take minutes
-    # a run folder (config.json is its first file) is continued, or refused in the loop
-    check_out_folder(out, reuse=lambda f: RunFolder(f).has_search() or RunFolder(f).config.exists())
-    args.on_interrupt = lambda: resume_hint(out)
-    if args.resume:
-        from autoshrink.agent.search.preflight import check_resume
-
-        check_resume(out)
+    _check_before_work(args, out)
     config = _config(args, out)
     env_cfg, agent_cfg = config.env, config.agent
     device = resolve_device(env_cfg.device)  # the saved one on resume, if --device is not given
@@ -280,10 +270,27 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(report) + "\n")
     else:
+        from autoshrink.scripts.comparison import comparison_table
+
         console.print(comparison_table(report))
         print_shipped(out / report["artifact"], env_cfg.model)
         console.print(f"run folder: {out}", highlight=False)
     return 0
+
+
+def _check_before_work(args: argparse.Namespace, out: Path) -> None:
+    """Refuse a bad device, a busy or foreign folder, or a damaged resume, in one line."""
+    from autoshrink.agent.search.run_folder import RunFolder
+
+    setup_device(args)  # a device this machine lacks is refused before any work
+    check_free(out, "search")  # before the env is built, which can take minutes
+    # a run folder (config.json is its first file) is continued, or refused in the loop
+    check_out_folder(out, reuse=lambda f: RunFolder(f).has_search() or RunFolder(f).config.exists())
+    args.on_interrupt = lambda: resume_hint(out)
+    if args.resume:
+        from autoshrink.agent.search.preflight import check_resume
+
+        check_resume(out)
 
 
 def resume_hint(out: Path) -> str:
@@ -361,39 +368,3 @@ def _budget_use(
         if value is not None and baseline.get(metric):
             parts.append(f"{metric} {value / baseline[metric]:.1%}/{limit / baseline[metric]:.1%}")
     return " ".join(parts)
-
-
-def comparison_table(report: dict[str, Any]) -> Table:
-    """A rich table of baseline against compressed: accuracy, MACs, params, bytes, latency."""
-    base, comp = report["baseline"], report["compressed"]
-    title = (
-        f"{report['model']} on {report['dataset']}: {report['agent']}, "
-        f"{report['episodes']} episodes, budgets met: {report['budgets_met']}"
-    )
-    table = Table(title=title, min_width=len(title))  # as wide as its title: not wrapped
-    table.add_column("metric")
-    table.add_column("baseline", justify="right")
-    table.add_column("compressed", justify="right")
-    table.add_column("ratio", justify="right")
-    rows = [
-        ("val accuracy", "val_accuracy", lambda v: f"{v:.2%}"),
-        ("test accuracy", "accuracy", lambda v: f"{v:.2%}"),
-        ("MACs", "macs", _count),
-        ("params", "params", _count),
-        ("bytes", "bytes", _count),
-        ("CPU latency (batch 1)", MEASURED_LATENCY, lambda v: f"{1e3 * v:.3f} ms"),
-    ]
-    for label, key, fmt in rows:
-        b, c = base.get(key), comp.get(key)
-        if b is None or c is None:
-            continue
-        ratio = f"{c / b:.3f}x" if "accuracy" not in key and b else f"{(c - b) * 100:+.2f} pts"
-        table.add_row(label, fmt(b), fmt(c), ratio)
-    return table
-
-
-def _count(value: float) -> str:
-    for suffix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if value >= scale:
-            return f"{value / scale:.3g}{suffix}"
-    return f"{value:.0f}"

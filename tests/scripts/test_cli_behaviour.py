@@ -303,7 +303,7 @@ def test_the_comparison_tables_title_is_one_line_at_80_columns():
 
     from rich.console import Console
 
-    from autoshrink.scripts.search import comparison_table
+    from autoshrink.scripts.comparison import comparison_table
 
     side = {"accuracy": 0.9, "val_accuracy": 0.9, "macs": 1e6}
     report = {"model": "resnet56", "dataset": "digits", "agent": "policy+depth-map"}
