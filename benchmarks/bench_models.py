@@ -218,6 +218,30 @@ def _table(rows: list[Row], budget_note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The largest models of the issue's list, timed alone by ``--timing``.
+LARGEST = ("vit_b_16", "swin_t", "inception_v3", "densenet121", "wide_resnet50_2")
+
+
+def timing(rounds: int = 2) -> None:
+    """Time ``build_units`` (with its check) on :data:`LARGEST`, interleaved rounds."""
+    built = {}
+    for name in LARGEST:
+        torch.manual_seed(0)
+        size = 224 if name in NEEDS_224 else 64
+        built[name] = (build_model(ModelSpec(name, num_classes=10)), torch.randn(1, 3, size, size))
+    times: dict[str, list[float]] = {name: [] for name in LARGEST}
+    for _ in range(rounds):
+        for name, (model, x) in built.items():
+            start = time.perf_counter()
+            build_units(model, x)
+            times[name].append(time.perf_counter() - start)
+    print("| model | input | build_units (s), best | worst |")
+    print("|---|---|---|---|")
+    for name, ts in times.items():
+        side = built[name][1].shape[-1]
+        print(f"| {name} | {side} | {min(ts):.2f} | {max(ts):.2f} |")
+
+
 def main() -> None:
     """Run the models given (default: the issue's list) and write the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -227,8 +251,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--out", default="docs/models.md")
     parser.add_argument("--budget-s", type=float, default=300.0, help="stop starting models")
+    parser.add_argument(
+        "--timing", action="store_true", help="only time build_units on the largest models"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.timing:
+        timing()
+        return
     names = [n for part in args.models.split(",") for n in PRESETS.get(part, [part])]
     rows, start = [], time.perf_counter()
     for name in names:
