@@ -39,10 +39,13 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from autoshrink.compression.errors import PolicyError
 from autoshrink.compression.policy import Policy, UnitPolicy
-from autoshrink.compression.unit_graph import UnitGraph
+
+if TYPE_CHECKING:  # for annotations only: apply --help reads MAPS without torch
+    from autoshrink.compression.unit_graph import UnitGraph
 
 logger = logging.getLogger(__name__)
 
