@@ -47,42 +47,19 @@ from autoshrink.compression.models import (
     is_factory_ref,
     load_weights,
 )
+from autoshrink.compression.names import (  # noqa: F401  (re-exported: their old home)
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DATASET,
+    DEFAULT_LR,
+    DEFAULT_MODEL,
+    default_epochs,
+)
 from autoshrink.compression.versioned import unwrap
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "resnet20"
-DEFAULT_DATASET = "digits"
 RECORD_TYPE = "autoshrink.BaselineRecord"
 RECORD_VERSION = 1
-DEFAULT_LR = 0.1
-DEFAULT_BATCH_SIZE = 128
-# ResNet-20 on 2 CPU cores. digits: 20 epochs gave 97.9-99.3 % val (97.2-98.6 % test) over
-# seeds 0-5 in about 13 s; 15 epochs fell below 97 % val for one seed. Fashion-MNIST: about
-# 6 min per epoch (estimated from timed steps); 5 epochs is an estimate for ~90-91 % test,
-# not yet measured on the full set.
-_DEFAULT_EPOCHS = {
-    "digits": 20,
-    "fashion-mnist": 5,
-    "mnist": 3,
-    "cifar10": 30,
-    "cifar100": 30,
-    "fake": 3,
-}
-_IMAGEFOLDER_EPOCHS = 10
-
-
-def default_epochs(dataset: str) -> int:
-    """Epochs that give a good baseline of the default model on ``dataset`` on a CPU."""
-    if dataset.lower().startswith("imagefolder:"):
-        return _IMAGEFOLDER_EPOCHS
-    try:
-        return _DEFAULT_EPOCHS[dataset.lower()]
-    except KeyError:
-        raise DataError(
-            f"unknown dataset {dataset!r}: use one of {', '.join(_DEFAULT_EPOCHS)} "
-            "or imagefolder:PATH"
-        ) from None
 
 
 def model_source(name: str) -> dict[str, str]:

@@ -45,19 +45,11 @@ from autoshrink.compression.data_sources import (
 )
 from autoshrink.compression.device import pins_memory
 from autoshrink.compression.errors import DataError
+from autoshrink.compression.names import DATASETS
 
 logger = logging.getLogger(__name__)
 
 #: Accepted dataset names, for ``--help``.
-DATASETS: tuple[str, ...] = (
-    "digits",
-    "fashion-mnist",
-    "mnist",
-    "cifar10",
-    "cifar100",
-    "imagefolder:PATH",
-    "fake",
-)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Where no test split exists, this fraction is held out as test, always with this seed.
 TEST_FRACTION = 0.2

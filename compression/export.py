@@ -59,6 +59,7 @@ from torch.nn.utils import parametrize
 
 from autoshrink.compression.atomic import temporary_path
 from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.names import EXPORTERS, FORMATS
 from autoshrink.compression.quantize import (
     ActFakeQuant,
     activation_quant_state,
@@ -68,8 +69,6 @@ from autoshrink.compression.quantize import (
 
 logger = logging.getLogger(__name__)
 
-FORMATS: tuple[str, ...] = ("onnx", "torchscript")
-EXPORTERS: tuple[str, ...] = ("auto", "dynamo", "legacy")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 FLOAT_TOL = 1e-4
 #: int8: allowed steps of the int8 output grid (onnxruntime's and fbgemm's integer kernels

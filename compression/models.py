@@ -28,11 +28,10 @@ from torch import nn
 
 from autoshrink.compression.errors import CheckpointError, UnsupportedModelError
 from autoshrink.compression.model_spec import ModelSpec
+from autoshrink.compression.names import CIFAR_RESNET_DEPTHS, ZOO_MODELS
 from autoshrink.compression.timm_models import TIMM_PREFIX, _build_timm, _hub_reachable
 
 logger = logging.getLogger(__name__)
-
-CIFAR_RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56}
 
 
 class BasicBlock(nn.Module):
@@ -122,9 +121,6 @@ def _zoo() -> dict[str, Callable[[int, int], nn.Module]]:
     }
     zoo["smallcnn"] = SmallCNN
     return zoo
-
-
-ZOO_MODELS: tuple[str, ...] = (*CIFAR_RESNET_DEPTHS, "smallcnn")
 
 
 def torchvision_models() -> list[str]:

@@ -36,7 +36,7 @@ HELP = "export a compressed artifact to ONNX or TorchScript, checked against it"
 
 def add_parser(subparsers: Any) -> None:
     """Register ``export`` and its flags."""
-    from autoshrink.compression.export import EXPORTERS, FORMATS
+    from autoshrink.compression.names import EXPORTERS, FORMATS
 
     p = subparsers.add_parser(
         "export",

@@ -44,9 +44,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model and data flags: ``--model``, ``--dataset``, ``--data-dir``."""
-    from autoshrink.compression.baselines import DEFAULT_DATASET, DEFAULT_MODEL
-    from autoshrink.compression.data import DATASETS
-    from autoshrink.compression.models import ZOO_MODELS
+    from autoshrink.compression.names import DATASETS, DEFAULT_DATASET, DEFAULT_MODEL, ZOO_MODELS
 
     parser.add_argument(
         "--model",
@@ -71,7 +69,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of the training run: ``--epochs``, ``--lr``, ``--batch-size``, ``--seed``."""
-    from autoshrink.compression.baselines import DEFAULT_BATCH_SIZE, DEFAULT_LR, default_epochs
+    from autoshrink.compression.names import DEFAULT_BATCH_SIZE, DEFAULT_LR, default_epochs
 
     parser.add_argument(
         "--epochs",
