@@ -112,6 +112,14 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: only the cache file is written)",
     )
     parser.add_argument(
+        "--train-subset",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="train on N seeded, class-balanced training images only, for a quick baseline "
+        "(cached apart from the full one) (default: all)",
+    )
+    parser.add_argument(
         "--retrain",
         action="store_true",
         help="train even if a cached result exists (default: off)",
@@ -154,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
     device = setup_device(args)  # a device this machine lacks is refused before any work
     if args.out is not None:  # checked before minutes of training, not after them
         _check_out(Path(args.out))
-    splits = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)
+    splits = load_dataset(
+        args.dataset, data_dir=args.data_dir, seed=args.seed, train_subset=args.train_subset
+    )
     spec = ModelSpec.for_data(args.model, splits)
     build_model(spec)  # an unknown model fails here, in one line, before any progress bar
     epochs = args.epochs if args.epochs is not None else default_epochs(args.dataset)
@@ -165,7 +175,9 @@ def run(args: argparse.Namespace) -> int:
         "retrain": args.retrain,
         "device": device,
     }
-    cached = baseline_path(spec, args.dataset, epochs, args.seed, args.lr, args.batch_size)
+    cached = baseline_path(
+        spec, args.dataset, epochs, args.seed, args.lr, args.batch_size, splits.variant
+    )
     if cached.is_file() and not args.retrain:
         model, path = baseline(spec, args.dataset, epochs, args.seed, **options)
         console.print("[green]cached:[/] trained before, loaded (--retrain to train again)")

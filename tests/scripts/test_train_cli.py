@@ -75,3 +75,20 @@ def test_help_mentions_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     for option in ("--model", "--dataset", "--data-dir", "--epochs", "--out", "resnet20"):
         assert option in text
+
+
+def test_a_train_subset_is_a_baseline_of_its_own(
+    cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "--model", "smallcnn", "--epochs", "1"]
+    assert main([*argv, "--train-subset", "200"]) == 0
+    assert "cached:" not in capsys.readouterr().out
+    assert main([*argv, "--train-subset", "200"]) == 0  # the same subset: cached
+    assert "cached:" in capsys.readouterr().out
+    assert main(argv) == 0  # all of digits: another baseline, trained
+    assert "cached:" not in capsys.readouterr().out
+    names = sorted(p.name for p in (cache / "baselines").glob("*.pt"))
+    assert len(names) == 2, names  # the subset is in the key, so in the name's hash
+    with pytest.raises(SystemExit) as refused:
+        main([*argv, "--train-subset", "0"])
+    assert refused.value.code == 2
