@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import TextColumn
 
 from autoshrink.compression.errors import AutoshrinkError
-from autoshrink.compression.locking import hold
+from autoshrink.compression.locking import check_free, hold
 from autoshrink.scripts.console import console, err_console, make_progress
 from autoshrink.scripts.options import add_device_flags, check_out_folder, device_line
 
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.spec is None or args.out is None:
         raise AutoshrinkError("give a spec and --out DIR (or --example for a spec to start from)")
     spec = load_spec(args.spec)
+    check_free(Path(args.out), "batch")  # a running batch's folder: refused as in use
     # a batch folder: its spec.toml is written first, results.jsonl as jobs end
     check_out_folder(Path(args.out), reuse=lambda f: any((f / n).exists() for n in OWN))
     again = " ".join(shlex.quote(a) for a in ("autoshrink", "batch", args.spec, "--out", args.out))
