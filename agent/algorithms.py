@@ -76,8 +76,9 @@ def _off_policy_kwargs(config: AgentConfig, n_units: int) -> dict[str, Any]:
         "batch_size": config.batch_size,
         "tau": config.tau,
         "gamma": config.gamma,
-        # AMC: after each episode, one gradient step per transition collected.
-        "train_freq": (1, "episode"),
+        # AMC: after each episode, one gradient step per transition collected. SB3 counts
+        # episodes of one env only; K envs in lockstep end a round every n_units steps.
+        "train_freq": (1, "episode") if config.workers == 1 else (n_units, "step"),
         "gradient_steps": -1,
         "replay_buffer_class": EpisodeRewardReplayBuffer if config.episode_reward else None,
         "seed": config.seed,
@@ -110,7 +111,8 @@ def _off_policy_agent_kwargs(config: AgentConfig, n_units: int) -> dict[str, Any
 
 def _ppo_kwargs(config: AgentConfig, n_units: int) -> dict[str, Any]:
     """The SB3 constructor kwargs of PPO (the policy class aside)."""
-    n_steps = n_units * PPO_EPISODES_PER_ROLLOUT
+    # a rollout of about PPO_EPISODES_PER_ROLLOUT episodes, whatever the workers
+    n_steps = n_units * max(1, PPO_EPISODES_PER_ROLLOUT // config.workers)
     kwargs: dict[str, Any] = {
         "learning_rate": config.actor_lr,
         "n_steps": n_steps,

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from autoshrink.compression.device import device_problem
 from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.names import DEFAULT_BACKEND, DEFAULT_WORKERS, SEARCH_BACKENDS
 from autoshrink.compression.versioned import JsonFile, unwrap, wrap
 
 CONFIG_TYPE = "autoshrink.AgentConfig"
@@ -88,6 +89,13 @@ class AgentConfig(JsonFile):
         device: Torch device of the agent's networks: ``cpu`` (the default: its MLPs are
             small, and a search's models go to ``EnvConfig.device``), ``auto``, ``cuda`` or
             ``cuda:N``.
+        workers: Episodes evaluated at once, each by its own copy of the env in its own
+            process (SB3's ``SubprocVecEnv``, or Ray actors); 1 evaluates in this process.
+            Every round of ``workers`` episodes is played in lockstep (they have the same
+            length), so a search of ``episodes`` not a multiple of ``workers`` evaluates
+            the last round's extra episodes without logging them.
+        backend: Where the workers run: ``local`` processes or ``ray`` actors.
+        address: The Ray cluster (``auto``, ``ray://host:port``); None starts a local Ray.
     """
 
     json_what: ClassVar[str] = "agent config"
@@ -109,6 +117,9 @@ class AgentConfig(JsonFile):
     policy_kwargs: dict[str, Any] | None = None
     algorithm_kwargs: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    workers: int = DEFAULT_WORKERS
+    backend: str = DEFAULT_BACKEND
+    address: str | None = None
 
     def __post_init__(self) -> None:
         if self.warmup_episodes is None and _is_int(self.episodes):
@@ -122,7 +133,7 @@ class AgentConfig(JsonFile):
         out: list[str] = []
         if self.algorithm not in AGENTS:
             out.append(f"unknown algorithm {self.algorithm!r} (choose from {sorted(AGENTS)})")
-        for name in ("episodes", "batch_size"):
+        for name in ("episodes", "batch_size", "workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 out.append(f"{name} must be a positive integer, got {value!r}")
@@ -154,6 +165,12 @@ class AgentConfig(JsonFile):
             out.append("algorithm_kwargs must be an object")
         if (problem := device_problem(self.device)) is not None:
             out.append(problem)
+        if self.backend not in SEARCH_BACKENDS:
+            out.append(f"backend must be one of {SEARCH_BACKENDS}, got {self.backend!r}")
+        if self.address is not None and not (isinstance(self.address, str) and self.address):
+            out.append(f"address must be a non-empty string or null, got {self.address!r}")
+        elif self.address is not None and self.backend != "ray":
+            out.append("an address is for the ray backend")
         return out
 
     @property

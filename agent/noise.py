@@ -11,6 +11,13 @@ callable that returns the current (deterministic) normalised action; it then ret
 ``sample − action``, and SB3's clip becomes a no-op. Unbound, it is a normal truncated to
 ±2σ, the textbook truncated noise.
 
+With several envs (``--workers``) one noise serves them all: the bound action is the
+actor's batch, one row per env, and every row is drawn from the one generator, so the
+envs explore differently and the whole draw is one reproducible stream. SB3 would wrap a
+plain ActionNoise in a :class:`VectorizedActionNoise` of deep copies, whose generators
+would draw the same numbers for every env; this class is a VectorizedActionNoise itself,
+so SB3 leaves it as it is. σ decays once per finished episode, whichever env ran it.
+
 >>> noise = TruncatedNormalActionNoise(n_actions=2, sigma=0.5, seed=0)
 >>> bool(abs(noise()).max() <= 2 * 0.5 * 2)
 True
@@ -22,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 
 if TYPE_CHECKING:
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -32,7 +39,7 @@ if TYPE_CHECKING:
 _MAX_REDRAWS = 64
 
 
-class TruncatedNormalActionNoise(ActionNoise):
+class TruncatedNormalActionNoise(VectorizedActionNoise):
     """Truncated-normal action noise whose σ decays once per episode after a warm-up.
 
     Args:
@@ -54,14 +61,14 @@ class TruncatedNormalActionNoise(ActionNoise):
         action_width: float = 1.0,
         seed: int | None = None,
     ) -> None:
-        super().__init__()
+        ActionNoise.__init__(self)  # not VectorizedActionNoise's: it copies a base noise
         self.n_actions = n_actions
         self.sigma = float(sigma)
         self.decay = float(decay)
         self.warmup_episodes = int(warmup_episodes)
         self.scale = 2.0 / float(action_width)
         self.episodes = 0
-        self._drawn = False
+        self._open = 0  # episodes in flight that drew from the noise (one per env)
         self.rng = np.random.default_rng(seed)
         self.mean_fn: Callable[[], np.ndarray] | None = None
 
@@ -73,11 +80,11 @@ class TruncatedNormalActionNoise(ActionNoise):
         return self.sigma * self.decay ** (self.episodes - self.warmup_episodes)
 
     def __call__(self) -> np.ndarray:
-        """Draw one noise vector in SB3's normalised action space."""
-        self._drawn = True
+        """Draw one noise vector (one row per env) in SB3's normalised action space."""
         sigma = self.current_sigma * self.scale
         mean = None if self.mean_fn is None else np.asarray(self.mean_fn(), dtype=np.float64)
         shape = (self.n_actions,) if mean is None else mean.shape
+        self._open = shape[0] if len(shape) == 2 else 1
         if sigma <= 0.0:
             return np.zeros(shape, dtype=np.float32)
         if mean is None:
@@ -96,30 +103,31 @@ class TruncatedNormalActionNoise(ActionNoise):
             out[bad] = self.rng.normal(centre[bad], sigma)
         return np.clip(out, lo, hi)
 
-    def reset(self) -> None:
-        """End of an episode: decay σ.
+    def reset(self, indices: Any = None) -> None:
+        """End of an episode (of each env in ``indices``): decay σ once per episode.
 
-        SB3 calls ``reset`` after every finished episode and also at the start of every
-        ``learn()``; only a reset after draws ends an episode, so a resumed search (a second
-        ``learn()``) does not skip a decay step.
+        SB3 calls ``reset`` after every finished episode (``indices=[i]`` with several
+        envs) and also at the start of every ``learn()``; only a reset after draws ends an
+        episode, so a resumed search (a second ``learn()``) does not skip a decay step.
         """
-        if self._drawn:
-            self.episodes += 1
-        self._drawn = False
+        ended = min(1 if indices is None else len(list(indices)), self._open)
+        self.episodes += ended
+        self._open -= ended
 
     # --- checkpointing -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """JSON-ready state: the episode count and the generator's state."""
         return {
             "episodes": self.episodes,
-            "drawn": self._drawn,
+            "drawn": self._open > 0,
+            "open": self._open,
             "rng": self.rng.bit_generator.state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.episodes = int(state["episodes"])
-        self._drawn = bool(state.get("drawn", False))
+        self._open = int(state.get("open", bool(state.get("drawn", False))))
         self.rng.bit_generator.state = state["rng"]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -127,6 +135,11 @@ class TruncatedNormalActionNoise(ActionNoise):
         state = self.__dict__.copy()
         state["mean_fn"] = None
         return state
+
+    @property
+    def noises(self) -> list[ActionNoise]:  # type: ignore[misc]
+        """One noise for every env: this one (VectorizedActionNoise's attribute)."""
+        return [self]
 
     def __repr__(self) -> str:
         return (

@@ -17,7 +17,9 @@ Centring and scaling change neither the actor's greedy action nor what is stored
 saved buffer (``replay_buffer.npz``) holds the raw rewards.
 
 Transitions are held back until their episode ends; the search loop checkpoints only at
-episode ends, when nothing is held back.
+episode ends, when nothing is held back. With several envs (``--workers``) the episodes of
+one round run in lockstep: they all have one step per unit, so they all end at the same
+step, and each env's steps are stored with that env's own final reward.
 """
 
 from __future__ import annotations
@@ -45,8 +47,6 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
 
     def __init__(self, *args: Any, center: bool = True, scale: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.n_envs != 1:
-            raise ValueError("EpisodeRewardReplayBuffer holds the episodes of one env")
         self.center = center
         self.scale = scale
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]] = []
@@ -65,15 +65,21 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
         done: np.ndarray,
         infos: list[dict[str, Any]],
     ) -> None:
-        """Hold the step back; at the episode's last step, store all of them.
+        """Hold the step back; at the episodes' last step, store all of them.
 
-        Each step is stored with the last step's reward and ``done = True``.
+        Each step of env ``i`` is stored with env ``i``'s last reward and ``done = True``.
+
+        Raises:
+            ValueError: If some envs end an episode and others do not (not in lockstep).
         """
         self._pending.append((np.array(obs), np.array(next_obs), np.array(action), infos))
-        if not bool(np.asarray(done).reshape(-1)[0]):
+        ended = np.asarray(done).reshape(-1).astype(bool)
+        if not ended.any():
             return
-        final = np.asarray(reward, dtype=np.float32).reshape(1)
-        terminal = np.ones(1, dtype=np.float32)
+        if not ended.all():
+            raise ValueError("the envs' episodes must end together (one step per unit each)")
+        final = np.asarray(reward, dtype=np.float32).reshape(self.n_envs)
+        terminal = np.ones(self.n_envs, dtype=np.float32)
         for step_obs, step_next, step_action, step_infos in self._pending:
             super().add(step_obs, step_next, step_action, final, terminal, step_infos)
         self._pending.clear()

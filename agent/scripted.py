@@ -4,7 +4,9 @@ Each scripted search (``random``, ``uniform``, ``global``) is a :class:`Scripted
 duck-types the part of SB3's ``BaseAlgorithm`` that the search loop and the callbacks use
 (``learn``, ``save``, ``num_timesteps``, ``get_env``, ``logger``), and plays whole episodes
 of actions through the env, so its policies are realised by the same clamp, scored by the
-same evaluator and logged by the same callbacks as an agent's. Every scripted search runs
+same evaluator and logged by the same callbacks as an agent's. With K envs (``--workers``)
+it plays the script's next K episodes at once, so a search evaluates the same candidates,
+in the same order, whatever K. Every scripted search runs
 exactly ``config.episodes`` episodes; a deterministic one with fewer distinct candidates
 cycles through them (the env scores a repeated policy from its cache).
 
@@ -108,17 +110,20 @@ class ScriptedSearch:
             self._last_obs = self.env.reset()
         cb.on_training_start(locals(), globals())
         go_on = True
+        n_envs = self.env.num_envs
         while go_on and self.num_timesteps < end:
             cb.on_rollout_start()
-            actions = np.asarray(self.episode_actions(self._episode_num), dtype=np.float32)
+            # a round: the next n_envs episodes of the script, one per env, in lockstep
+            rows = [self.episode_actions(self._episode_num + i) for i in range(n_envs)]
+            actions = np.stack([np.asarray(r, dtype=np.float32) for r in rows])
             t, done = 0, False
             while not done and self.num_timesteps < end:
-                action = actions[min(t, len(actions) - 1)][None]
+                action = actions[:, min(t, actions.shape[1] - 1)]
                 self._last_obs, rewards, dones, infos = self.env.step(action)
-                self.num_timesteps += 1
+                self.num_timesteps += n_envs
                 t, done = t + 1, bool(dones[0])
                 if done:
-                    self._episode_num += 1
+                    self._episode_num += n_envs
                 cb.update_locals(locals())
                 if not cb.on_step():
                     go_on = False
@@ -184,7 +189,10 @@ class _CandidateSearch(ScriptedSearch):
 
     def episode_actions(self, episode: int) -> np.ndarray:
         if self._candidates is None:
-            inner = self.env.envs[0] if isinstance(self.env, DummyVecEnv) else self.env
+            # the main process's env where the envs run in workers (see agent.workers)
+            inner = getattr(self.env, "local_env", None)
+            if inner is None:
+                inner = self.env.envs[0] if isinstance(self.env, DummyVecEnv) else self.env
             view = EnvView(inner)  # type: ignore[arg-type]
             self._candidates = self.candidates(view)
             logger.info("%s: %d candidate policies", self.name, len(self._candidates))

@@ -56,3 +56,10 @@ def default_epochs(dataset: str) -> int:
             f"unknown dataset {dataset!r}: use one of {', '.join(_DEFAULT_EPOCHS)} "
             "or imagefolder:PATH"
         ) from None
+
+
+#: Episodes a search evaluates at once, each in its own worker process (``--workers``).
+DEFAULT_WORKERS = 1
+#: Where a search's workers run: ``local`` processes (SB3's SubprocVecEnv) or Ray actors.
+SEARCH_BACKENDS: tuple[str, ...] = ("local", "ray")
+DEFAULT_BACKEND = "local"

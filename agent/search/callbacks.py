@@ -54,7 +54,8 @@ class EpisodeCallback(BaseCallback):
         for i, done in enumerate(np.asarray(dones).reshape(-1)):
             if done:
                 record = self.book.record(self.num_timesteps, i, float(rewards[i]), infos[i])
-                go_on = self._on_episode(record) is not False and go_on
+                if record is not None:  # None: past the search's episodes
+                    go_on = self._on_episode(record) is not False and go_on
         return go_on
 
     def _on_episode(self, record: EpisodeRecord) -> bool | None:
@@ -155,9 +156,14 @@ class CheckpointCallback(EpisodeCallback):
         self.deferred = deferred
         self.saved_at = book.state.episodes
 
-    def _on_episode(self, record: EpisodeRecord) -> None:
-        if not self.deferred:
+    def _on_step(self) -> bool:
+        go_on = super()._on_step()
+        if not self.deferred:  # once every episode of the step is recorded (K envs)
             self.save()
+        return go_on
+
+    def _on_episode(self, record: EpisodeRecord) -> None:
+        return None
 
     def _on_rollout_start(self) -> None:
         self.save()

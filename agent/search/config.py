@@ -49,6 +49,9 @@ AGENT_SETTINGS: dict[str, str] = {
     "agent": "algorithm",
     "episodes": "episodes",
     "warmup": "warmup_episodes",
+    "workers": "workers",
+    "backend": "backend",
+    "address": "address",
 }
 FINAL_PREFIX = "final_"
 

@@ -130,6 +130,8 @@ class EpisodeBook:
         state: The state to continue (a fresh one, or a checkpoint's on resume).
         reference: The uncompressed model's ``macs``, ``params`` and ``bytes``, for ratios.
         clock_start: ``time.perf_counter()`` at the start of this run of the search.
+        limit: The search's episodes: episodes past them are not recorded (the extra
+            episodes of a last round of K, with ``workers = K``); None: no limit.
     """
 
     def __init__(
@@ -137,8 +139,10 @@ class EpisodeBook:
         state: SearchState,
         reference: Mapping[str, float] | None = None,
         clock_start: float | None = None,
+        limit: int | None = None,
     ) -> None:
         self.state = state
+        self.limit = limit
         self.reference = dict(reference or {})
         self.clock_start = time.perf_counter() if clock_start is None else clock_start
         self._seen_step = -1
@@ -150,12 +154,17 @@ class EpisodeBook:
 
     def record(
         self, step: int, env_index: int, reward: float, info: Mapping[str, Any]
-    ) -> EpisodeRecord:
-        """The record of the episode that ended at ``step`` in env ``env_index``."""
+    ) -> EpisodeRecord | None:
+        """The record of the episode that ended at ``step`` in env ``env_index``.
+
+        None for an episode past the limit, which is not recorded.
+        """
         if step != self._seen_step:
             self._seen_step, self._seen = step, {}
         if env_index in self._seen:
             return self._seen[env_index]
+        if self.limit is not None and self.state.episodes >= self.limit:
+            return None
         policy = info.get("policy")
         metrics = {k: float(info[k]) for k in METRIC_KEYS if info.get(k) is not None}
         for m in METRICS:

@@ -8,7 +8,8 @@ A search killed at any moment continues with ``resume=True``: the agent, its rep
 its noise, every random generator and the search state come back from the last checkpoint
 (written after every episode), the episode log is restored from the checkpoint's copy, and
 the search runs the remaining episodes as the killed one would have. At most the episode
-in flight is lost.
+in flight is lost (the K episodes of a round with ``workers = K``: a round's checkpoint is
+written when all of them have ended).
 
 Nothing a resume reads is a pickle: the agent comes back through the spec's ``load``
 (:mod:`autoshrink.agent.algorithms`), the replay buffer from ``replay_buffer.npz``
@@ -54,6 +55,7 @@ from autoshrink.agent.search.config import (
 from autoshrink.agent.search.episodes import EpisodeBook, EpisodeRecord, SearchState
 from autoshrink.agent.search.policy_plot import record_drawer
 from autoshrink.agent.search.run_folder import RunFolder
+from autoshrink.agent.workers import make_workers
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.json_write import write_document, write_json
 from autoshrink.compression.locking import hold
@@ -108,6 +110,7 @@ def run_search(
     callbacks: Sequence[BaseCallback] = (),
     final: FinalConfig | None = None,
     on_start: Callable[[], None] | None = None,
+    threads: int | None = None,
 ) -> SearchResult:
     """Search ``env`` with the agent of ``config`` and write the run folder.
 
@@ -121,6 +124,8 @@ def run_search(
         final: The finish to record in ``config.json`` beside the env's and the agent's
             settings (the defaults when None).
         on_start: Called once the agent is built or resumed, before the first episode.
+        threads: Torch threads of each worker when ``config.workers > 1``; None = the
+            cores divided by the workers, at least 1.
 
     Returns:
         The best policy and its metrics, the episodes run and the wall time.
@@ -131,7 +136,7 @@ def run_search(
     """
     folder = RunFolder(Path(out_dir))
     with hold(folder.root, "search"):
-        return _run(env, config, folder, resume, progress, callbacks, final, on_start)
+        return _run(env, config, folder, resume, progress, callbacks, final, on_start, threads)
 
 
 def _run(
@@ -143,9 +148,9 @@ def _run(
     callbacks: Sequence[BaseCallback],
     final: FinalConfig | None,
     on_start: Callable[[], None] | None,
+    threads: int | None,
 ) -> SearchResult:
     """:func:`run_search` in its locked folder."""
-    spec = ALGORITHMS[config.algorithm]
     n_units = episode_length(env)
     start = time.perf_counter()
     checkpoint = folder.latest_checkpoint() if resume else None
@@ -154,19 +159,42 @@ def _run(
             f"{folder.root} already holds a search; resume it or choose another folder"
         )
     folder.create()
-    if checkpoint is not None:
-        state, agent = _resume(env, config, folder, checkpoint, n_units)
-    else:
-        state = SearchState()
-        folder.truncate_episodes(0)
-        _write_config(folder, env, config, final)
-        agent = build_agent(env, config, n_units)
-    if on_start is not None:
-        on_start()
-    book = EpisodeBook(state, reference_metrics(env), clock_start=start)
+    # K > 1: the agent steps K copies of the env in workers; this one informs and finishes
+    agent_env = env if config.workers == 1 else make_workers(env, config, threads)
+    try:
+        if checkpoint is not None:
+            state, agent = _resume(agent_env, config, folder, checkpoint, n_units)
+        else:
+            state = SearchState()
+            folder.truncate_episodes(0)
+            _write_config(folder, env, config, final)
+            agent = build_agent(agent_env, config, n_units)
+        if on_start is not None:
+            on_start()
+        book = EpisodeBook(state, reference_metrics(env), start, limit=config.episodes)
+        _learn(agent, book, env, folder, config, progress, callbacks, checkpoint is None)
+    finally:
+        if agent_env is not env:
+            agent_env.close()
+    save_agent(agent, folder.agent)
+    return _result(state, book, config, folder)
+
+
+def _learn(
+    agent: Agent,
+    book: EpisodeBook,
+    env: gym.Env,
+    folder: RunFolder,
+    config: AgentConfig,
+    progress: Progress | None,
+    callbacks: Sequence[BaseCallback],
+    fresh: bool,
+) -> None:
+    """Run the search's remaining episodes with the search's callbacks."""
+    spec, n_units = ALGORITHMS[config.algorithm], episode_length(env)
     draw = record_drawer(env)  # TensorBoard's policy figure, with the env's pins and budgets
     cbs = _callbacks(agent, book, folder, spec.off_policy, config, progress, draw)
-    remaining = config.episodes - state.episodes
+    remaining = config.episodes - book.state.episodes
     if remaining > 0:
         if spec.learning:
             from stable_baselines3.common.logger import configure
@@ -175,10 +203,8 @@ def _run(
         agent.learn(
             total_timesteps=remaining * n_units,
             callback=[*cbs, *callbacks],
-            reset_num_timesteps=checkpoint is None,
+            reset_num_timesteps=fresh,
         )
-    save_agent(agent, folder.agent)
-    return _result(state, book, config, folder)
 
 
 def _resume(

@@ -33,6 +33,7 @@ def search(
     progress: Progress | None = None,
     on_step: Callable[[int, float], None] | None = None,
     on_start: Callable[[], None] | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Search, fine-tune and ship: the run folder of ``config`` in ``out_dir``.
 
@@ -44,6 +45,8 @@ def search(
         progress: Called after every episode (see :func:`~.loop.run_search`).
         on_step: Called after every final fine-tune step with ``(step, loss)``.
         on_start: Called once the search is set up (resumed, or its agent built).
+        threads: Torch threads of each worker when ``config.agent.workers > 1``; None =
+            the cores divided by the workers, at least 1.
 
     Returns:
         The content of ``result.json``.
@@ -58,5 +61,6 @@ def search(
             progress=progress,
             final=config.final,
             on_start=on_start,
+            threads=threads,
         )
         return finish_search(env, result, config.final, seed=config.agent.seed, on_step=on_step)
