@@ -136,8 +136,8 @@ class TruncatedNormalActionNoise(VectorizedActionNoise):
         state["mean_fn"] = None
         return state
 
-    @property
-    def noises(self) -> list[ActionNoise]:  # type: ignore[misc]
+    @property  # type: ignore[misc]  # read-only: nothing replaces the one noise
+    def noises(self) -> list[ActionNoise]:
         """One noise for every env: this one (VectorizedActionNoise's attribute)."""
         return [self]
 
