@@ -23,40 +23,10 @@ import numpy as np
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
+from autoshrink.agent.ray_connect import import_ray, init_ray
 from autoshrink.agent.workers import env_factories
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.env.config import EnvConfig
-
-RAY_EXTRA = "the ray backend needs Ray: pip install 'autoshrink[ray]'"
-
-
-def import_ray() -> Any:
-    """Import Ray, or say in one line which extra to install."""
-    try:
-        import ray
-    except ImportError:
-        raise AutoshrinkError(RAY_EXTRA) from None
-    return ray
-
-
-def init_ray(address: str | None) -> bool:
-    """Connect to the Ray cluster at ``address`` (None: start a local one) unless connected.
-
-    Returns:
-        Whether this call started the connection (and so should shut it down).
-
-    Raises:
-        AutoshrinkError: If Ray is missing or the cluster cannot be reached.
-    """
-    ray = import_ray()
-    if ray.is_initialized():
-        return False
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at {address}" if address else "Ray"
-        raise AutoshrinkError(f"cannot start or reach {where}: {exc}") from exc
-    return True
 
 
 class EnvHolder:

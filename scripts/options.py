@@ -79,17 +79,21 @@ def check_out_folder(out: Path, reuse: Callable[[Path], bool] | None = None) -> 
     raise AutoshrinkError(f"--out {out} is not empty ({listed}): choose a new or empty folder")
 
 
-def add_device_flags(parser: argparse.ArgumentParser, workers: str | None = None) -> None:
+def add_device_flags(
+    parser: argparse.ArgumentParser, workers: str | None = None, episodes: bool = False
+) -> None:
     """Add ``--device`` and ``--threads`` (each None unless given: the library's defaults).
 
     Args:
         parser: The subcommand's parser.
         workers: The flag that sets parallel workers (``--workers``), whose count divides the
             cores into each worker's default threads; None when the command runs one.
+        episodes: The workers are a search's episode workers (not a batch's jobs): the
+            search's own process keeps every core by default.
     """
     from autoshrink.compression.device import DEFAULT_DEVICE, DEVICE_FORMS, available_cores
 
-    jobs = " for every job whose spec gives none" if workers else ""
+    jobs = " for every job whose spec gives none" if workers and not episodes else ""
     parser.add_argument(
         "--device",
         default=None,
@@ -99,6 +103,10 @@ def add_device_flags(parser: argparse.ArgumentParser, workers: str | None = None
     )
     cores = available_cores()
     share = f"the {cores} usable cores" + (f" divided by {workers}, at least 1" if workers else "")
+    if workers and episodes:
+        share = f"the {cores} usable cores; each worker's, with {workers} K > 1: the cores "
+        share += "divided by K, at least 1"
+        jobs = f" of the search, and of each of its {workers}"
     parser.add_argument(
         "--threads",
         type=int,

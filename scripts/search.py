@@ -15,12 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.progress import TextColumn
-
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import check_free
-from autoshrink.compression.metrics import BUDGET_NAMES, result_key
-from autoshrink.scripts.console import console, err_console, make_progress
+from autoshrink.compression.metrics import BUDGET_NAMES
+from autoshrink.scripts.console import console, err_console
 from autoshrink.scripts.options import (
     DATA_DIR_HELP,
     JSON_HELP,
@@ -31,6 +29,7 @@ from autoshrink.scripts.options import (
     mode_defaults,
     setup_device,
 )
+from autoshrink.scripts.search_progress import SearchBars
 from autoshrink.scripts.show import print_shipped
 
 #: The one line ``autoshrink --help`` shows.
@@ -55,7 +54,7 @@ def add_parser(subparsers: Any) -> None:
     add_budget_flags(p, mode_defaults())
     _add_agent_flags(p)
     _add_final_flags(p)
-    add_device_flags(p)
+    add_device_flags(p, workers="--workers", episodes=True)
     p.add_argument(
         "--out",
         default=None,
@@ -144,6 +143,35 @@ def _add_agent_flags(p: argparse.ArgumentParser) -> None:
         help="random episodes before a learning agent learns "
         f"(default: a third of --episodes, at most {DEFAULT_WARMUP})",
     )
+    _add_worker_flags(p)
+
+
+def _add_worker_flags(p: argparse.ArgumentParser) -> None:
+    """How many episodes are evaluated at once, and where."""
+    from autoshrink.compression.names import DEFAULT_BACKEND, DEFAULT_WORKERS, SEARCH_BACKENDS
+
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="K",
+        help="episodes evaluated at once, each by its own copy of the env in its own process "
+        "(GPUs round-robin); best a divisor of --episodes, as every round plays K "
+        f"(default: {DEFAULT_WORKERS}, in this process)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=SEARCH_BACKENDS,
+        default=None,
+        help="where the workers run: local processes, or ray actors (pip install "
+        f"'autoshrink[ray]') (default: {DEFAULT_BACKEND})",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="the Ray cluster of --backend ray: auto or ray://host:port (default: a local Ray)",
+    )
 
 
 def _add_final_flags(p: argparse.ArgumentParser) -> None:
@@ -198,6 +226,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "agent": args.agent,
         "episodes": args.episodes,
         "warmup": args.warmup,
+        "workers": args.workers,
+        "backend": args.backend,
+        "address": args.address,
         "final_epochs": args.final_epochs,
         "final_distill": True if args.distill else None,
         "final_finalists": args.finalists,
@@ -214,8 +245,9 @@ def _config(args: argparse.Namespace, out: Path) -> Any:
     saved = out / "config.json"
     if args.resume and saved.exists():  # a resumed search may be extended, or finished anew
         given = _settings(args)
-        # the device is where it runs, not what it searches: a resume may move
-        again = ("episodes", "device")
+        # the device and the Ray cluster are where it runs, not what it searches: a resume
+        # may move (the workers stay: K envs fill the replay buffer K transitions a row)
+        again = ("episodes", "device", "backend", "address")
         keep = {k: v for k, v in given.items() if k in again or k.startswith("final_")}
         return SearchConfig.load(saved).replace(**keep)
     return SearchConfig.from_settings(_settings(args))
@@ -234,6 +266,10 @@ def run(args: argparse.Namespace) -> int:
     _check_before_work(args, out)
     config = _config(args, out)
     env_cfg, agent_cfg = config.env, config.agent
+    if agent_cfg.backend == "ray":  # Ray missing or its cluster unreachable: before any work
+        from autoshrink.agent.ray_connect import init_ray
+
+        init_ray(agent_cfg.address)
     device = resolve_device(env_cfg.device)  # the saved one on resume, if --device is not given
     resolve_device(agent_cfg.device)
     data = ensure_baseline(env_cfg)  # announced and shown, when it has to be trained
@@ -244,9 +280,10 @@ def run(args: argparse.Namespace) -> int:
     header = (
         f"searching {len(env.units)} units of {env_cfg.model} on {env_cfg.dataset}, "
         f"{env_cfg.mode} mode, {budgets}; agent {agent_cfg.algorithm}, "
-        f"{agent_cfg.episodes} episodes, {device_line(env_cfg.device, device)} -> {out}"
+        f"{agent_cfg.episodes} episodes{_workers_text(agent_cfg)}, "
+        f"{device_line(env_cfg.device, device)} -> {out}"
     )
-    bars = _SearchBars(config, env)
+    bars = SearchBars(config, env)
 
     def start() -> None:  # once the run folder is checked: a refusal stays one line
         err_console.print(header, highlight=False, soft_wrap=True)
@@ -263,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
             progress=bars.episode,
             on_step=bars.step,
             on_start=start,
+            threads=args.threads,
         )
         bars.done(report["episodes"])
     finally:
@@ -276,6 +314,11 @@ def run(args: argparse.Namespace) -> int:
         print_shipped(out / report["artifact"], env_cfg.model)
         console.print(f"run folder: {out}", highlight=False)
     return 0
+
+
+def _workers_text(agent: Any) -> str:
+    """`` in 2 local workers`` where episodes run in parallel, else nothing."""
+    return "" if agent.workers == 1 else f" {agent.workers} at a time ({agent.backend} workers)"
 
 
 def _check_before_work(args: argparse.Namespace, out: Path) -> None:
@@ -319,52 +362,3 @@ def warn_weak_baseline(env: Any) -> None:
         "train it longer (autoshrink train) before compressing it",
         highlight=False,
     )
-
-
-class _SearchBars:
-    """The search's progress bar, then the final fine-tune's (added at its first step)."""
-
-    def __init__(self, config: Any, env: Any) -> None:
-        self.config, self.env = config, env
-        self.progress = make_progress(
-            TextColumn("best {task.fields[best]}"),
-            TextColumn("val acc {task.fields[acc]}"),
-            TextColumn("{task.fields[budget]}"),
-        )
-        total = config.agent.episodes
-        self.task = self.progress.add_task("search", total=total, best="-", acc="-", budget="")
-        self.final_task: Any = None
-
-    def episode(self, record: Any, state: Any) -> None:
-        acc = state.best_metrics.get("accuracy")
-        self.progress.update(
-            self.task,
-            completed=state.episodes,
-            best=f"{state.best_reward:.4f}",
-            acc="-" if acc is None else f"{acc:.2%}",
-            budget=_budget_use(state.best_metrics, self.env.baseline, self.env.limits),
-        )
-
-    def step(self, step: int, loss: float) -> None:
-        if self.final_task is None:
-            what = "final fine-tune"
-            if self.config.final.finalists > 1:
-                what += f" of {self.config.final.finalists} finalists"
-            self.final_task = self.progress.add_task(what, total=None, best="", acc="", budget="")
-        self.progress.update(self.final_task, completed=step)
-
-    def done(self, episodes: int) -> None:
-        self.progress.update(self.task, completed=episodes)
-        if self.final_task is not None:
-            self.progress.update(self.final_task, total=1, completed=1)
-
-
-def _budget_use(
-    metrics: dict[str, Any], baseline: dict[str, float], limits: dict[str, float]
-) -> str:
-    parts = []
-    for metric, limit in limits.items():
-        value = metrics.get(result_key(metric))
-        if value is not None and baseline.get(metric):
-            parts.append(f"{metric} {value / baseline[metric]:.1%}/{limit / baseline[metric]:.1%}")
-    return " ".join(parts)

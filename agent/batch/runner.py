@@ -48,6 +48,7 @@ from autoshrink.agent.batch.results import (
     write_summary,
 )
 from autoshrink.agent.batch.spec import BatchSpec, Job
+from autoshrink.agent.ray_connect import import_ray, init_ray
 from autoshrink.compression.atomic import write_atomic
 from autoshrink.compression.device import (
     DEFAULT_DEVICE,
@@ -63,7 +64,6 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("local", "ray")
 #: Seconds past a job's timeout before the Ray driver force-cancels its task.
 RAY_CANCEL_GRACE_S = 60.0
-RAY_EXTRA = "the ray backend needs Ray: pip install 'autoshrink[ray]'"
 
 
 @dataclass(frozen=True)
@@ -325,15 +325,6 @@ def _stop(pool: ProcessPoolExecutor) -> None:
         process.join(timeout=5)
 
 
-def import_ray() -> Any:
-    """Import Ray, or say in one line which extra to install."""
-    try:
-        import ray
-    except ImportError:
-        raise AutoshrinkError(RAY_EXTRA) from None
-    return ray
-
-
 class RayExecutor:
     """One Ray task per job, each asking for ``num_cpus=job.cpus``; no retries by Ray.
 
@@ -347,14 +338,8 @@ class RayExecutor:
 
     def run(self, jobs: Sequence[Job], out: Path, timeout_s: float | None) -> Iterator[BatchEvent]:
         """Yield a ``start`` event per job as it is submitted and an ``end`` as it ends."""
+        own = init_ray(self.address)
         ray = import_ray()
-        own = not ray.is_initialized()
-        if own:
-            try:
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                where = f"the Ray cluster at {self.address}" if self.address else "Ray"
-                raise AutoshrinkError(f"cannot start or reach {where}: {exc}") from exc
         task = ray.remote(run_job)
         cache = os.environ.get("AUTOSHRINK_CACHE")
         limit = self.workers or default_workers(jobs, int(ray.cluster_resources().get("CPU", 1)))
