@@ -14,7 +14,6 @@ actors than GPUs) and scores on the GPU Ray gives it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,9 +37,7 @@ class EnvHolder:
     give the agent the same numbers.
     """
 
-    def __init__(self, factory: Callable[[], gym.Env], cache: str | None) -> None:
-        if cache:
-            os.environ["AUTOSHRINK_CACHE"] = cache
+    def __init__(self, factory: Callable[[], gym.Env]) -> None:
         self.env = factory()
         self.reset_info: dict[str, Any] = {}
 
@@ -101,11 +98,8 @@ class RayVecEnv(VecEnv):
         share = min(1.0, gpus / workers) if use_gpu else 0.0
         devices = ["cuda" if use_gpu else config.device] * workers  # Ray picks the GPU
         actor = ray.remote(EnvHolder).options(num_cpus=threads, num_gpus=share)
-        cache = os.environ.get("AUTOSHRINK_CACHE")
-        self.actors = [
-            actor.remote(factory, cache)
-            for factory in env_factories(config, workers, threads, devices)
-        ]
+        factories = env_factories(config, workers, threads, devices)
+        self.actors = [actor.remote(factory) for factory in factories]
         self._waiting: list[Any] = []
         try:
             obs_space, action_space = ray.get(self.actors[0].spaces.remote())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -48,16 +49,22 @@ logger = logging.getLogger(__name__)
 START_METHOD = "forkserver"
 
 
-def worker_env(config: EnvConfig, threads: int, log_level: int = logging.WARNING) -> gym.Env:
+def worker_env(
+    config: EnvConfig, threads: int, log_level: int = logging.WARNING, cache: str | None = None
+) -> gym.Env:
     """Build one worker's env, in the worker: ``threads`` torch threads, the given config.
 
     A module-level function, so that the factory (:func:`functools.partial` over the
     config) pickles for a subprocess or a Ray actor: the recipe travels, not the model.
+    ``cache`` is the main process's cache folder: a forkserver (or a Ray worker) has the
+    environment of when it started, not the main process's of now.
     """
     import torch
 
     from autoshrink.env.compression_env import CompressionEnv
 
+    if cache is not None:
+        os.environ["AUTOSHRINK_CACHE"] = cache
     torch.set_num_threads(threads)
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     return CompressionEnv(config)
@@ -94,11 +101,13 @@ def env_factories(
     config: EnvConfig, workers: int, threads: int | None, devices: list[str] | None = None
 ) -> list[Callable[[], gym.Env]]:
     """One picklable env factory per worker, each with its device (see :func:`worker_devices`)."""
+    from autoshrink.compression.cache import cache_dir
+
     level = logging.getLogger("autoshrink").getEffectiveLevel()
-    each = worker_threads(threads, workers)
+    each, cache = worker_threads(threads, workers), str(cache_dir())
     devices = devices or worker_devices(config.device, workers)
     return [
-        functools.partial(worker_env, config.replace(device=device), each, level)
+        functools.partial(worker_env, config.replace(device=device), each, level, cache)
         for device in devices
     ]
 
@@ -133,6 +142,9 @@ def make_workers(env: gym.Env, agent: AgentConfig, threads: int | None = None) -
         from stable_baselines3.common.vec_env import SubprocVecEnv
 
         logger.info("starting %d local workers (%s)", agent.workers, START_METHOD)
-        vec = SubprocVecEnv(env_factories(config, agent.workers, threads), START_METHOD)
+        try:
+            vec = SubprocVecEnv(env_factories(config, agent.workers, threads), START_METHOD)
+        except (EOFError, OSError) as exc:  # the worker died: its traceback is on stderr
+            raise AutoshrinkError(f"a search worker could not build its env ({exc})") from exc
     vec.local_env = env  # type: ignore[attr-defined]  # what the scripted searches read
     return vec

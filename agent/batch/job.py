@@ -146,7 +146,9 @@ def _search(job: Job, run_dir: Path) -> dict[str, Any]:
     _seed(config.env.seed)
     env = config.make_env()  # the baseline trains once: compression.baselines locks its cache
     # resume=True: a search killed with the batch continues from its last checkpoint.
-    return search(config, run_dir, resume=True, env=env)
+    # Its workers share the job's threads (its own process mostly waits on them).
+    threads = max(1, job.cpus // config.agent.workers)
+    return search(config, run_dir, resume=True, env=env, threads=threads)
 
 
 def _apply(job: Job, run_dir: Path) -> dict[str, Any]:

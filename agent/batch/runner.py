@@ -6,7 +6,8 @@
 
 ``local`` runs jobs on a ``concurrent.futures.ProcessPoolExecutor`` (spawn context, one
 torch thread per job unless a job asks for more ``cpus``), at most ``workers`` at a time.
-``ray`` runs one Ray task per job, each asking for ``num_cpus=job.cpus``, on the cluster at
+``ray`` runs one Ray task per job, each asking for ``num_cpus=job.cores`` (its ``cpus``, or
+its search's ``workers`` if more), on the cluster at
 ``address`` (``"auto"``, ``"ray://host:10001"``) or on a local instance started for the
 batch; an already initialised Ray is used as it is. With Ray on several machines, ``out``
 must be on a filesystem every node sees (each job writes its run folder there); records
@@ -197,7 +198,7 @@ def default_workers(jobs: Sequence[Job], cpus: int | None = None) -> int:
     """Jobs at once on ``cpus`` cores (this machine's usable cores when None)."""
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    per_job = max((job.cpus for job in jobs), default=1)
+    per_job = max((job.cores for job in jobs), default=1)
     return max(1, (cpus or 1) // per_job)
 
 
@@ -326,7 +327,7 @@ def _stop(pool: ProcessPoolExecutor) -> None:
 
 
 class RayExecutor:
-    """One Ray task per job, each asking for ``num_cpus=job.cpus``; no retries by Ray.
+    """One Ray task per job, each asking for ``num_cpus=job.cores``; no retries by Ray.
 
     Timeouts are raised inside the task; as a backstop, a task still running
     :data:`RAY_CANCEL_GRACE_S` past its timeout is force-cancelled from the driver.
@@ -349,7 +350,7 @@ class RayExecutor:
             while queue or running:
                 while queue and len(running) < limit:
                     job = queue.popleft()
-                    options = {"num_cpus": job.cpus, "max_retries": 0, "name": job.id}
+                    options = {"num_cpus": job.cores, "max_retries": 0, "name": job.id}
                     args = (job, str(out.resolve()), _timeout(job, timeout_s), cache)
                     running[task.options(**options).remote(*args)] = (job, time.monotonic())
                     yield BatchEvent("start", job)
