@@ -23,7 +23,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
 from autoshrink.agent.ray_connect import import_ray, init_ray
-from autoshrink.agent.workers import env_factories
+from autoshrink.agent.workers import as_dummy_rewards, env_factories
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.env.config import EnvConfig
 
@@ -129,7 +129,7 @@ class RayVecEnv(VecEnv):
         results, self._waiting = self._get(self._waiting), []
         self.reset_infos = [r[4] for r in results]
         obs, rewards, dones = (np.stack([r[k] for r in results]) for k in range(3))
-        return obs, rewards, dones, [r[3] for r in results]
+        return obs, as_dummy_rewards(rewards), dones, [r[3] for r in results]
 
     def close(self) -> None:
         """End the actors (and the Ray this env started)."""

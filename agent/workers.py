@@ -27,6 +27,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env import SubprocVecEnv
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from autoshrink.compression.device import default_threads
 from autoshrink.compression.errors import AutoshrinkError
@@ -47,6 +50,23 @@ logger = logging.getLogger(__name__)
 #: 2-core machine, a digits worker is ready in about the time ``spawn`` takes (both import
 #: torch afresh), a few seconds per search.
 START_METHOD = "forkserver"
+
+
+def as_dummy_rewards(rewards: np.ndarray) -> np.ndarray:
+    """Rewards as float32, as SB3's DummyVecEnv (the one env of ``workers = 1``) holds them.
+
+    So that a search logs, ranks and stores the same rewards whatever its workers.
+    """
+    return np.asarray(rewards, dtype=np.float32)
+
+
+class WorkerVecEnv(SubprocVecEnv):
+    """SB3's SubprocVecEnv, its rewards as float32 (:func:`as_dummy_rewards`)."""
+
+    def step_wait(self) -> VecEnvStepReturn:
+        """Wait for every worker's step, in env order."""
+        obs, rewards, dones, infos = super().step_wait()
+        return obs, as_dummy_rewards(rewards), dones, infos
 
 
 def worker_env(
@@ -139,11 +159,9 @@ def make_workers(env: gym.Env, agent: AgentConfig, threads: int | None = None) -
         each = worker_threads(threads, agent.workers)
         vec = RayVecEnv(config, agent.workers, each, agent.address)
     else:
-        from stable_baselines3.common.vec_env import SubprocVecEnv
-
         logger.info("starting %d local workers (%s)", agent.workers, START_METHOD)
         try:
-            vec = SubprocVecEnv(env_factories(config, agent.workers, threads), START_METHOD)
+            vec = WorkerVecEnv(env_factories(config, agent.workers, threads), START_METHOD)
         except (EOFError, OSError) as exc:  # the worker died: its traceback is on stderr
             raise AutoshrinkError(f"a search worker could not build its env ({exc})") from exc
     vec.local_env = env  # type: ignore[attr-defined]  # what the scripted searches read

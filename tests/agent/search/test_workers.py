@@ -167,3 +167,19 @@ def test_help_states_the_worker_flags_and_their_defaults() -> None:
     assert "--backend {local,ray}" in text and "(default: local)" in text
     assert "--address ADDR" in text and "(default: a local Ray)" in text
     assert "with --workers K > 1: the cores divided by K, at least 1" in text
+
+
+@pytest.mark.parametrize("agent", ["random", "global"])
+def test_a_scripted_search_plays_the_same_episodes_on_two_workers_as_on_one(
+    agent: str,
+    tmp_path: Path,
+    smallcnn_checkpoint: Path,  # noqa: F811
+) -> None:
+    logs = []
+    for workers in ("1", "2"):
+        out = tmp_path / workers
+        argv = search_argv(smallcnn_checkpoint, out, "--agent", agent, "--workers", workers)
+        assert main([*argv, "--final-epochs", "0"]) == 0
+        logs.append((out / "episodes.jsonl").read_bytes())
+    assert logs[0] == logs[1]
+    assert len(logs[0].splitlines()) == EPISODES
