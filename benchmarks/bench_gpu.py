@@ -225,13 +225,13 @@ def table(args: argparse.Namespace, searches: list[dict], nets: list[dict], took
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
+def write_section(path: Path, section: str, start: str = START, end: str = END) -> None:
     """Put ``section`` between the markers in ``path`` (appended, with them, if absent)."""
     text = path.read_text(encoding="utf-8")
-    block = f"{START}\n{section}{END}\n"
-    if START in text and END in text:
-        head, _, rest = text.partition(START)
-        _, _, tail = rest.partition(END)
+    block = f"{start}\n{section}{end}\n"
+    if start in text and end in text:
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
         text = head + block + tail.lstrip("\n")
     else:
         text = text.rstrip("\n") + "\n\n" + block
