@@ -11,6 +11,10 @@ Usage::
 
     .venv/bin/python benchmarks/bench_batch.py [--episodes 6] [--cpus 2]
         [--configs local1,local2,ray] [--out /tmp/bench-batch] [--json out.json]
+        [--search-workers K]
+
+``--search-workers K`` sets every job's ``workers`` (episodes its search evaluates at
+once, each in its own process); the table shows it in its own column.
 
 It prints a markdown table: wall time, jobs per minute, speed-up over local 1 worker, the
 mean job time as the jobs report it, and the load average before each run.
@@ -42,7 +46,7 @@ baseline_epochs = 2
 episodes = {episodes}
 warmup = 2
 final_epochs = 1
-
+{workers}
 [grid]
 budgets = [{{ flops = 0.5 }}, {{ flops = 0.3, size = 0.1 }}]
 agents = ["ddpg", "random"]
@@ -95,14 +99,24 @@ def main() -> None:
     parser.add_argument("--configs", default="local1,local2,ray")
     parser.add_argument("--out", default="/tmp/bench-batch")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--search-workers",
+        type=int,
+        default=1,
+        help="episodes each job's search evaluates at once (the spec's workers key; 1)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     baseline(ModelSpec("smallcnn", 10, 1), "digits", epochs=2)  # cached before timing
-    text = SPEC.format(episodes=args.episodes)
+    workers = f"workers = {args.search_workers}\n" if args.search_workers > 1 else ""
+    text = SPEC.format(episodes=args.episodes, workers=workers)
     rows = [run_config(c, text, Path(args.out), args.cpus) for c in args.configs.split(",")]
     base = next((r["wall_s"] for r in rows if r["config"] == "local1"), None)
-    print("| backend | jobs ok | wall (s) | jobs/min | speed-up | mean job (s) | load before |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| backend | search workers | jobs ok | wall (s) | jobs/min | speed-up | mean job (s) "
+        "| load before |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         speed = f"{base / r['wall_s']:.2f}x" if base else "-"
         label = r["config"].replace("local", "local, ").replace(", 1", ", 1 worker")
@@ -110,7 +124,8 @@ def main() -> None:
         if r["config"] == "ray":
             label = f"ray, local instance of {args.cpus} CPUs (init {r['init_s']:.1f} s)"
         print(
-            f"| {label} | {r['ok']}/{r['jobs']} | {r['wall_s']:.1f} | {r['jobs_per_min']:.2f} "
+            f"| {label} | {args.search_workers} | {r['ok']}/{r['jobs']} | {r['wall_s']:.1f} "
+            f"| {r['jobs_per_min']:.2f} "
             f"| {speed} | {r['mean_job_s']:.1f} | {r['load_before']:.1f} |"
         )
     if args.json:
