@@ -23,7 +23,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
 from autoshrink.agent.ray_connect import import_ray, init_ray
-from autoshrink.agent.workers import as_dummy_rewards, env_factories
+from autoshrink.agent.worker_env import as_dummy_rewards, env_factories
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.env.config import EnvConfig
 

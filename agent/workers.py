@@ -5,9 +5,9 @@ A search with ``AgentConfig.workers = K > 1`` gives its agent a VecEnv of K
 Stable-Baselines3's own :class:`~stable_baselines3.common.vec_env.SubprocVecEnv` on the
 ``local`` backend, or :class:`~autoshrink.agent.ray_env.RayVecEnv` (one Ray actor per env)
 on ``ray``. Every copy is built in its worker from the main env's
-:class:`~autoshrink.env.config.EnvConfig` by :func:`worker_env`, so it loads the same
-cached baseline and the same data splits; its evaluations are seeded by the config as the
-main env's are, so one realised policy scores the same in every worker. SB3 seeds each
+:class:`~autoshrink.env.config.EnvConfig` (:mod:`~autoshrink.agent.worker_env`), so it
+loads the same cached baseline and the same data splits; its evaluations are seeded by
+the config as the main env's are, so one realised policy scores the same in every worker. SB3 seeds each
 copy's resets with ``seed + i`` (the env itself draws nothing).
 
 The main process keeps its own env: its units, baseline and budgets serve the agent's
@@ -20,26 +20,21 @@ setup, the logs, the scripted searches' candidates and the final fine-tune.
 
 from __future__ import annotations
 
-import functools
 import logging
 import multiprocessing
-import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import gymnasium as gym
-import numpy as np
 from stable_baselines3.common.vec_env import SubprocVecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
-from autoshrink.compression.device import default_threads
+from autoshrink.agent.worker_env import as_dummy_rewards, env_factories, worker_threads
 from autoshrink.compression.errors import AutoshrinkError
 
 if TYPE_CHECKING:
     from stable_baselines3.common.vec_env import VecEnv
 
     from autoshrink.agent.config import AgentConfig
-    from autoshrink.env.config import EnvConfig
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +50,7 @@ START_METHOD = "forkserver"
 #: What the forkserver imports once, so that no worker imports torch again. It also
 #: replaces the default preload of ``__main__``: a user's script without a
 #: ``if __name__ == "__main__"`` guard is not run again in the server.
-PRELOAD = ["autoshrink.env.compression_env", "autoshrink.agent.workers"]
-
-
-def as_dummy_rewards(rewards: np.ndarray) -> np.ndarray:
-    """Rewards as float32, as SB3's DummyVecEnv (the one env of ``workers = 1``) holds them.
-
-    So that a search logs, ranks and stores the same rewards whatever its workers.
-    """
-    return np.asarray(rewards, dtype=np.float32)
+PRELOAD = ["autoshrink.env.compression_env", "autoshrink.agent.worker_env"]
 
 
 class WorkerVecEnv(SubprocVecEnv):
@@ -73,69 +60,6 @@ class WorkerVecEnv(SubprocVecEnv):
         """Wait for every worker's step, in env order."""
         obs, rewards, dones, infos = super().step_wait()
         return obs, as_dummy_rewards(rewards), dones, infos
-
-
-def worker_env(
-    config: EnvConfig, threads: int, log_level: int = logging.WARNING, cache: str | None = None
-) -> gym.Env:
-    """Build one worker's env, in the worker: ``threads`` torch threads, the given config.
-
-    A module-level function, so that the factory (:func:`functools.partial` over the
-    config) pickles for a subprocess or a Ray actor: the recipe travels, not the model.
-    ``cache`` is the main process's cache folder: a forkserver (or a Ray worker) has the
-    environment of when it started, not the main process's of now.
-    """
-    import torch
-
-    from autoshrink.env.compression_env import CompressionEnv
-
-    if cache is not None:
-        os.environ["AUTOSHRINK_CACHE"] = cache
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
-    return CompressionEnv(config)
-
-
-def worker_devices(device: str, workers: int) -> list[str]:
-    """The device of each of ``workers`` envs: CUDA's GPUs round-robin, else ``device``.
-
-    ``cuda`` and ``auto`` (where CUDA is available) spread the workers over every GPU of
-    this machine; ``cuda:N`` puts them all on GPU N; ``cpu`` (and ``auto`` without CUDA)
-    keeps them on the CPU.
-
-    >>> worker_devices("cpu", 3)
-    ['cpu', 'cpu', 'cpu']
-    """
-    if device not in ("cuda", "auto"):
-        return [device] * workers
-    import torch
-
-    if not torch.cuda.is_available():
-        return [device] * workers
-    count = torch.cuda.device_count()
-    return [f"cuda:{i % count}" for i in range(workers)]
-
-
-def worker_threads(threads: int | None, workers: int) -> int:
-    """Torch threads of each worker: ``threads``, else the cores divided by the workers."""
-    if threads is not None and (isinstance(threads, bool) or threads < 1):
-        raise AutoshrinkError(f"threads must be at least 1, got {threads!r}")
-    return default_threads(workers) if threads is None else int(threads)
-
-
-def env_factories(
-    config: EnvConfig, workers: int, threads: int | None, devices: list[str] | None = None
-) -> list[Callable[[], gym.Env]]:
-    """One picklable env factory per worker, each with its device (see :func:`worker_devices`)."""
-    from autoshrink.compression.cache import cache_dir
-
-    level = logging.getLogger("autoshrink").getEffectiveLevel()
-    each, cache = worker_threads(threads, workers), str(cache_dir())
-    devices = devices or worker_devices(config.device, workers)
-    return [
-        functools.partial(worker_env, config.replace(device=device), each, level, cache)
-        for device in devices
-    ]
 
 
 def make_workers(env: gym.Env, agent: AgentConfig, threads: int | None = None) -> VecEnv:

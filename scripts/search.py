@@ -266,10 +266,7 @@ def run(args: argparse.Namespace) -> int:
     _check_before_work(args, out)
     config = _config(args, out)
     env_cfg, agent_cfg = config.env, config.agent
-    if agent_cfg.backend == "ray":  # Ray missing or its cluster unreachable: before any work
-        from autoshrink.agent.ray_connect import init_ray
-
-        init_ray(agent_cfg.address)
+    _reach_ray(agent_cfg)
     device = resolve_device(env_cfg.device)  # the saved one on resume, if --device is not given
     resolve_device(agent_cfg.device)
     data = ensure_baseline(env_cfg)  # announced and shown, when it has to be trained
@@ -314,6 +311,14 @@ def run(args: argparse.Namespace) -> int:
         print_shipped(out / report["artifact"], env_cfg.model)
         console.print(f"run folder: {out}", highlight=False)
     return 0
+
+
+def _reach_ray(agent: Any) -> None:
+    """Refuse a missing Ray or an unreachable cluster in one line, before any work."""
+    if agent.backend == "ray":
+        from autoshrink.agent.ray_connect import init_ray
+
+        init_ray(agent.address)
 
 
 def _workers_text(agent: Any) -> str:

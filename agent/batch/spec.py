@@ -4,9 +4,8 @@ A spec holds a ``[defaults]`` table, explicit ``[[jobs]]`` and/or grids (``[grid
 ``[[grid]]``) expanded as models × datasets × budgets × agents × seeds. A job's settings
 are its defaults, then its grid's single settings, then its axis values (or its own table).
 Keys are :class:`~autoshrink.env.config.EnvConfig` fields (budgets as ``0.5`` or
-``"300KB"``), the agent (``agent``, ``episodes``, ``warmup``, ``agent_options``, and
-``workers``, ``backend``, ``address``: the episodes the job's search evaluates at once, and
-where), the final
+``"300KB"``), the agent (``agent``, ``episodes``, ``warmup``, ``workers``, ``backend``,
+``address``, ``agent_options``), the final
 fine-tune (``final_epochs`` and the other ``final_*`` fields of
 :class:`~autoshrink.agent.search.config.FinalConfig`) and the batch's own ``kind``, ``name``,
 ``cpus`` (its torch threads) and ``timeout``. ``device`` is an EnvConfig field like any
@@ -134,15 +133,9 @@ class Job:
         return int(self.settings.get("cpus", 1))
 
     @property
-    def workers(self) -> int:
-        """Episodes the job's search evaluates at once, one process each."""
-        value = self.settings.get("workers", 1)
-        return value if isinstance(value, int) and value >= 1 else 1
-
-    @property
     def cores(self) -> int:
-        """Cores the job occupies: its threads, or its workers (one core each) if more."""
-        return max(self.cpus, self.workers)
+        """Cores the job occupies: its threads, or its search's workers (a core each) if more."""
+        return max(self.cpus, int(self.settings.get("workers", 1)))
 
     @property
     def timeout_s(self) -> float | None:

@@ -8,7 +8,7 @@ from gymnasium import spaces
 
 from autoshrink.agent.noise import TruncatedNormalActionNoise
 from autoshrink.agent.replay import EpisodeRewardReplayBuffer
-from autoshrink.agent.workers import worker_devices, worker_threads
+from autoshrink.agent.worker_env import worker_devices, worker_threads
 from autoshrink.compression.errors import AutoshrinkError
 
 

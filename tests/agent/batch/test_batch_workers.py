@@ -31,8 +31,7 @@ seed = 1
 
 def test_a_job_may_set_workers_and_then_occupies_that_many_cores() -> None:
     two, one = parse_spec(SPEC).jobs
-    assert two.workers == 2 and two.search_config().agent.workers == 2
-    assert one.workers == 1 and one.search_config().agent.workers == 1
+    assert two.search_config().agent.workers == 2 and one.search_config().agent.workers == 1
     assert two.cores == 2 and one.cores == 1
     assert default_workers([two, one], cpus=4) == 2  # 4 cores, 2 a job
 

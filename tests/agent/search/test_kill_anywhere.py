@@ -59,10 +59,11 @@ POINTS = ("warmup", "learning", "gradient", "finalist", "result")
 COMPARED = ("policy.json", "episodes.jsonl", "model.safetensors")
 
 
-def run(point: str, argv: list[str], cache: Path) -> int:
+def run(point: str, argv: list[str], cache: Path, driver: str = DRIVER) -> int:
+    """``driver`` (with its kill ``point``) on ``argv`` in a fresh process; its exit code."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AUTOSHRINK_CACHE": str(cache)}
     env["OMP_NUM_THREADS"] = "1"
-    code = [sys.executable, "-c", DRIVER, point, *argv]
+    code = [sys.executable, "-c", driver, point, *argv]
     return subprocess.run(code, env=env, cwd=ROOT, capture_output=True, check=False).returncode
 
 

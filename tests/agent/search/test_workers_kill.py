@@ -9,17 +9,14 @@ loses at most the round of 2 episodes in flight.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.agent.conftest import smallcnn_checkpoint  # noqa: F401 (a fixture)
+from tests.agent.search.test_kill_anywhere import run as run_driver
 
-ROOT = Path(__file__).resolve().parents[3]
 DRIVER = """
 import os, signal, sys
 import torch
@@ -51,10 +48,7 @@ COMPARED = ("policy.json", "episodes.jsonl", "model.safetensors")
 
 
 def run(point: str, argv: list[str], cache: Path) -> int:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "AUTOSHRINK_CACHE": str(cache)}
-    env["OMP_NUM_THREADS"] = "1"
-    code = [sys.executable, "-c", DRIVER, point, *argv]
-    return subprocess.run(code, env=env, cwd=ROOT, capture_output=True, check=False).returncode
+    return run_driver(point, argv, cache, DRIVER)
 
 
 ARGV = ["--flops", "0.5", "--episodes", "8", "--warmup", "2", "--seed", "3", "--final-epochs"]
