@@ -7,8 +7,8 @@ Stable-Baselines3's own :class:`~stable_baselines3.common.vec_env.SubprocVecEnv`
 on ``ray``. Every copy is built in its worker from the main env's
 :class:`~autoshrink.env.config.EnvConfig` (:mod:`~autoshrink.agent.worker_env`), so it
 loads the same cached baseline and the same data splits; its evaluations are seeded by
-the config as the main env's are, so one realised policy scores the same in every worker. SB3 seeds each
-copy's resets with ``seed + i`` (the env itself draws nothing).
+the config as the main env's are, so one realised policy scores the same in every
+worker. SB3 seeds each copy's resets with ``seed + i`` (the env itself draws nothing).
 
 The main process keeps its own env: its units, baseline and budgets serve the agent's
 setup, the logs, the scripted searches' candidates and the final fine-tune.
