@@ -54,12 +54,39 @@ PRELOAD = ["autoshrink.env.compression_env", "autoshrink.agent.worker_env"]
 
 
 class WorkerVecEnv(SubprocVecEnv):
-    """SB3's SubprocVecEnv, its rewards as float32 (:func:`as_dummy_rewards`)."""
+    """SB3's SubprocVecEnv, its rewards as float32 (:func:`as_dummy_rewards`).
+
+    A worker that dies (killed, out of memory, or ended by a Ctrl-C, which reaches the
+    whole process group) is one :class:`AutoshrinkError` line, not a broken pipe, and
+    closing ends the other workers instead of waiting for the dead one.
+    """
 
     def step_wait(self) -> VecEnvStepReturn:
         """Wait for every worker's step, in env order."""
-        obs, rewards, dones, infos = super().step_wait()
+        try:
+            obs, rewards, dones, infos = super().step_wait()
+        except (EOFError, OSError) as exc:
+            self.waiting = False
+            raise AutoshrinkError(
+                "a search worker died (killed or out of memory); --resume continues the "
+                "search from its last round"
+            ) from exc
         return obs, as_dummy_rewards(rewards), dones, infos
+
+    def close(self) -> None:
+        """End the workers (those still alive, if one died)."""
+        if self.closed:
+            return
+        try:
+            super().close()
+        except (EOFError, OSError):
+            for process in self.processes:
+                if process.is_alive():
+                    process.kill()
+                process.join(timeout=5)
+            for remote in self.remotes:
+                remote.close()
+            self.closed = True
 
 
 def make_workers(env: gym.Env, agent: AgentConfig, threads: int | None = None) -> VecEnv:
