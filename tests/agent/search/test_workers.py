@@ -183,3 +183,33 @@ def test_a_scripted_search_plays_the_same_episodes_on_two_workers_as_on_one(
         logs.append((out / "episodes.jsonl").read_bytes())
     assert logs[0] == logs[1]
     assert len(logs[0].splitlines()) == EPISODES
+
+
+def test_a_worker_that_dies_is_one_error_and_the_other_worker_ends(
+    tmp_path: Path,
+    smallcnn_checkpoint: Path,  # noqa: F811
+) -> None:
+    import os
+    import signal
+
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from autoshrink.agent.search import SearchConfig
+    from autoshrink.agent.search.loop import run_search
+    from autoshrink.compression.errors import AutoshrinkError
+
+    processes: list[Any] = []
+
+    class KillOne(BaseCallback):
+        def _on_step(self) -> bool:
+            processes[:] = list(self.training_env.processes)  # type: ignore[attr-defined]
+            if self.num_timesteps == 6:  # mid-episode: worker 1 is gone
+                os.kill(processes[1].pid, signal.SIGKILL)
+            return True
+
+    config = SearchConfig.create(
+        model="smallcnn", checkpoint=str(smallcnn_checkpoint), episodes=4, workers=2, seed=1
+    )
+    with pytest.raises(AutoshrinkError, match="a search worker died"):
+        run_search(config.make_env(), config.agent, tmp_path / "run", callbacks=[KillOne()])
+    assert processes and not any(p.is_alive() for p in processes)
