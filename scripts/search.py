@@ -249,7 +249,12 @@ def _config(args: argparse.Namespace, out: Path) -> Any:
         # may move (the workers stay: K envs fill the replay buffer K transitions a row)
         again = ("episodes", "device", "backend", "address")
         keep = {k: v for k, v in given.items() if k in again or k.startswith("final_")}
-        return SearchConfig.load(saved).replace(**keep)
+        config = SearchConfig.load(saved).replace(**keep)
+        if given.get("workers", config.agent.workers) != config.agent.workers:
+            raise AutoshrinkError(
+                f"{out} is a search on --workers {config.agent.workers}; its resume keeps them"
+            )
+        return config
     return SearchConfig.from_settings(_settings(args))
 
 

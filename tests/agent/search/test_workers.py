@@ -213,3 +213,18 @@ def test_a_worker_that_dies_is_one_error_and_the_other_worker_ends(
     with pytest.raises(AutoshrinkError, match="a search worker died"):
         run_search(config.make_env(), config.agent, tmp_path / "run", callbacks=[KillOne()])
     assert processes and not any(p.is_alive() for p in processes)
+
+
+def test_a_resume_keeps_the_workers_of_its_search(
+    two_workers: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(two_workers, copy)
+    before = (copy / "episodes.jsonl").read_bytes()
+    argv = ["search", "--resume", "--out", str(copy), "--workers", "3"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a search on --workers 2; its resume keeps them" in err[0]
+    assert (copy / "episodes.jsonl").read_bytes() == before
