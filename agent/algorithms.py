@@ -72,7 +72,8 @@ def _off_policy_kwargs(config: AgentConfig, n_units: int) -> dict[str, Any]:
     return {
         "learning_rate": config.critic_lr,
         "buffer_size": config.buffer_size or 100 * n_units,
-        "learning_starts": config.warmup * n_units,
+        # whole rounds of K episodes: no episode starts random and ends learned
+        "learning_starts": -(-config.warmup // config.workers) * config.workers * n_units,
         "batch_size": config.batch_size,
         "tau": config.tau,
         "gamma": config.gamma,

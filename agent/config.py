@@ -93,7 +93,8 @@ class AgentConfig(JsonFile):
             process (SB3's ``SubprocVecEnv``, or Ray actors); 1 evaluates in this process.
             Every round of ``workers`` episodes is played in lockstep (they have the same
             length), so a search of ``episodes`` not a multiple of ``workers`` evaluates
-            the last round's extra episodes without logging them.
+            the last round's extra episodes without logging them. The warm-up is rounded
+            up to whole rounds.
         backend: Where the workers run: ``local`` processes or ``ray`` actors.
         address: The Ray cluster (``auto``, ``ray://host:port``); None starts a local Ray.
     """

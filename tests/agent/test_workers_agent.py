@@ -92,3 +92,16 @@ def test_cuda_workers_go_round_robin_over_the_gpus() -> None:
     count = torch.cuda.device_count()
     devices = worker_devices("cuda", 2 * count)
     assert devices == [f"cuda:{i % count}" for i in range(2 * count)]
+
+
+def test_the_warm_up_is_whole_rounds_of_the_workers() -> None:
+    from autoshrink.agent.algorithms import _off_policy_kwargs
+    from autoshrink.agent.config import AgentConfig
+
+    def starts(warmup: int, workers: int) -> int:
+        config = AgentConfig(warmup_episodes=warmup, workers=workers)
+        return int(_off_policy_kwargs(config, 4)["learning_starts"])
+
+    assert starts(3, 1) == 12 and starts(4, 2) == 16
+    assert starts(3, 2) == 16  # 2 rounds of 2 episodes, not 1.5
+    assert starts(0, 2) == 0
