@@ -63,7 +63,9 @@ class Int8Model(nn.Module):
         self.compiled = compiled
         run: Callable[[torch.Tensor], torch.Tensor] = program
         if compiled:
-            run = torch.compile(program)
+            # static shapes: Inductor's int8 conv lowering fails on a symbolic batch
+            # (wrong fake strides), so each new batch size compiles anew
+            run = torch.compile(program, dynamic=False)
         self.__dict__["_run"] = run  # not a submodule: its weights are the program's
 
     def train(self, mode: bool = True) -> Int8Model:
