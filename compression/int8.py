@@ -24,9 +24,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ import torch
 from torch import nn
 
 from autoshrink.compression.errors import PolicyError, UnsupportedModelError
+from autoshrink.compression.onnx_io import quiet as _quiet
 from autoshrink.compression.quantize import bake_, remove_activation_quant_
 
 logger = logging.getLogger(__name__)
@@ -82,16 +81,6 @@ class Int8Model(nn.Module):
                 return self._run(x)
         with torch.no_grad(), _quiet(), torch._inductor.config.patch(COMPILE_OPTIONS):
             return self._run(x)
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the deprecation and export chatter of the quantization stack."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch(ao)?\..*")
-        yield
 
 
 def check_int8_bits(bits_by_layer: Mapping[str, int] | None) -> None:

@@ -61,11 +61,11 @@ def onnx_ready(model: nn.Module, native_bits: int) -> nn.Module:
 
 @contextmanager
 def quiet() -> Iterator[None]:
-    """Silence the exporters' deprecation and tracer warnings."""
+    """Silence the exporters' and the quantization stack's deprecation and tracer warnings."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch(ao)?\..*")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         yield
 
