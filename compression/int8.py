@@ -169,6 +169,9 @@ def quantize_pt2e(
             n += 1
         converted = convert_pt2e(prepared)
     allow_exported_model_train_eval(converted)
+    converted.eval()  # torchao's eval: dropout and BatchNorm ops to their eval forms
+    for module in converted.modules():  # which leaves the flags; the ONNX exporter reads them
+        module.training = False
     return converted, n
 
 
