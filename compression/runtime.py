@@ -56,14 +56,29 @@ def runtime_versions(runtime: str) -> str:
     return ",".join(parts)
 
 
+#: Compilations of one model class's ``forward`` that dynamo keeps before it runs the rest
+#: eagerly (its default is 8): a latency table compiles one pruned variant per unit and level,
+#: and past the default the later ones would silently be timed in eager mode.
+RECOMPILE_LIMIT = 4096
+
+
+def _allow_recompiles() -> None:
+    """Raise dynamo's recompile limits (process-wide) to :data:`RECOMPILE_LIMIT`."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, RECOMPILE_LIMIT)
+
+
 def _compiled(model: nn.Module) -> Runner:
     from autoshrink.compression.int8 import Int8Model
 
+    _allow_recompiles()
     if isinstance(model, Int8Model):
         if model.compiled:
             return model
         return Int8Model(model.program, compiled=True)
-    compiled = torch.compile(copy.deepcopy(model).eval())
+    # static shapes: every variant is its own graph, as a deployed model would be compiled
+    compiled = torch.compile(copy.deepcopy(model).eval(), dynamic=False)
     return compiled
 
 

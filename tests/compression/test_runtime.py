@@ -30,3 +30,18 @@ def test_runtime_versions_name_the_runtime_and_refuse_unknown_ones() -> None:
     assert runtime_versions("eager") != runtime_versions("compiled")
     with pytest.raises(AutoshrinkError, match="unknown runtime 'tvm'"):
         runtime_versions("tvm")
+
+
+def test_many_compiled_variants_of_one_class_are_all_compiled() -> None:
+    # dynamo's default keeps 8 compilations of one forward, then silently runs eagerly
+    from torch._dynamo.utils import counters
+
+    from autoshrink.compression.runtime import RECOMPILE_LIMIT
+
+    x = torch.randn(1, 3, 8, 8)
+    before = counters["stats"]["unique_graphs"]
+    for width in range(4, 16):
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, width, 3), torch.nn.ReLU()).eval()
+        runner(model, x, "compiled")(x)
+    assert counters["stats"]["unique_graphs"] - before == 12
+    assert torch._dynamo.config.recompile_limit >= RECOMPILE_LIMIT
