@@ -161,7 +161,7 @@ def bench_digits(folder: Path) -> tuple[list[dict[str, Any]], nn.Module, nn.Modu
         {"model": "8-bit artifact, loaded", "test_acc": accuracy(load_artifact(info.path), test)}
     )
     int8 = to_int8(model, calib, n_batches=8)
-    rows.append({"model": "int8 (torch.ao FX, x86)", "test_acc": accuracy(int8, test)})
+    rows.append({"model": "int8 (torchao PT2E, x86 Inductor)", "test_acc": accuracy(int8, test)})
     return rows, model, int8
 
 

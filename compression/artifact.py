@@ -377,3 +377,17 @@ def load_artifact(
             f"{path} does not match its rebuilt architecture: {_one_line(exc)}"
         ) from None
     return model.eval()
+
+
+def load_base(
+    path: str | Path, factory: str | None = None, *, allow_changed_factory: bool = False
+) -> nn.Module:
+    """The uncompressed architecture an artifact was cut from, freshly initialised.
+
+    Its weights are not stored (only the compressed model is), so it serves what does not
+    depend on them: a latency baseline. ``factory`` is as for :func:`load_artifact`.
+    """
+    path = Path(path)
+    head = read_header(path)
+    spec = _base_spec(path, head, factory, allow_changed_factory)
+    return build_model(spec).eval()

@@ -17,9 +17,10 @@ Formats and what they hold:
 - ``onnx`` with ``int8=True``: the real int8 path of :mod:`autoshrink.compression.int8`
   (every layer at 8 bits or more; calibrated on ``calibration`` batches) exported as a QDQ
   ONNX graph: int8 weights and uint8 activations behind ``QuantizeLinear`` /
-  ``DequantizeLinear``, which onnxruntime fuses into integer kernels. Only the
-  TorchScript-based exporter can trace torch's quantized tensors, so it is used here.
-  Below 8 bits there is no int8 path (no kernels): :func:`to_int8` refuses such policies.
+  ``DequantizeLinear``, which onnxruntime fuses into integer kernels. The dynamo exporter
+  translates torchao's reference int8 graph (``Int8Model.program``) node for node, so it
+  is used here. Below 8 bits there is no int8 path (no kernels): :func:`to_int8` refuses
+  such policies.
 - ``torchscript``: ``torch.jit.trace`` of the model, saved with ``torch.jit.save``.
 
 Tolerances (every ``|exported - torch|`` must stay within ``atol + rtol * |torch|``):
@@ -27,11 +28,10 @@ Tolerances (every ``|exported - torch|`` must stay within ``atol + rtol * |torch
 - float ONNX and TorchScript: ``atol = rtol = 1e-4``. onnxruntime sums convolutions in
   another order; measured differences are 2e-7 to 5e-6, growing with the outputs'
   magnitude. TorchScript's are 0.
-- int8 QDQ ONNX, against the torch int8 model: ``atol = 1e-4 + 8 * s``, ``rtol = 0``, where
-  ``s = (max - min) / 127`` of the outputs is the step of their int8 grid. onnxruntime's and
-  fbgemm's integer kernels round requantization differently, and one-step differences grow
-  through residual adds: measured 1 to 5 steps, with top-1 agreeing on 99.2 to 100 % of the
-  digits test set.
+- int8 QDQ ONNX, against the reference int8 graph: ``atol = 1e-4 + 8 * s``, ``rtol = 0``,
+  where ``s = (max - min) / 127`` of the outputs is the step of their int8 grid.
+  onnxruntime's integer kernels round requantization differently from the reference
+  graph's float arithmetic, and one-step differences grow through residual adds.
 
 Measured values are in ``docs/benchmarks.md`` (Transfer).
 
@@ -45,9 +45,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,27 +58,21 @@ from torch.nn.utils import parametrize
 from autoshrink.compression.atomic import temporary_path
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.names import EXPORTERS, FORMATS
+from autoshrink.compression.onnx_io import export_onnx
+from autoshrink.compression.onnx_io import quiet as _quiet
+from autoshrink.compression.onnx_io import run_onnx as _run_onnx
 from autoshrink.compression.quantize import (
-    ActFakeQuant,
-    activation_quant_state,
     bake_,
-    remove_activation_quant_,
 )
 
 logger = logging.getLogger(__name__)
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 FLOAT_TOL = 1e-4
-#: int8: allowed steps of the int8 output grid (onnxruntime's and fbgemm's integer kernels
-#: round requantization differently; one-step differences grow through residual adds).
+#: int8: allowed steps of the int8 output grid (onnxruntime's integer kernels round
+#: requantization differently; one-step differences grow through residual adds).
 INT8_STEPS = 8.0
-LEGACY_OPSET = 17
-#: Activation quantizers at these bits or more export as QuantizeLinear/DequantizeLinear;
-#: torch.export cannot trace ``fake_quantize_per_tensor_affine`` at all.
-LEGACY_NATIVE_BITS = 8
-DYNAMO_NATIVE_BITS = 33
 CHECK_BATCH = 2
-_EXTRA = "pip install 'autoshrink[onnx]'"
 
 
 @dataclass(frozen=True)
@@ -106,31 +98,6 @@ class ExportInfo:
     atol: float
     rtol: float
     file_bytes: int
-
-
-class _PlainActQuant(ActFakeQuant):
-    """ActFakeQuant's arithmetic in plain operators, which ONNX can express at any bits."""
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        """Fake-quantize the first input as ``fake_quantize_per_tensor_affine`` does."""
-        inv = float(np.float32(1.0) / np.float32(self.scale))
-        levels = (1 << self.bits) - 1
-        q = torch.clamp(torch.round(args[0] * inv) + self.zero_point, 0, levels)
-        return ((q - self.zero_point) * self.scale, *args[1:])
-
-
-def _onnx_ready(model: nn.Module, native_bits: int) -> nn.Module:
-    """A copy whose activation quantizers below ``native_bits`` use plain operators."""
-    state = activation_quant_state(model)
-    if all(bits >= native_bits for bits, _, _ in state.values()):
-        return model
-    model = copy.deepcopy(model)
-    remove_activation_quant_(model)
-    for name, (bits, lo, hi) in state.items():
-        plain = bits < native_bits
-        hook = _PlainActQuant(bits, lo, hi) if plain else ActFakeQuant(bits, lo, hi)
-        model.get_submodule(name).register_forward_pre_hook(hook)
-    return model
 
 
 def check_output_path(out: str | Path) -> Path:
@@ -186,66 +153,6 @@ def _inputs(batches: Iterable[Any], n: int) -> list[torch.Tensor]:
     return out
 
 
-@contextmanager
-def _quiet() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        yield
-
-
-def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: Path, exporter: str) -> str:
-    try:
-        import onnx  # noqa: F401
-    except ImportError as exc:
-        raise AutoshrinkError(f"ONNX export needs the onnx extra: {_EXTRA}") from exc
-    names: dict[str, Any] = {"input_names": ["input"], "output_names": ["logits"]}
-    if exporter in ("auto", "dynamo"):
-        try:
-            batch = torch.export.Dim("batch")
-            with _quiet():
-                torch.onnx.export(
-                    _onnx_ready(model, native_bits=DYNAMO_NATIVE_BITS),
-                    (example,),
-                    str(tmp),
-                    dynamo=True,
-                    dynamic_shapes=({0: batch},),
-                    external_data=False,
-                    verbose=False,
-                    **names,
-                )
-            return "dynamo"
-        except Exception as exc:  # the dynamo exporter fails in many ways
-            if exporter == "dynamo":
-                raise AutoshrinkError(f"the dynamo ONNX exporter failed: {exc}") from exc
-            logger.warning("dynamo ONNX export failed (%s); using the legacy exporter", exc)
-    with _quiet():
-        torch.onnx.export(
-            _onnx_ready(model, native_bits=LEGACY_NATIVE_BITS),
-            (example,),
-            str(tmp),
-            dynamo=False,
-            opset_version=LEGACY_OPSET,
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            **names,
-        )
-    return "legacy"
-
-
-def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise AutoshrinkError(f"checking an ONNX export needs onnxruntime: {_EXTRA}") from exc
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.asarray(session.run(None, {name: x.numpy()})[0])
-
-
 def _output_path(
     source: str | Path | nn.Module, format: str, out: str | Path | None, int8: bool, exporter: str
 ) -> Path:
@@ -260,6 +167,8 @@ def _output_path(
         raise AutoshrinkError(f"unknown exporter {exporter!r}: use one of {EXPORTERS}")
     if int8 and format != "onnx":
         raise AutoshrinkError("the int8 path exports as QDQ ONNX only: use format='onnx'")
+    if int8 and exporter == "legacy":
+        raise AutoshrinkError("the int8 path exports with the dynamo exporter only")
     if out is None:
         if isinstance(source, nn.Module):
             raise AutoshrinkError("exporting a model needs an output path")
@@ -283,7 +192,8 @@ def _export_model(
         from autoshrink.compression.int8 import to_int8
 
         with _quiet():
-            model = to_int8(model, batches, len(batches), bits_by_layer=bits)
+            # the reference graph: what the exporter translates and the check compares with
+            model = to_int8(model, batches, len(batches), bits_by_layer=bits, compile=False)
     return model, example, batches
 
 
@@ -329,7 +239,7 @@ def _write_checked(
     tmp = temporary_path(out)
     try:
         if format == "onnx":
-            used = _export_onnx(model, example, tmp, exporter)
+            used = export_onnx(model, example, tmp, exporter)
             got = _run_onnx(tmp, x)
         else:
             with _quiet(), torch.no_grad():
@@ -388,7 +298,8 @@ def export(
         source, example_input, int8, calibration, calib_batches, factory, allow_changed_factory
     )
     if int8:
-        exporter = "legacy"  # torch.export cannot trace quantized tensors
+        exporter = "dynamo"  # the TorchScript-based one cannot read torchao's int8 graph
+        model = model.program  # type: ignore[assignment]
     x = _check_batch(example, batches)
     used, diff, atol, rtol = _write_checked(model, example, x, out, format, exporter, int8)
     logger.info("exported %s (%s) to %s, max |diff| %.3g", format, used, out, diff)

@@ -1,60 +1,114 @@
-"""Real int8 inference on the CPU through torch.ao FX graph-mode quantization (x86/fbgemm).
+"""Real int8 inference on the CPU through torchao's PT2E flow and ``torch.compile``.
 
 Below 8 bits the CPU has no kernels, so low-bit savings are real only in storage (the packed
 artifact). For policies whose layers are all 8 bits or wider, :func:`to_int8` converts a
 (pruned) float model into one that runs int8 convolutions and matmuls:
 
-- weights: int8, symmetric per output channel with levels ``[-127, 127]``, the grid of
-  :func:`autoshrink.compression.quantize.quantize_per_channel` at 8 bits (FX folds each
-  BatchNorm into its conv first, so the int8 values are those of the folded weights);
-- activations: uint8 per tensor with a 7-bit range (0..127, what fbgemm needs on CPUs
-  without VNNI), calibrated with a histogram observer on a few batches.
+1. ``torch.export`` (strict, batch dimension dynamic) captures the baked float model;
+2. ``prepare_pt2e`` with torchao's ``X86InductorQuantizer`` folds each BatchNorm into its
+   conv and inserts observers: weights int8, symmetric per output channel; activations
+   uint8 per tensor (7-bit without VNNI, see :func:`has_vnni`), calibrated on a few
+   batches;
+3. ``convert_pt2e`` gives the reference int8 graph (quantize/dequantize around float ops),
+   which the ONNX exporter turns into a QDQ graph;
+4. ``torch.compile`` (Inductor, with freezing) lowers that graph to oneDNN's fused int8
+   kernels, which is where the speed comes from.
 
-``torch.ao.quantization`` is deprecated upstream in favour of torchao's PT2E flow; it still
-ships with torch 2.14 and its deprecation warnings are silenced here. Measured numbers are
-in ``docs/benchmarks.md`` (Quantization).
+The int8 model is never stored: an artifact keeps its (8-bit) weights as tensors in
+safetensors, and the int8 model is rebuilt from it and a calibration set. Measured numbers
+are in ``docs/benchmarks.md`` (Quantization) and ``benchmarks/bench_int8.py``.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
-import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from autoshrink.compression.errors import PolicyError, UnsupportedModelError
+from autoshrink.compression.onnx_io import quiet as _quiet
 from autoshrink.compression.quantize import bake_, remove_activation_quant_
 
 logger = logging.getLogger(__name__)
 
 INT8_MIN_BITS = 8
+#: Inductor options of the compiled int8 model: freezing lets it prepack the int8 weights
+#: into oneDNN's fused quantized convolutions and linears. They are patched around every
+#: call (a new batch size compiles again); ``torch.compile(options=...)`` fails on them.
+COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
 
 
-def select_engine() -> str:
-    """Select (and return) the best available quantized CPU engine: x86, fbgemm or qnnpack."""
-    engines = torch.backends.quantized.supported_engines
-    for engine in ("x86", "fbgemm", "qnnpack"):
-        if engine in engines:
-            torch.backends.quantized.engine = engine
-            return engine
-    raise UnsupportedModelError(f"no quantized CPU engine available (have {engines})")
+class Int8Model(nn.Module):
+    """An int8 model: the converted PT2E graph and the callable that runs it.
+
+    Args:
+        program: The reference int8 graph (``convert_pt2e``'s output): quantize and
+            dequantize nodes around float ops. The ONNX exporter reads it.
+        compiled: Whether :meth:`forward` runs the graph compiled by ``torch.compile`` (oneDNN int8
+            kernels) rather than the reference graph.
+    """
+
+    _run: Callable[[torch.Tensor], torch.Tensor]
+
+    def __init__(self, program: torch.fx.GraphModule, compiled: bool = True) -> None:
+        super().__init__()
+        self.program = program
+        self.compiled = compiled
+        run: Callable[[torch.Tensor], torch.Tensor] = program
+        if compiled:
+            # static shapes: Inductor's int8 conv lowering fails on a symbolic batch
+            # (wrong fake strides), so each new batch size compiles anew
+            run = torch.compile(program, dynamic=False)
+        self.__dict__["_run"] = run  # not a submodule: its weights are the program's
+
+    def train(self, mode: bool = True) -> Int8Model:
+        """An int8 model only infers: ``train(True)`` is refused, ``eval()`` is a no-op."""
+        if mode:
+            raise UnsupportedModelError("an int8 model cannot be trained; fine-tune the float one")
+        self.training = False
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``x`` (without autograd: there is nothing to train)."""
+        if not self.compiled:
+            with torch.no_grad(), _quiet():
+                return self._run(x)
+        with torch.no_grad(), _quiet(), torch._inductor.config.patch(COMPILE_OPTIONS):
+            return self._run(x)
 
 
-def _qconfig_mapping(engine: str) -> Any:
-    from torch.ao.quantization import QConfig, get_default_qconfig_mapping
-    from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
+def check_int8_bits(bits_by_layer: Mapping[str, int] | None) -> None:
+    """Refuse a policy with a layer below 8 bits: the CPU has no kernels for it.
 
-    qconfig = QConfig(
-        activation=HistogramObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=127),
-        weight=PerChannelMinMaxObserver.with_args(
-            dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-127, quant_max=127
-        ),
-    )
-    return get_default_qconfig_mapping(engine).set_global(qconfig)
+    Raises:
+        PolicyError: Naming how many layers are below and one of them.
+    """
+    low = sorted(n for n, b in (bits_by_layer or {}).items() if b < INT8_MIN_BITS)
+    if low:
+        raise PolicyError(
+            f"int8 inference needs every layer at 8 bits or more; {len(low)} layer(s) are "
+            f"below (e.g. {low[0]}): no CPU kernels exist for them, use the packed artifact"
+        )
+
+
+@functools.cache
+def has_vnni() -> bool:
+    """Whether the CPU has VNNI (or AMX) int8 dot products; False when it cannot tell.
+
+    Without them, uint8 x int8 products are summed in saturating 16-bit pairs, so the
+    activations get a 7-bit range (0..127) to stay exact, as fbgemm did.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def _inputs(batch: Any) -> torch.Tensor:
@@ -64,59 +118,96 @@ def _inputs(batch: Any) -> torch.Tensor:
     return x
 
 
+def _capture(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """``torch.export`` the model with a dynamic batch, as a graph PT2E can annotate.
+
+    Strict export: the non-strict default groups every call of a shared module (one ReLU
+    used twice in a block) into one partition, which the x86 quantizer refuses.
+    """
+    if example.shape[0] < 2:  # a batch of 1 would be specialised, not kept dynamic
+        example = torch.cat([example, example])
+    batch = torch.export.Dim("batch")
+    try:
+        with _quiet():
+            exported = torch.export.export(
+                model, (example,), dynamic_shapes=({0: batch},), strict=True
+            )
+    except Exception as exc:  # export errors come in many types
+        raise UnsupportedModelError(f"cannot trace the model for int8: {exc}") from exc
+    return exported.module()
+
+
+def quantize_pt2e(
+    model: nn.Module, batches: Iterable[torch.Tensor]
+) -> tuple[torch.fx.GraphModule, int]:
+    """The reference int8 graph of a float model, calibrated on ``batches``.
+
+    Returns:
+        The converted graph and how many batches calibrated it.
+    """
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    it = iter(batches)
+    try:
+        first = next(it)
+    except StopIteration as exc:
+        raise ValueError("the calibration loader yielded no batch") from exc
+    graph = _capture(model, first)
+    quantizer = x86.X86InductorQuantizer()
+    config = x86.get_default_x86_inductor_quantization_config(reduce_range=not has_vnni())
+    quantizer.set_global(config)  # per-channel int8 weights, per-tensor uint8 activations
+    n = 0
+    with _quiet(), torch.no_grad():
+        try:
+            prepared = prepare_pt2e(graph, quantizer)  # folds BatchNorm into the convs
+        except Exception as exc:  # annotation errors come in many types
+            raise UnsupportedModelError(f"cannot quantize the model for int8: {exc}") from exc
+        for x in (first, *it):
+            prepared(x)
+            n += 1
+        converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)
+    converted.eval()  # torchao's eval: dropout and BatchNorm ops to their eval forms
+    for module in converted.modules():  # which leaves the flags; the ONNX exporter reads them
+        module.training = False
+    return converted, n
+
+
 def to_int8(
     model: nn.Module,
     calib_loader: Iterable[Any],
     n_batches: int = 8,
     bits_by_layer: Mapping[str, int] | None = None,
-) -> nn.Module:
+    compile: bool = True,
+) -> Int8Model:
     """Convert a float (or 8-bit simulated) model into a real int8 CPU model.
 
     The input model is not modified: a copy is baked (fake-quant parametrizations removed,
-    activation hooks dropped), traced with FX, calibrated and converted.
+    activation hooks dropped), exported, calibrated and converted.
 
     Args:
-        model: The (pruned) model. It must be FX-traceable.
+        model: The (pruned) model. It must be capturable by ``torch.export`` (strict).
         calib_loader: Yields input batches or ``(inputs, targets)`` pairs (CPU tensors).
         n_batches: How many batches to calibrate activation ranges on.
         bits_by_layer: The policy's weight bits per layer, if any; every layer must have
             8 bits or more, since the CPU has no lower-precision kernels.
+        compile: Run the model through ``torch.compile`` (the fast int8 kernels); False
+            runs the reference graph, whose int8 arithmetic is simulated in float.
 
     Returns:
-        The int8 model (a ``torch.fx.GraphModule``) in eval mode, on the CPU. It runs on the
-        quantized engine selected by :func:`select_engine`.
+        The int8 model in eval mode, on the CPU. The first call of a compiled one compiles
+        it (seconds to a minute), as does the first call at a new batch size.
 
     Raises:
         PolicyError: If a layer has fewer than 8 bits.
-        UnsupportedModelError: If the model cannot be traced or converted.
+        UnsupportedModelError: If the model cannot be captured or quantized.
+        ValueError: If the loader yields no batch.
     """
-    low = sorted(n for n, b in (bits_by_layer or {}).items() if b < INT8_MIN_BITS)
-    if low:
-        raise PolicyError(
-            f"int8 inference needs every layer at 8 bits or more; {len(low)} layer(s) are "
-            f"below (e.g. {low[0]}): no CPU kernels exist for them, use the packed artifact"
-        )
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    engine = select_engine()
+    check_int8_bits(bits_by_layer)
     work = remove_activation_quant_(bake_(copy.deepcopy(model))).cpu().eval()
-    batches = iter(calib_loader)
-    try:
-        first = _inputs(next(batches))
-    except StopIteration as exc:
-        raise ValueError("the calibration loader yielded no batch") from exc
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao\..*")
-        warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*")
-        try:
-            prepared = prepare_fx(work, _qconfig_mapping(engine), example_inputs=(first,))
-        except Exception as exc:  # FX tracing errors come in many types
-            raise UnsupportedModelError(f"cannot trace the model for int8: {exc}") from exc
-        with torch.no_grad():
-            prepared(first)
-            for _, batch in zip(range(n_batches - 1), batches, strict=False):
-                prepared(_inputs(batch))
-        quantized = convert_fx(prepared)
-    logger.info("converted to int8 on engine %s after %d calibration batches", engine, n_batches)
-    return quantized.eval()
+    inputs = (_inputs(b) for _, b in zip(range(max(n_batches, 1)), calib_loader, strict=False))
+    program, n = quantize_pt2e(work, inputs)
+    logger.info("converted to int8 (torchao PT2E, x86 Inductor) after %d calibration batches", n)
+    return Int8Model(program, compiled=compile).eval()

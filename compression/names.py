@@ -12,6 +12,10 @@ from autoshrink.compression.errors import DataError
 #: What ``export`` writes, and the ONNX exporters it can use.
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 EXPORTERS: tuple[str, ...] = ("auto", "dynamo", "legacy")
+#: Where latency is measured (budgets, the latency table, ``evaluate``): eager PyTorch,
+#: ``torch.compile``, or onnxruntime (the ``[onnx]`` extra).
+RUNTIMES: tuple[str, ...] = ("eager", "compiled", "onnxruntime")
+DEFAULT_RUNTIME = "eager"
 #: Dataset names (``imagefolder:PATH`` takes a folder).
 DATASETS: tuple[str, ...] = (
     "digits",

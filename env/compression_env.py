@@ -171,7 +171,11 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         budgets = cfg.budgets
         if "latency" in budgets and self.latency is None:
             self.latency = latency_table(
-                self.model, self.graph, self.data.example_input(cfg.latency_batch), self._prune
+                self.model,
+                self.graph,
+                self.data.example_input(cfg.latency_batch),
+                self._prune,
+                runtime=cfg.runtime,
             )
         if self.latency is not None:
             self.baseline["latency"] = self.latency.base

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal, TypeAlias
 from autoshrink.compression.device import DEFAULT_DEVICE, device_problem
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.metrics import BUDGET_NAMES
+from autoshrink.compression.names import DEFAULT_RUNTIME, RUNTIMES
 from autoshrink.compression.versioned import JsonFile, unwrap, wrap
 from autoshrink.env.budget_text import Budget, format_amount, parse_budget
 
@@ -91,6 +92,8 @@ class EnvConfig(JsonFile):
         importance: Channel importance criterion for pruning.
         round_to: Channel granularity of every unit.
         latency_batch: Batch size at which the latency table is measured.
+        runtime: Where latency is measured (the table, and the final check of a latency
+            budget): ``eager``, ``compiled`` (``torch.compile``) or ``onnxruntime``.
         seed: Seed of data order, fine-tuning and the baseline.
         device: Where the baseline trains and every evaluation runs: ``auto`` (CUDA when
             available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. Files never depend on it.
@@ -127,6 +130,7 @@ class EnvConfig(JsonFile):
     importance: str = "l1"
     round_to: int = 1
     latency_batch: int = 1
+    runtime: str = DEFAULT_RUNTIME
     seed: int = 0
     device: str = DEFAULT_DEVICE
 
@@ -233,6 +237,10 @@ def _choice_problems(cfg: EnvConfig) -> list[str]:
         (
             cfg.first_last_bits is None or cfg.first_last_bits in (2, 3, 4, 5, 6, 7, 8, 32),
             f"first_last_bits must be 2..8, 32 or None, got {cfg.first_last_bits!r}",
+        ),
+        (
+            cfg.runtime in RUNTIMES,
+            f"runtime must be one of {RUNTIMES}, got {cfg.runtime!r}",
         ),
         (
             cfg.importance in IMPORTANCES,

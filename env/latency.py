@@ -13,8 +13,14 @@ valid. Below the lowest measured level the lowest level's value is used,
 which over-estimates, i.e. errs on the safe side. Weight bit-widths do not enter: below 8
 bits this CPU has no kernels, so simulated and packed low-bit weights run in float.
 
-The latency budget is guaranteed on this table's estimate, not on a fresh measurement
-(which is noisy, and for tiny models dominated by per-operator overhead).
+Every entry is measured on the chosen runtime (:mod:`autoshrink.compression.runtime`:
+eager, ``torch.compile`` or onnxruntime) *against the full model, interleaved*
+(:func:`autoshrink.compression.timing.compare`): a unit's latency at a level is ``base``
+times the median per-round ratio, so a machine that slows down between two entries does not
+bend the table. ``spread`` is the largest spread of those ratios.
+
+The latency budget is guaranteed on this table's estimate during the search; the final model
+is then checked by a fresh interleaved measurement (``result.json``'s ``latency_check``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +41,9 @@ from torch import nn
 from autoshrink.compression.documents import read_document
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.json_write import write_json
+from autoshrink.compression.names import DEFAULT_RUNTIME
+from autoshrink.compression.runtime import runner, runtime_versions
+from autoshrink.compression.timing import compare
 from autoshrink.compression.versioned import unwrap, wrap
 
 if TYPE_CHECKING:
@@ -43,8 +52,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TABLE_TYPE = "autoshrink.LatencyTable"
-#: 2: the versioned envelope (a version-1 table in the cache is measured again).
-TABLE_VERSION = 2
+#: 2: the versioned envelope. 3: interleaved ratios, ``runtime`` and ``spread`` (a table of
+#: an older version in the cache is measured again).
+TABLE_VERSION = 3
 #: Keep-ratios at which each unit is measured (the full model is measured once).
 LEVELS: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75)
 PruneFn = Callable[[nn.Module, "UnitGraph", Mapping[str, int]], nn.Module]
@@ -58,13 +68,17 @@ class LatencyTable:
         base: Latency of the uncompressed model.
         channels: Per unit, the measured channel counts, ascending, ending with ``c_out``.
         seconds: Per unit, the (monotone) latency at each of those counts.
-        key: What the table was measured for (model, input shape, threads, torch).
+        key: What the table was measured for (model, input shape, threads, runtime, versions).
+        runtime: The runtime it was measured on.
+        spread: The largest spread of the interleaved ratios it was measured from.
     """
 
     base: float
     channels: dict[str, list[int]]
     seconds: dict[str, list[float]]
     key: str = ""
+    runtime: str = DEFAULT_RUNTIME
+    spread: float = 0.0
 
     def unit_latency(self, name: str, channels: int) -> float:
         """Latency of the model with only unit ``name`` at ``channels`` channels."""
@@ -94,11 +108,17 @@ class LatencyTable:
             channels={k: [int(c) for c in v] for k, v in data["channels"].items()},  # type: ignore[attr-defined]
             seconds={k: [float(s) for s in v] for k, v in data["seconds"].items()},  # type: ignore[attr-defined]
             key=str(data.get("key", "")),
+            runtime=str(data.get("runtime", DEFAULT_RUNTIME)),
+            spread=float(data.get("spread", 0.0)),  # type: ignore[arg-type]
         )
 
 
 def time_forward(model: nn.Module, x: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
-    """Median seconds of one forward pass of ``model`` on ``x`` (eval mode, no autograd)."""
+    """Median seconds of one forward pass of ``model`` on ``x`` alone (eval mode, no autograd).
+
+    Prefer :func:`autoshrink.compression.timing.compare`, which times two models
+    interleaved: this one compares moments of the machine as much as models.
+    """
     model.eval()
     samples = []
     with torch.inference_mode():
@@ -110,17 +130,36 @@ def time_forward(model: nn.Module, x: torch.Tensor, repeats: int = 20, warmup: i
     return statistics.median(samples)
 
 
-def table_key(model: nn.Module, example_input: torch.Tensor, levels: Sequence[float]) -> str:
-    """Hash of what a measurement depends on: architecture, input shape, threads, torch."""
+def table_key(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    levels: Sequence[float],
+    runtime: str = DEFAULT_RUNTIME,
+) -> str:
+    """Hash of what a measurement depends on: architecture, shape, threads, runtime, versions."""
     parts = [
         repr(model),
         str(tuple(example_input.shape)),
         f"threads={torch.get_num_threads()}",
-        f"torch={torch.__version__}",
+        runtime_versions(runtime),
         f"levels={tuple(levels)}",
         f"v{TABLE_VERSION}",
     ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _interleaved(
+    model: nn.Module, example_input: torch.Tensor, runtime: str, rounds: int
+) -> tuple[float, Callable[[nn.Module], tuple[float, float]]]:
+    """The full model's seconds, and ``ratio_of(variant)``: its median ratio and spread."""
+    base = runner(model, example_input, runtime)
+    seconds = compare(base, base, example_input, rounds).reference.median
+
+    def ratio_of(variant: nn.Module) -> tuple[float, float]:
+        c = compare(base, runner(variant, example_input, runtime), example_input, rounds)
+        return c.ratio, c.spread
+
+    return seconds, ratio_of
 
 
 def measure_table(
@@ -131,8 +170,9 @@ def measure_table(
     levels: Sequence[float] = LEVELS,
     repeats: int = 20,
     timer: Callable[[nn.Module, torch.Tensor], float] | None = None,
+    runtime: str = DEFAULT_RUNTIME,
 ) -> LatencyTable:
-    """Measure a table: the full model once, then each unit alone at each level.
+    """Measure a table: the full model, then each unit alone at each level against it.
 
     Args:
         model: The uncompressed model (left untouched).
@@ -140,22 +180,30 @@ def measure_table(
         example_input: A batch at the size latency should be measured for.
         prune: ``prune(model, graph, kept_by_unit) -> new model``.
         levels: Keep-ratios measured per unit.
-        repeats: Timed forward passes per measurement (the median is kept).
-        timer: Replaces :func:`time_forward` (tests use a deterministic one).
+        repeats: Interleaved rounds per measurement (the median ratio is kept).
+        timer: Replaces the interleaved measurement by ``timer(model, x) -> seconds`` of
+            each model alone (tests use a deterministic one).
+        runtime: Where the models run (:data:`~autoshrink.compression.names.RUNTIMES`).
     """
-    timer = timer or (lambda m, x: time_forward(m, x, repeats))
     full = {u.name: u.c_out for u in graph.units}
-    base = timer(model, example_input)
+    if timer is not None:
+        base = timer(model, example_input)
+        ratio_of = lambda m: (timer(m, example_input) / base, 0.0)  # noqa: E731
+    else:
+        base, ratio_of = _interleaved(model, example_input, runtime, repeats)
     channels: dict[str, list[int]] = {}
     seconds: dict[str, list[float]] = {}
-    for unit in graph.units:
+    spread = 0.0
+    for i, unit in enumerate(graph.units):
         counts = sorted({unit.kept(k) for k in levels} - {unit.c_out})
-        values = [timer(prune(model, graph, {**full, unit.name: c}), example_input) for c in counts]
-        xs, ys = [*counts, unit.c_out], [*values, base]
+        measured = [ratio_of(prune(model, graph, {**full, unit.name: c})) for c in counts]
+        spread = max([spread, *(s for _, s in measured)])
+        xs, ys = [*counts, unit.c_out], [*(base * r for r, _ in measured), base]
         channels[unit.name] = xs
         # Monotone: no count may look slower than a larger one (the full model stays base).
         seconds[unit.name] = np.minimum.accumulate(np.asarray(ys)[::-1])[::-1].tolist()
-    return LatencyTable(base=base, channels=channels, seconds=seconds)
+        logger.info("latency table: unit %d/%d (%s) measured", i + 1, len(graph.units), unit.name)
+    return LatencyTable(base, channels, seconds, runtime=runtime, spread=spread)
 
 
 def latency_table(
@@ -165,8 +213,10 @@ def latency_table(
     prune: PruneFn,
     cache: Path | None = None,
     levels: Sequence[float] = LEVELS,
+    runtime: str = DEFAULT_RUNTIME,
+    timer: Callable[[nn.Module, torch.Tensor], float] | None = None,
 ) -> LatencyTable:
-    """The table for ``model`` at ``example_input``'s shape: from the cache, else measured.
+    """The table for ``model`` at ``example_input``'s shape and ``runtime``: cached, or measured.
 
     Args:
         model: The uncompressed model.
@@ -175,12 +225,15 @@ def latency_table(
         prune: ``prune(model, graph, kept_by_unit) -> new model``.
         cache: Folder of cached tables; default ``<autoshrink cache>/latency``.
         levels: Keep-ratios measured per unit.
+        runtime: Where the models run; the cache keeps one table per runtime (and shape,
+            threads and versions).
+        timer: Replaces the interleaved measurement (see :func:`measure_table`).
     """
     if cache is None:
         from autoshrink.compression.cache import cache_dir
 
         cache = cache_dir() / "latency"
-    key = table_key(model, example_input, levels)
+    key = table_key(model, example_input, levels, runtime)
     path = cache / f"{key}.json"
     if path.is_file():
         try:
@@ -191,8 +244,8 @@ def latency_table(
         except (AutoshrinkError, ValueError, KeyError, TypeError, AttributeError) as exc:
             logger.warning("measuring again: unreadable latency table %s: %s", path, exc)
     logger.info("measuring a latency table for %d units", len(graph.units))
-    table = measure_table(model, graph, example_input, prune, levels)
-    table = LatencyTable(table.base, table.channels, table.seconds, key)
+    table = measure_table(model, graph, example_input, prune, levels, timer=timer, runtime=runtime)
+    table = replace(table, key=key)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, table.to_dict())
     return table

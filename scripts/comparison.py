@@ -27,7 +27,6 @@ def comparison_table(report: dict[str, Any]) -> Table:
         ("MACs", "macs", _count),
         ("params", "params", _count),
         ("bytes", "bytes", _count),
-        ("CPU latency (batch 1)", MEASURED_LATENCY, lambda v: f"{1e3 * v:.3f} ms"),
     ]
     for label, key, fmt in rows:
         b, c = base.get(key), comp.get(key)
@@ -35,7 +34,35 @@ def comparison_table(report: dict[str, Any]) -> Table:
             continue
         ratio = f"{c / b:.3f}x" if "accuracy" not in key and b else f"{(c - b) * 100:+.2f} pts"
         table.add_row(label, fmt(b), fmt(c), ratio)
+    _latency_rows(table, report)
     return table
+
+
+def _latency_rows(table: Table, report: dict[str, Any]) -> None:
+    """The measured latency (interleaved: median ratio ± spread) and a budget's check."""
+    base, comp = report["baseline"], report["compressed"]
+    b, c = base.get(MEASURED_LATENCY), comp.get(MEASURED_LATENCY)
+    timed = report.get("latency") or {}
+    if b is None or c is None:
+        return
+    runtime = timed.get("runtime", "eager")
+    if "ratio" in timed:  # interleaved: the median of per-round ratios, and its spread
+        ratio = f"{timed['ratio']:.3f}x ± {timed['spread']:.0%}"
+    else:  # a result.json of before the interleaved measurement
+        ratio = f"{c / b:.3f}x"
+    ms = lambda v: f"{1e3 * v:.3f} ms"  # noqa: E731
+    table.add_row(f"CPU latency ({runtime}, batch 1)", ms(b), ms(c), ratio)
+    check = report.get("latency_check")
+    if check:
+        verdict = "met" if check["met_by_measurement"] else "NOT met"
+        table.add_row(
+            "latency / budget",
+            f"table {check['estimate_over_budget']:.3f}",
+            f"measured {check['measured_over_budget']:.3f}",
+            verdict,
+        )
+    if timed.get("warning"):
+        table.caption = f"warning: {timed['warning']}"
 
 
 def _count(value: float) -> str:

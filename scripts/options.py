@@ -40,6 +40,19 @@ def add_budget_flags(parser: argparse.ArgumentParser, defaults: Mapping[str, str
         parser.add_argument(f"--{name}", default=None, help=f"{help_text} (default: {default})")
 
 
+def add_runtime_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--runtime eager|compiled|onnxruntime``: where ``what`` is timed."""
+    from autoshrink.compression.names import DEFAULT_RUNTIME, RUNTIMES
+
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=None,
+        help=f"where {what} is measured: eager PyTorch, torch.compile, or onnxruntime "
+        f"(the [onnx] extra) (default: {DEFAULT_RUNTIME})",
+    )
+
+
 def mode_defaults() -> dict[str, str]:
     """Each budget's default in words, from the env's ``DEFAULT_BUDGETS`` by mode."""
     from autoshrink.env.config import DEFAULT_BUDGETS

@@ -24,6 +24,7 @@ from autoshrink.scripts.options import (
     JSON_HELP,
     add_budget_flags,
     add_device_flags,
+    add_runtime_flag,
     check_out_folder,
     device_line,
     mode_defaults,
@@ -52,6 +53,7 @@ def add_parser(subparsers: Any) -> None:
     )
     _add_model_flags(p)
     add_budget_flags(p, mode_defaults())
+    add_runtime_flag(p, "latency (the --latency budget's table, its final check, the result)")
     _add_agent_flags(p)
     _add_final_flags(p)
     add_device_flags(p, workers="--workers", episodes=True)
@@ -234,6 +236,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "final_finalists": args.finalists,
         "final_finalist_spacing": args.finalist_spacing,
         "device": args.device,
+        "runtime": args.runtime,
     }
     return {k: v for k, v in given.items() if v is not None}
 

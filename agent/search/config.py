@@ -66,7 +66,8 @@ class FinalConfig(JsonFile):
         distill: Distil from the uncompressed model while fine-tuning.
         batch_size: Fine-tune batch size.
         bn_batches: Train batches for BatchNorm recalibration before the fine-tune.
-        latency_repeats: Timed forward passes (median) for the measured latency columns.
+        latency_repeats: Interleaved rounds timing the baseline against the shipped model
+            (the measured latency columns and a latency budget's fresh check).
         finalists: How many of the search's best distinct policies (by search reward) are
             fine-tuned and scored on the whole val split; the best on val ships. 1 ships
             the search's best without scoring it on val.

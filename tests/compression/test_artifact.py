@@ -307,3 +307,21 @@ def test_unknown_layer_in_weight_bits_is_refused(artifact: Path) -> None:
     bits = read_header(artifact).weight_bits
     edit_field(artifact, "weight_bits", {**bits, "no.such.layer": 4})
     assert_one_line_error(artifact, "weight_bits layer 'no.such.layer'")
+
+
+def test_load_base_rebuilds_the_uncompressed_architecture(tmp_path):
+    from autoshrink.compression.apply import apply_policy
+    from autoshrink.compression.artifact import load_base
+    from autoshrink.compression.counting import count_params
+    from autoshrink.compression.policy import uniform_policy
+    from autoshrink.compression.units import build_units
+
+    spec = ModelSpec("resnet20", 10, 1)
+    model = build_model(spec)
+    graph = build_units(model, torch.zeros(1, 1, 8, 8))
+    policy = uniform_policy(graph, keep=0.5, bits=8)
+    small = apply_policy(model, graph, policy)
+    save_artifact(tmp_path / "a.safetensors", small, spec, (1, 1, 8, 8), policy)
+    base = load_base(tmp_path / "a.safetensors")
+    assert count_params(base) == count_params(model) > count_params(small)
+    assert not base.training

@@ -102,7 +102,7 @@ def test_int8_path_exports_as_qdq_onnx(tmp_path):
         torch.randn(16, *SHAPE[1:], generator=torch.Generator().manual_seed(i)) for i in range(4)
     ]
     info = export(art, "onnx", tmp_path / "q.onnx", int8=True, calibration=calib)
-    assert info.int8 and info.exporter == "legacy"
+    assert info.int8 and info.exporter == "dynamo"
     graph = onnx.load(str(info.path)).graph
     ops = {node.op_type for node in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -110,8 +110,8 @@ def test_int8_path_exports_as_qdq_onnx(tmp_path):
     tensors += [a.t for node in graph.node if node.op_type == "Constant" for a in node.attribute]
     int8_weights = [t for t in tensors if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
     assert len(int8_weights) == 22  # every conv (21) and the classifier store int8 weights
-    # onnxruntime against the torch int8 model of the same calibration
-    reference = to_int8(load_artifact(art), calib, 4).eval()
+    # onnxruntime against the reference int8 graph of the same calibration
+    reference = to_int8(load_artifact(art), calib, 4, compile=False).eval()
     x = calib[0]
     want = reference(x).numpy()
     got = ort_run(info.path, x)
@@ -130,6 +130,8 @@ def test_int8_refuses_layers_below_8_bits_and_leaves_no_file(tmp_path):
         export(art, "onnx", tmp_path / "q.onnx", int8=True, calibration=[torch.randn(4, 1, 8, 8)])
     with pytest.raises(AutoshrinkError, match="QDQ ONNX only"):
         export(art, "torchscript", tmp_path / "q.pt", int8=True)
+    with pytest.raises(AutoshrinkError, match="dynamo exporter only"):
+        export(art, "onnx", tmp_path / "q.onnx", int8=True, exporter="legacy")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
 
 

@@ -65,23 +65,54 @@ def test_measured_table_is_monotone_and_exact_at_full() -> None:
     assert table({"a": 6, "b": 32}) == pytest.approx(table.base - 0.01 * 10)
 
 
-def test_table_round_trips_and_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_table_round_trips_and_is_cached(tmp_path: Path) -> None:
     graph = SimpleNamespace(units=[_unit("a", 16)])
     prune, timer, calls = _fake(graph)
-    monkeypatch.setattr(lat, "time_forward", lambda m, x, repeats=20: timer(m, x))
     model = nn.Conv2d(1, 16, 3)
-    first = latency_table(model, graph, torch.zeros(1, 1, 8, 8), prune, cache=tmp_path)
+    x = torch.zeros(1, 1, 8, 8)
+    first = latency_table(model, graph, x, prune, cache=tmp_path, timer=timer)
     n = calls[0]
     assert n > 1
-    second = latency_table(model, graph, torch.zeros(1, 1, 8, 8), prune, cache=tmp_path)
+    assert first.runtime == "eager" and first.spread == 0.0
+    second = latency_table(model, graph, x, prune, cache=tmp_path, timer=timer)
     assert calls[0] == n  # loaded, not measured again
     assert second == first
     files = list(tmp_path.glob("*.json"))
     assert len(files) == 1
     assert LatencyTable.from_dict(json.loads(files[0].read_text())) == first
     # another input shape is another table
-    latency_table(model, graph, torch.zeros(1, 1, 16, 16), prune, cache=tmp_path)
+    latency_table(model, graph, torch.zeros(1, 1, 16, 16), prune, cache=tmp_path, timer=timer)
     assert calls[0] > n
+    # and so is another runtime, which the table records
+    n = calls[0]
+    compiled = latency_table(
+        model, graph, x, prune, cache=tmp_path, runtime="compiled", timer=timer
+    )
+    assert calls[0] > n and compiled.runtime == "compiled"
+    assert len(list(tmp_path.glob("*.json"))) == 3
+
+
+class _Conv(nn.Module):
+    """A conv whose width is its cost: the real interleaved measurement times it."""
+
+    def __init__(self, kept: Mapping[str, int]) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, kept.get("a", 64), 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_interleaved_table_has_a_spread_and_is_measured_against_the_full_model() -> None:
+    graph = SimpleNamespace(units=[_unit("a", 64)])
+    table = measure_table(
+        _Conv({}), graph, torch.zeros(1, 8, 16, 16), lambda m, g, k: _Conv(k), repeats=3
+    )
+    assert table.spread >= 0.0 and table.runtime == "eager"
+    xs, ys = table.channels["a"], table.seconds["a"]
+    assert xs[-1] == 64 and ys[-1] == table.base > 0
+    assert all(0 < y <= table.base for y in ys)  # monotone, ending at the full model
+    assert "spread" in table.to_dict()["data"]
 
 
 def test_time_forward_is_positive() -> None:
