@@ -253,13 +253,9 @@ class BudgetClamp:
         As :meth:`clamp`, with sparsity as a third decision, conceded first: at the
         proposed channels and bits the smallest sparsity (at least the proposed one) that
         fits; else at the largest sparsity the largest channel count that fits; else the
-        same at each lower bit-width in turn. Bytes never grow with sparsity, so each of
-        these is a bisection, and the unit's own minimum is always among the candidates.
-
-        Args:
-            t: Index of the unit being decided.
-            state: Realised channels, bits and sparsity per unit (entries before ``t``).
-            proposal: The decoded action: channels the unit can realise, bits, sparsity.
+        same at each lower bit-width in turn. ``state`` holds the realised channels, bits
+        and sparsity per unit (entries before ``t`` are read). Bytes never grow with
+        sparsity, so each step is a bisection, and the unit's minimum is a candidate.
         """
         channels, bits, sparsity = state
         pre = (list(channels[:t]), list(bits[:t]), list(sparsity[:t]))
@@ -297,10 +293,10 @@ class BudgetClamp:
         """The largest keep-ratio that units ``t..`` could all take at once.
 
         Units before ``t`` stay as decided; unit ``t`` and every later unit take
-        ``kept(k)`` channels, ``unit_bits`` bits and ``unit_sparsity``. The largest ``k`` in ``[min_keep, 1]``
-        whose policy meets every budget is this unit's fair share of what is left: the
-        centre of the keep action in ``keep_action="budget"`` mode. Found by bisection on
-        the exact cost model (cost grows with ``k``).
+        ``kept(k)`` channels, ``unit_bits`` bits and ``unit_sparsity``. The largest ``k``
+        in ``[min_keep, 1]`` whose policy meets every budget is this unit's fair share of
+        what is left: the centre of the keep action in ``keep_action="budget"`` mode.
+        Found by bisection on the exact cost model (cost grows with ``k``).
 
         Returns:
             That ratio; 1 without budgets, ``min_keep`` if not even that fits.

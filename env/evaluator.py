@@ -1,9 +1,10 @@
 """The end-of-episode evaluation: compress, recalibrate, optionally fine-tune, score on val.
 
-An :class:`Evaluator` is a pure function of the *realised* policy (channel count per unit
-and bits per layer): its data batches are fixed at construction and its fine-tune is
-seeded, so the same realised policy always gets the same accuracy, whatever was evaluated
-before. Sparse layers keep their magnitude mask fixed through the fine-tune. That makes its cache exact: identical realised policies are scored once.
+An :class:`Evaluator` is a pure function of the *realised* policy (channel count per unit,
+bits and sparsity per layer): its data batches are fixed at construction and its fine-tune
+is seeded, so the same realised policy always gets the same accuracy, whatever was
+evaluated before. That makes its cache exact: identical realised policies are scored once.
+Sparse layers keep their magnitude mask fixed through the fine-tune.
 
 Each evaluation reports the seconds spent in forward and backward passes (BN
 recalibration, fine-tuning, scoring) separately from the rest (pruning, quantizing,
