@@ -185,14 +185,15 @@ def from_artifact(path: Path, model: str | None = None) -> Shown:
     """
     import torch
 
-    from autoshrink.compression.artifact import _base_spec, read_header
+    from autoshrink.compression.artifact import read_header
+    from autoshrink.compression.artifact_header import base_spec
     from autoshrink.compression.breakdown import breakdown
     from autoshrink.compression.models import build_model
     from autoshrink.compression.policy import Policy
     from autoshrink.compression.units import build_units
 
     head = read_header(path)
-    spec = _base_spec(path, head, model, allow_changed=False)
+    spec = base_spec(path, head, model, allow_changed=False)
     example = torch.zeros(head.input_shape)
     graph = build_units(build_model(spec), example, ignored_layers=list(head.frozen))
     pinned = head.policy.layers if isinstance(head.policy, Policy) else {}
