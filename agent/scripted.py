@@ -15,6 +15,12 @@ cycles through them (the env scores a repeated policy from its cache).
 - ``global``: channels of all units ranked together by their importance, normalised by each
   unit's mean (Torch-Pruning's global pruning); a global threshold, bisected to the budget,
   sets every unit's kept channels. One candidate per bit-width, like ``uniform``.
+- ``deep-compression`` (``deep`` and ``sparse`` modes): Deep Compression's recipe. Every
+  channel kept; the weights of all searched layers ranked together by magnitude, and one
+  global threshold, bisected to the budget (the least sparsity that fits), sets each
+  unit's sparsity (the share of its weights under the threshold, on the sparsity grid);
+  one bit-width for every unit; the same entropy-coded artifact. One candidate per
+  bit-width, like ``uniform``.
 """
 
 from __future__ import annotations
@@ -240,6 +246,48 @@ class GlobalSearch(_CandidateSearch):
         return out or [view.actions(view.min_channels(), view.bit_options()[-1])]
 
 
+class DeepCompressionSearch(_CandidateSearch):
+    """Global magnitude pruning to one threshold, uniform bits, bisected to the budgets."""
+
+    name = "deep-compression"
+
+    def candidates(self, view: EnvView) -> list[np.ndarray]:  # noqa: D102
+        magnitudes = view.unit_magnitudes()
+        order = np.sort(np.concatenate(magnitudes))
+        grid = np.asarray(view.clamp.sparsity_choices)
+        full = view.max_channels()
+
+        def sparsity(n_zeroed: int) -> list[float]:
+            tau = order[n_zeroed - 1] if n_zeroed > 0 else -np.inf
+            shares = [float((m <= tau).mean()) if m.size else 0.0 for m in magnitudes]
+            return [float(grid[np.searchsorted(grid, s + 1e-12, "right") - 1]) for s in shares]
+
+        out = []
+        for bits in view.bit_options():
+            zeroed = _first_feasible_int(
+                lambda n: view.feasible(full, bits, sparsity(n)),  # noqa: B023
+                len(order),
+            )
+            if zeroed is not None:
+                out.append(view.actions(full, bits, sparsity(zeroed)))
+        if out:
+            return out
+        logger.warning("deep-compression: no bit-width fits with every channel; fewest kept")
+        top = [float(grid[-1])] * len(full)
+        return [view.actions(view.min_channels(), view.bit_options()[-1], top)]
+
+
+def _first_feasible_int(ok: Any, hi: int) -> int | None:
+    """Smallest n in [0, hi] with ok(n), for ok monotone (false, then true); None if none."""
+    if not ok(hi):
+        return None
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+    return lo
+
+
 def _largest_feasible_int(ok: Any, hi: int) -> int | None:
     """Largest n in [0, hi] with ok(n), for ok monotone; None if not even ok(0)."""
     if not ok(0):
@@ -289,13 +337,31 @@ class EnvView:
         choices = self.clamp.choices[i]
         return next((c for c in choices if c >= channels), choices[-1])
 
-    def feasible(self, channels: Sequence[int], bits: int) -> bool:
-        """Whether every unit at ``channels`` with ``bits`` meets every budget."""
-        return bool(self.clamp.feasible(list(channels), [bits] * len(self.units)))
+    def feasible(
+        self, channels: Sequence[int], bits: int, sparsity: Sequence[float] | None = None
+    ) -> bool:
+        """Whether every unit at ``channels`` with ``bits`` (and sparsity) meets every budget."""
+        return bool(self.clamp.feasible(list(channels), [bits] * len(self.units), sparsity))
 
-    def actions(self, channels: Sequence[int], bits: int) -> np.ndarray:
-        """The action rows that make the env realise ``channels`` and ``bits`` unclamped."""
-        return np.asarray(self.env.encode(list(channels), [bits] * len(self.units)), np.float64)
+    def actions(
+        self, channels: Sequence[int], bits: int, sparsity: Sequence[float] | None = None
+    ) -> np.ndarray:
+        """The action rows that make the env realise this policy unclamped."""
+        rows = self.env.encode(list(channels), [bits] * len(self.units), sparsity)
+        return np.asarray(rows, np.float64)
+
+    def unit_magnitudes(self) -> list[np.ndarray]:
+        """``|w|`` of every weight each unit's sparsity reaches (its unpinned layers)."""
+        pinned = set(getattr(self.env, "pinned", {}))
+        out = []
+        for unit in self.units:
+            parts = [
+                self.env.model.get_submodule(name).weight.detach().abs().reshape(-1).numpy()
+                for name in unit.layers
+                if name not in pinned
+            ]
+            out.append(np.concatenate(parts) if parts else np.zeros(0))
+        return out
 
     def channel_scores(self) -> list[np.ndarray]:
         """Each unit's channel importance (the env's criterion), divided by the unit's mean.
@@ -320,6 +386,7 @@ SCRIPTED: dict[str, type[ScriptedSearch]] = {
     "random": RandomSearch,
     "uniform": UniformSearch,
     "global": GlobalSearch,
+    "deep-compression": DeepCompressionSearch,
 }
 
 

@@ -260,6 +260,14 @@ def _nbytes(tensors: Mapping[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+def state_dict_file_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s whole ``state_dict`` as one safetensors file (the float file)."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    return len(save(state))
+
+
 def _read(path: Path) -> tuple[ArtifactHeader, dict[str, torch.Tensor]]:
     """Read an artifact: header checked in full first, then payload, then the checksum."""
     raw = read_raw_header(path)

@@ -34,6 +34,8 @@ REWARDS: tuple[str, ...] = ("accuracy", "acc_flops", "penalty")
 #: How a keep action maps to a keep-ratio (``EnvConfig.keep_action``).
 KEEP_ACTIONS: tuple[str, ...] = ("budget", "absolute")
 Mode = Literal["prune", "quant", "joint", "deep", "sparse"]
+#: The modes that search fine-grained sparsity.
+SPARSE_MODES: tuple[str, ...] = ("deep", "sparse")
 #: Step of the sparsity grid (``EnvConfig.sparsity_choices``).
 SPARSITY_STEP = 0.01
 #: The budgets of each mode when none is given (ratios of the uncompressed model).
@@ -165,7 +167,7 @@ class EnvConfig(JsonFile):
     @property
     def sparsity_choices(self) -> tuple[float, ...]:
         """Sparsities an action can choose: ``(0.0,)`` where the mode searches none."""
-        if self.mode not in ("deep", "sparse"):
+        if self.mode not in SPARSE_MODES:
             return (0.0,)
         steps = round(self.max_sparsity / SPARSITY_STEP)
         return tuple(round(i * SPARSITY_STEP, 2) for i in range(steps + 1))

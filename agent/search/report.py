@@ -5,7 +5,11 @@ data holds the model, dataset, mode and budgets, a ``baseline`` and a ``compress
 (``accuracy`` on test and ``val_accuracy`` on the whole val split, every budget metric
 under its result key, ratios, the measured latency; the compressed side also has
 ``val_accuracy_search``, the shipped policy's score during the search, before its final
-fine-tune),
+fine-tune; ``bytes`` and ``bound_bytes`` are the stored bytes before entropy coding, the
+bound the budget holds, ``artifact_bytes`` and ``file_bytes`` what is on disk, and
+``compression_ratio`` the float ``state_dict`` file's bytes (``baseline.file_bytes``, as
+safetensors) over ``file_bytes``; with sparsity, ``nonzero_macs_theoretical`` the MACs a
+sparse kernel could at best run, beside the dense ``macs`` the MACs budget counts),
 whether every budget was met, and how the search and the finish went.
 
 Version 1 (autoshrink 0.1) was flat, without ``data``, and named the measured latency
@@ -98,7 +102,7 @@ def build_result(
     data: Any,
 ) -> dict[str, Any]:
     """The data of ``result.json``: test accuracy, costs and timings of both models."""
-    from autoshrink.compression.artifact import load_artifact
+    from autoshrink.compression.artifact import load_artifact, state_dict_file_bytes
 
     inner = search_env(env, ("config", "limits", "baseline", "model", "data"))
     cfg = inner.config
@@ -107,12 +111,13 @@ def build_result(
     model = load_artifact(shipped.artifact.path, factory=cfg.model)
     device = env_device(env)
     baseline = {**_side(inner.model, data, final, device), **by_result_key(inner.baseline)}
+    baseline["file_bytes"] = state_dict_file_bytes(inner.model)
     compressed = {
         **_side(model, data, final, device),
         "val_accuracy_search": _search_accuracy(search, shipped.episode),
         **by_result_key(values),
-        "artifact_bytes": shipped.artifact.payload_bytes,
-        "file_bytes": shipped.artifact.file_bytes,
+        **_sizes(shipped.artifact, baseline),
+        **_nonzero_macs(env, shipped.policy),
     }
     for m in METRICS[:3]:  # the measured latency has no ratio to a table's estimate
         if baseline.get(m.key):
@@ -145,6 +150,29 @@ def build_result(
         "artifact": Path(shipped.artifact.path).name,
         "policy": RunFolder(Path(search.run_dir)).policy.name,
     }
+
+
+def _sizes(artifact: Any, baseline: dict[str, Any]) -> dict[str, Any]:
+    """Bytes on disk, the bound they never exceed, and the ratio to the float file."""
+    return {
+        "artifact_bytes": artifact.payload_bytes,
+        "bound_bytes": artifact.bound,
+        "file_bytes": artifact.file_bytes,
+        "compression_ratio": baseline["file_bytes"] / max(artifact.file_bytes, 1),
+    }
+
+
+def _nonzero_macs(env: gym.Env, policy: Policy) -> dict[str, int]:
+    """Theoretical MACs with zeroed weights skipped, where the policy has any sparsity."""
+    from autoshrink.compression.cost import nonzero_macs
+    from autoshrink.compression.sparsity import layer_sparsity
+
+    inner = search_env(env, ("graph",))
+    sparsity = layer_sparsity(policy, inner.graph)
+    if not sparsity:
+        return {}
+    kept = kept_channels(policy, inner.graph)
+    return {"nonzero_macs_theoretical": nonzero_macs(inner.graph, kept, sparsity)}
 
 
 def baseline_training(env: gym.Env) -> dict[str, Any] | None:
@@ -208,7 +236,7 @@ def realised_costs(env: gym.Env, policy: Policy) -> dict[str, float]:
     inner = search_env(env, ("graph", "units", "clamp"))
     kept = kept_channels(policy, inner.graph)
     channels = [kept[u.name] for u in inner.units]
-    bits = [
-        policy.units[u.name].bits if u.name in policy.units else FLOAT_BITS for u in inner.units
-    ]
-    return dict(inner.clamp.measure(channels, bits))
+    units = [policy.units.get(u.name) for u in inner.units]
+    bits = [FLOAT_BITS if up is None else up.bits for up in units]
+    sparsity = [0.0 if up is None else up.sparsity for up in units]
+    return dict(inner.clamp.measure(channels, bits, sparsity))
