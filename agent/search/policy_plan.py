@@ -168,6 +168,8 @@ def plan_policy(
     mode, pinned = policy_mode(policy, graph)
     active = _budgets(policy, graph, given, mapped=bool(map_name))
     cfg = cfg.replace(mode=mode, first_last_bits=pinned, round_to=policy.round_to)
+    most = max((u.sparsity for u in policy.units.values()), default=0.0)
+    cfg = cfg.replace(max_sparsity=max(cfg.max_sparsity, round(most + 0.004999, 2)))
     cfg = cfg.replace(**(active or {"flops": Budget("flops", 1.0)}))
     logger.info("applying %s on %s (%s)", source["policy"], model, name)
     return PolicyPlan(cfg, policy, data, loaded, bool(map_name and given), name, source)
@@ -239,6 +241,8 @@ def policy_mode(policy: Policy, graph: UnitGraph) -> tuple[str, int | None]:
     pruned = any(u.keep < 1.0 for u in policy.units.values())
     quantized = bool(policy.layers) or any(u.bits < FLOAT_BITS for u in policy.units.values())
     mode = "joint" if pruned and quantized else "quant" if quantized else "prune"
+    if any(u.sparsity > 0 for u in policy.units.values()):
+        mode = "deep" if pruned else "sparse"
     if not policy.layers:
         return mode, None
     pins = set(pinned_layers(graph))
@@ -260,13 +264,15 @@ def check_budgets(policy: Policy, graph: UnitGraph, budgets: Mapping[str, Budget
     from autoshrink.compression.cost import cost_from_channels
     from autoshrink.compression.metrics import FLOAT_BITS
     from autoshrink.compression.policy import kept_channels, layer_bits
+    from autoshrink.compression.sparsity import layer_sparsity
 
     full = cost_from_channels(
         graph,
         {u.name: u.c_out for u in graph.units},
         {layer.name: FLOAT_BITS for layer in graph.layers},
     )
-    mine = cost_from_channels(graph, kept_channels(policy, graph), layer_bits(policy, graph))
+    kept, sparsity = kept_channels(policy, graph), layer_sparsity(policy, graph)
+    mine = cost_from_channels(graph, kept, layer_bits(policy, graph), sparsity)
     pairs = {"flops": (mine.macs, full.macs), "params": (mine.params, full.params)}
     pairs["size"] = (mine.bytes, full.bytes)
     over = [
