@@ -85,3 +85,19 @@ def test_agents_search_deep_modes_and_ship_a_sparse_artifact(
     for name, s in sparsity.items():
         weight = quantizable_layers(model)[name].weight
         assert int((weight == 0).sum()) >= int(zeroed_count(weight.numel(), s))
+
+
+def test_a_batch_grid_runs_deep_mode_agents_and_refuses_a_mismatch() -> None:
+    from autoshrink.agent.batch.spec import SpecError, parse_spec
+
+    spec = parse_spec(
+        '[defaults]\nmode = "deep"\nmax_sparsity = 0.99\nepisodes = 3\n'
+        '[grid]\nmodels = ["resnet20"]\nbudgets = [{ size = 0.02 }, { size = 0.01 }]\n'
+        'agents = ["ddpg", "deep-compression"]\nseeds = [0]\n'
+    )
+    assert len(spec.jobs) == 4
+    for job in spec.jobs:
+        assert job.search_config().env.mode == "deep"
+        assert job.env_config().max_sparsity == 0.99
+    with pytest.raises(SpecError, match="mode deep or sparse"):
+        parse_spec('[grid]\nmodels = ["resnet20"]\nagents = ["deep-compression"]\n')
