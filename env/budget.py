@@ -239,7 +239,6 @@ class BudgetClamp:
             i = _last_ok(lambda i: ok(cands[i], b), 0, top - 1)  # noqa: B023
             if i is not None:
                 return cands[i], b
-        # Unreachable while the invariant holds.
         raise RuntimeError(f"budget clamp invariant broken at unit {self.names[t]}")
 
     def clamp_sparse(
@@ -364,8 +363,9 @@ class BudgetClamp:
         return cands[min(j, len(cands) - 1)]
 
     def _check_reachable(self) -> None:
-        low_bits = self.bit_choices[0]
+        low_bits, top_s = self.bit_choices[0], self.sparsity_choices[-1]
         bits = f" and {low_bits} bits" if low_bits < FLOAT_BITS else ""
+        bits += f", {top_s:.0%} of the weights zeroed" if top_s > 0 else ""
         for metric, limit in self.limits.items():
             smallest = self.minimum[metric]
             if smallest > limit:
