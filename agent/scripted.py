@@ -9,9 +9,10 @@ exactly ``config.episodes`` episodes; a deterministic one with fewer distinct ca
 cycles through them (the env scores a repeated policy from its cache).
 
 - ``random``: uniformly random actions: random search.
-- ``uniform``: one keep-ratio and one bit-width for every unit. For each bit-width, the
-  largest uniform keep action meeting the budgets is found by bisection on the exact cost
-  model; the candidates are those (keep, bits) pairs.
+- ``uniform``: one keep-ratio and one bit-width for every unit (and, in ``deep`` and
+  ``sparse`` mode, one sparsity: 0, 0.5, 0.75, 0.9 or the largest). For each bit-width
+  (and sparsity), the largest uniform keep action meeting the budgets is found by
+  bisection on the exact cost model; the candidates are those combinations.
 - ``global``: channels of all units ranked together by their importance, normalised by each
   unit's mean (Torch-Pruning's global pruning); a global threshold, bisected to the budget,
   sets every unit's kept channels. One candidate per bit-width, like ``uniform``.
@@ -43,7 +44,7 @@ from autoshrink.agent.agent_file import zip_document
 from autoshrink.agent.env_view import search_env
 from autoshrink.compression.errors import CheckpointError
 from autoshrink.compression.versioned import unwrap, wrap
-from autoshrink.env.budget import largest_feasible
+from autoshrink.env.budget import first_ok, largest_feasible, last_ok
 
 if TYPE_CHECKING:
     from autoshrink.agent.config import AgentConfig
@@ -205,21 +206,23 @@ class UniformSearch(_CandidateSearch):
     def candidates(self, view: EnvView) -> list[np.ndarray]:  # noqa: D102
         out = []
         for bits in view.bit_options():
+            for sparsity in view.sparsity_options():
+                spars = [sparsity] * len(view.units)
 
-            def channels(a: float) -> list[int]:
-                if "keep" not in view.dims:
-                    return view.max_channels()
-                keep = view.decode_keep(a)
-                return [u.kept(keep) for u in view.units]
+                def channels(a: float) -> list[int]:
+                    if "keep" not in view.dims:
+                        return view.max_channels()
+                    keep = view.decode_keep(a)
+                    return [u.kept(keep) for u in view.units]
 
-            a = largest_feasible(
-                lambda a: view.feasible(channels(a), bits),  # noqa: B023
-                0.0,
-                1.0,
-                _BISECT_STEPS,
-            )
-            if a is not None:
-                out.append(view.actions(channels(a), bits))
+                a = largest_feasible(
+                    lambda a: view.feasible(channels(a), bits, spars),  # noqa: B023
+                    0.0,
+                    1.0,
+                    _BISECT_STEPS,
+                )
+                if a is not None:
+                    out.append(view.actions(channels(a), bits, spars))
         return out or [view.actions(view.min_channels(), view.bit_options()[-1])]
 
 
@@ -240,7 +243,7 @@ class GlobalSearch(_CandidateSearch):
 
         out = []
         for bits in view.bit_options():
-            n = _largest_feasible_int(lambda n: view.feasible(channels(n), bits), len(order))  # noqa: B023
+            n = last_ok(lambda n: view.feasible(channels(n), bits), 0, len(order))  # noqa: B023
             if n is not None:
                 out.append(view.actions(channels(n), bits))
         return out or [view.actions(view.min_channels(), view.bit_options()[-1])]
@@ -264,8 +267,9 @@ class DeepCompressionSearch(_CandidateSearch):
 
         out = []
         for bits in view.bit_options():
-            zeroed = _first_feasible_int(
+            zeroed = first_ok(
                 lambda n: view.feasible(full, bits, sparsity(n)),  # noqa: B023
+                0,
                 len(order),
             )
             if zeroed is not None:
@@ -275,28 +279,6 @@ class DeepCompressionSearch(_CandidateSearch):
         logger.warning("deep-compression: no bit-width fits with every channel; fewest kept")
         top = [float(grid[-1])] * len(full)
         return [view.actions(view.min_channels(), view.bit_options()[-1], top)]
-
-
-def _first_feasible_int(ok: Any, hi: int) -> int | None:
-    """Smallest n in [0, hi] with ok(n), for ok monotone (false, then true); None if none."""
-    if not ok(hi):
-        return None
-    lo = 0
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
-    return lo
-
-
-def _largest_feasible_int(ok: Any, hi: int) -> int | None:
-    """Largest n in [0, hi] with ok(n), for ok monotone; None if not even ok(0)."""
-    if not ok(0):
-        return None
-    lo = 0
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
-    return lo
 
 
 class EnvView:
@@ -319,6 +301,12 @@ class EnvView:
     def bit_options(self) -> list[int]:
         """Bit-widths a whole-model candidate may use, highest first (32 alone if unsearched)."""
         return sorted(self.clamp.bit_choices, reverse=True)
+
+    def sparsity_options(self) -> list[float]:
+        """Sparsities a whole-model candidate may use: none, half, 3/4, 9/10, the largest."""
+        grid = self.clamp.sparsity_choices
+        top = grid[-1]
+        return sorted({0.0, *(s for s in (0.5, 0.75, 0.9) if s < top), top})
 
     def decode_keep(self, a: float) -> float:
         """The keep-ratio ``min_keep + a * (1 - min_keep)``: one scale for a uniform sweep."""

@@ -45,13 +45,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_agents import add_setup_arguments, data_and_baseline, log, mean_std, parse_budget
-from bench_agents import run_one as run_agent
+from bench_agents import _run_budget as run_agents
+from bench_agents import add_setup_arguments, data_and_baseline, log, mean_std
 
 from autoshrink.agent.search.config import FinalConfig
 from autoshrink.compression.errors import BudgetInfeasibleError
-from autoshrink.env.compression_env import CompressionEnv
-from autoshrink.env.config import EnvConfig
 
 DEFAULT_BUDGETS = "deep:size=0.05,deep:size=0.02,deep:size=0.01"
 DEFAULT_AGENTS = "ddpg,random,uniform,deep-compression"
@@ -83,30 +81,14 @@ def _parse_args() -> argparse.Namespace:
 
 # --- agents ------------------------------------------------------------------------------
 def run_budget(budget: str, args: argparse.Namespace, model: Any, splits: Any, full: Any) -> list:
-    """Every (agent, seed) of one budget on one shared env; [] when it cannot be met."""
-    mode, given = parse_budget(budget)
-    settings: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "mode": mode}
-    settings["max_sparsity"] = args.max_sparsity
-    if args.finetune_steps is not None:
-        settings["finetune_steps"] = args.finetune_steps
+    """Every (agent, seed) of one budget on one shared env; a note when it cannot be met."""
+    agents, seeds = args.agents.split(","), [int(s) for s in args.seeds.split(",")]
+    extra = {"max_sparsity": args.max_sparsity}
     try:
-        env = CompressionEnv(EnvConfig(**settings, **given), model=model, data=splits)
+        return run_agents(budget, args, agents, seeds, model, splits, full, extra)
     except BudgetInfeasibleError as exc:
         log(f"{budget}: not reachable: {exc}")
         return [{"budget": budget, "infeasible": str(exc)}]
-    rows = []
-    for agent in args.agents.split(","):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            out = Path(args.out) / budget.replace(":", "-").replace("=", "") / agent
-            report = run_agent(env, agent, seed, args, out / f"seed{seed}", full)
-            comp = report["compressed"]
-            rows.append({"budget": budget, "agent": agent, "seed": seed, **report})
-            log(
-                f"{budget} {agent} seed {seed}: test {comp['accuracy']:.4f}, file "
-                f"{comp['file_bytes']:,} B ({comp['compression_ratio']:.1f}x), bound "
-                f"{comp['bound_bytes']:,} B, met {report['budgets_met']}"
-            )
-    return rows
 
 
 def joint_rows(folder: Path, budget: str = "joint-size0.05") -> list[dict[str, Any]]:

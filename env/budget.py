@@ -236,7 +236,7 @@ class BudgetClamp:
         cands = self.choices[t]
         top = bisect.bisect_right(cands, want_c)  # candidates <= the proposal
         for b in [want_b, *(x for x in reversed(self.bit_choices) if x < want_b)]:
-            i = _last_ok(lambda i: ok(cands[i], b), 0, top - 1)  # noqa: B023
+            i = last_ok(lambda i: ok(cands[i], b), 0, top - 1)  # noqa: B023
             if i is not None:
                 return cands[i], b
         raise RuntimeError(f"budget clamp invariant broken at unit {self.names[t]}")
@@ -272,10 +272,10 @@ class BudgetClamp:
         first = bisect.bisect_left(grid, want_s - 1e-12)
         top = bisect.bisect_right(cands, want_c)
         for b in [want_b, *(x for x in reversed(self.bit_choices) if x < want_b)]:
-            j = _first_ok(lambda j: ok(want_c, b, grid[j]), first, len(grid) - 1)  # noqa: B023
+            j = first_ok(lambda j: ok(want_c, b, grid[j]), first, len(grid) - 1)  # noqa: B023
             if j is not None:
                 return want_c, b, grid[j]
-            i = _last_ok(lambda i: ok(cands[i], b, grid[-1]), 0, top - 1)  # noqa: B023
+            i = last_ok(lambda i: ok(cands[i], b, grid[-1]), 0, top - 1)  # noqa: B023
             if i is not None:
                 return cands[i], b, grid[-1]
         raise RuntimeError(f"budget clamp invariant broken at unit {self.names[t]}")
@@ -379,7 +379,7 @@ class BudgetClamp:
                 )
 
 
-def _first_ok(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
+def first_ok(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
     """Smallest i in [lo, hi] with ``ok(i)``, for ``ok`` monotone (false, then true)."""
     if lo > hi or not ok(hi):
         return None
@@ -389,7 +389,7 @@ def _first_ok(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
     return lo
 
 
-def _last_ok(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
+def last_ok(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
     """Largest i in [lo, hi] with ``ok(i)``, for ``ok`` monotone (true, then false)."""
     if lo > hi or not ok(lo):
         return None
