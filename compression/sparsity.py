@@ -106,16 +106,19 @@ def dense_bytes(numel: Any, bits: Any, out_channels: Any) -> np.ndarray:
 
 def stores_sparse(numel: Any, kept: Any, bits: Any, out_channels: Any) -> np.ndarray:
     """Whether the storage rule stores a layer sparse (quantized, zeroed some, smaller)."""
-    n, keep, b = np.asarray(numel, np.int64), np.asarray(kept, np.int64), np.asarray(bits)
-    smaller = sparse_bytes(n, keep, b, out_channels) < dense_bytes(n, b, out_channels)
-    return (b < FLOAT_BITS) & (keep < n) & smaller
+    return _rule(numel, kept, bits, out_channels)[0]
 
 
 def stored_weight_bytes(numel: Any, kept: Any, bits: Any, out_channels: Any) -> np.ndarray:
     """THE storage rule of a weight: sparse where :func:`stores_sparse`, else dense."""
-    sparse = stores_sparse(numel, kept, bits, out_channels)
-    dense = dense_bytes(numel, bits, out_channels)
-    return np.where(sparse, sparse_bytes(numel, kept, bits, out_channels), dense)
+    return _rule(numel, kept, bits, out_channels)[1]
+
+
+def _rule(numel: Any, kept: Any, bits: Any, out_channels: Any) -> tuple[np.ndarray, np.ndarray]:
+    n, keep, b = np.asarray(numel, np.int64), np.asarray(kept, np.int64), np.asarray(bits)
+    sparse, dense = sparse_bytes(n, keep, b, out_channels), dense_bytes(n, b, out_channels)
+    chosen = (b < FLOAT_BITS) & (keep < n) & (sparse < dense)
+    return chosen, np.where(chosen, sparse, dense)
 
 
 def layer_sparsity(policy: Policy, graph: UnitGraph) -> dict[str, float]:
