@@ -21,7 +21,8 @@ cycles through them (the env scores a repeated policy from its cache).
   global threshold, bisected to the budget (the least sparsity that fits), sets each
   unit's sparsity (the share of its weights under the threshold, on the sparsity grid);
   one bit-width for every unit; the same entropy-coded artifact. One candidate per
-  bit-width, like ``uniform``.
+  bit-width, like ``uniform``. Where no bit-width fits with every channel, it keeps the
+  largest uniform keep-ratio that fits at the largest sparsity and fewest bits (logged).
 """
 
 from __future__ import annotations
@@ -274,11 +275,24 @@ class DeepCompressionSearch(_CandidateSearch):
             )
             if zeroed is not None:
                 out.append(view.actions(full, bits, sparsity(zeroed)))
-        if out:
-            return out
-        logger.warning("deep-compression: no bit-width fits with every channel; fewest kept")
-        top = [float(grid[-1])] * len(full)
-        return [view.actions(view.min_channels(), view.bit_options()[-1], top)]
+        return out or [self._fallback(view)]
+
+    def _fallback(self, view: EnvView) -> np.ndarray:
+        """Where no bit-width fits with every channel: fewest bits, largest sparsity.
+
+        With channels searched, the largest uniform keep-ratio that fits (Deep Compression
+        prunes no channel, so this is logged); else the env's clamp has the last word.
+        """
+        logger.warning("deep-compression: no bit-width fits with every channel kept")
+        bits, spars = view.bit_options()[-1], [view.clamp.sparsity_choices[-1]] * len(view.units)
+
+        def channels(a: float) -> list[int]:
+            if "keep" not in view.dims:
+                return view.max_channels()
+            return [u.kept(view.decode_keep(a)) for u in view.units]
+
+        a = largest_feasible(lambda a: view.feasible(channels(a), bits, spars), 0.0, 1.0, 40)
+        return view.actions(channels(a or 0.0), bits, spars)
 
 
 class EnvView:

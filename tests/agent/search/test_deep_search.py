@@ -101,3 +101,20 @@ def test_a_batch_grid_runs_deep_mode_agents_and_refuses_a_mismatch() -> None:
         assert job.env_config().max_sparsity == 0.99
     with pytest.raises(SpecError, match="mode deep or sparse"):
         parse_spec('[grid]\nmodels = ["resnet20"]\nagents = ["deep-compression"]\n')
+
+
+def test_deep_compression_prunes_channels_only_where_nothing_else_fits(make_env) -> None:
+    env = make_env(mode="deep", size=0.012, max_sparsity=0.99)  # below every full-width policy
+    view = EnvView(env)
+    assert not any(
+        view.feasible(view.max_channels(), b, [0.99] * len(env.units)) for b in view.bit_options()
+    )
+    (actions,) = DeepCompressionSearch(env, cfg("deep-compression"), len(env.units)).candidates(
+        view
+    )
+    env.reset()
+    for row in actions:
+        *_, info = env.step(row)
+    assert info["budgets_met"] and info["bytes"] <= env.limits["size"]
+    assert {u.sparsity for u in info["policy"].units.values()} == {0.99}
+    assert sum(env._channels) < sum(view.max_channels())
