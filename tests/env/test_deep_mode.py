@@ -117,3 +117,19 @@ def test_v3_is_registered_and_v2_still_is() -> None:
     assert autoshrink.env.ENV_ID == "autoshrink/Compress-v3"
     for env_id in ("autoshrink/Compress-v3", "autoshrink/Compress-v2"):
         assert gym.spec(env_id).entry_point == "autoshrink.env.compression_env:CompressionEnv"
+
+
+def test_discrete_sparsity_levels_span_none_to_the_most(
+    random_resnet20: nn.Module, digits: DataSplits
+) -> None:
+    from autoshrink.env.wrappers import DiscretizeAction
+
+    cfg = EnvConfig(model="resnet20", mode="sparse", size=1.0, **NO_FINETUNE)  # type: ignore[arg-type]
+    env = CompressionEnv(cfg, model=random_resnet20, data=digits, evaluator=_Constant())
+    wrapped = DiscretizeAction(env, keep_levels=5)
+    assert list(wrapped.action_space.nvec) == [5, len(cfg.bit_choices)]
+    wrapped.reset()
+    _, _, _, _, info = wrapped.step(np.array([0, 0]))
+    assert info["sparsity"] == 0.0
+    _, _, _, _, info = wrapped.step(np.array([4, 0]))
+    assert info["sparsity"] == cfg.max_sparsity
