@@ -196,3 +196,17 @@ def test_format_2_artifact_still_loads(tmp_path: Path) -> None:
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(load_artifact(path)(x), small(x))
+
+
+def test_breakdown_rows_add_up_to_the_bound_with_sparsity() -> None:
+    from autoshrink.compression.breakdown import breakdown
+
+    spec = ModelSpec("resnet20", 10, 1)
+    graph = build_units(build_model(spec), torch.zeros(1, 1, 8, 8))
+    policy = random_policy(graph, np.random.default_rng(3))
+    kept, bits = kept_channels(policy, graph), layer_bits(policy, graph)
+    sparsity = layer_sparsity(policy, graph)
+    table = breakdown(graph, kept, bits, policy.layers, sparsity)
+    assert table.after == cost_from_channels(graph, kept, bits, sparsity)
+    assert sum(r.after.bytes for r in table.rows) == table.after.bytes
+    assert any(r.sparsity > 0 for r in table.rows)
