@@ -135,7 +135,8 @@ def sparse_streams(path: Path) -> list[bytes]:
     from autoshrink.compression.artifact_payload import POSITIONS_SUFFIX, entropy_decode
 
     head = read_header(path)
-    tensors = entropy_decode(load_file(str(path)), head.coded)
+    sizes = {k: int(size) for k, (_, size) in head.coded.items()}  # our own files: trusted
+    tensors = entropy_decode(load_file(str(path)), head.coded, sizes)
     keys = [f"{n}.weight{s}" for n in head.sparse for s in ("", POSITIONS_SUFFIX)]
     return [tensors[k].numpy().tobytes() for k in keys]
 

@@ -67,6 +67,7 @@ from autoshrink.compression.artifact_payload import (
     entropy_decode,
     expected_keys,
     sparse_plan,
+    stream_sizes,
 )
 from autoshrink.compression.atomic import write_atomic
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
@@ -367,7 +368,8 @@ def load_artifact(
             f"or unexpected (e.g. {odd[0]!r})"[:300]
         )
     try:
-        tensors = entropy_decode(tensors, head.coded)
+        sizes = stream_sizes(model, head.weight_bits, head.sparse)
+        tensors = entropy_decode(tensors, head.coded, sizes)
         decode_into(model, tensors, head.weight_bits, head.sparse)
         set_activation_quant_(model, head.act_quant)
     except (KeyError, ValueError, RuntimeError, AutoshrinkError) as exc:

@@ -26,7 +26,7 @@ from autoshrink.compression.entropy import ARTIFACT_CODEC, decompress, smaller_o
 from autoshrink.compression.packing import pack, unpack
 from autoshrink.compression.quantize import dequantize_per_channel, quantize_per_channel
 from autoshrink.compression.sparse_codec import SparseLayer, decode_sparse, encode_sparse
-from autoshrink.compression.sparsity import stores_sparse, zeroed_count
+from autoshrink.compression.sparsity import position_bytes, stores_sparse, zeroed_count
 
 SCALE_SUFFIX = "#scale"
 POSITIONS_SUFFIX = "#pos"
@@ -126,17 +126,38 @@ def entropy_code(
     return out, coded
 
 
+def stream_sizes(model: nn.Module, bits: Mapping[str, int], sparse: SparseMeta) -> dict[str, int]:
+    """Raw bytes of each sparse layer's two streams, from the rebuilt model's shapes.
+
+    Raises:
+        ValueError: If a sparse layer is not a quantized weight of the model, or stores
+            more survivors than it has weights.
+    """
+    state = _float_state(model)[0]
+    out = {}
+    for layer, (n, _, _) in sparse.items():
+        weight, b = state.get(f"{layer}.weight"), bits.get(layer)
+        if weight is None or b is None or not 0 <= int(n) <= weight.numel():
+            raise ValueError(f"sparse layer {layer!r} does not fit the model")
+        out[f"{layer}.weight"] = (int(n) * b + 7) // 8
+        out[f"{layer}.weight{POSITIONS_SUFFIX}"] = int(position_bytes(weight.numel(), int(n)))
+    return out
+
+
 def entropy_decode(
-    tensors: Mapping[str, torch.Tensor], coded: CodedMeta
+    tensors: Mapping[str, torch.Tensor], coded: CodedMeta, sizes: Mapping[str, int]
 ) -> dict[str, torch.Tensor]:
-    """Invert :func:`entropy_code`.
+    """Invert :func:`entropy_code`; ``sizes`` are :func:`stream_sizes` (never expanded past).
 
     Raises:
         KeyError: If a coded key is missing.
-        ValueError: If a stream does not decode.
+        ValueError: If a coded key is not a sparse stream, claims another raw length, or
+            does not decode.
     """
     out = dict(tensors)
     for key, (codec, size) in coded.items():
+        if sizes.get(key) != size:
+            raise ValueError(f"coded stream {key!r} claims {size} bytes, not {sizes.get(key)}")
         data = tensors[key].numpy().tobytes()
         out[key] = _bytes_tensor(decompress(data, str(codec), int(size)))
     return out

@@ -47,8 +47,9 @@ def decompress(blob: bytes, codec: str, size: int) -> bytes:
     if codec == "zstd":
         import zstandard
 
-        try:
-            out = zstandard.ZstdDecompressor().decompress(blob, max_output_size=size)
+        try:  # a bounded read: a frame that claims more than `size` is never expanded
+            with zstandard.ZstdDecompressor().stream_reader(blob) as reader:
+                out = reader.read(size + 1)
         except zstandard.ZstdError as exc:
             raise ValueError(f"corrupt zstd stream: {exc}") from None
     elif codec == "ans":

@@ -210,3 +210,28 @@ def test_breakdown_rows_add_up_to_the_bound_with_sparsity() -> None:
     assert table.after == cost_from_channels(graph, kept, bits, sparsity)
     assert sum(r.after.bytes for r in table.rows) == table.after.bytes
     assert any(r.sparsity > 0 for r in table.rows)
+
+
+def test_a_coded_stream_claiming_more_bytes_is_refused_unexpanded(tmp_path: Path) -> None:
+    import json
+
+    path, _ = _sparse_artifact(tmp_path)
+    key = next(iter(read_header(path).coded))
+
+    def inflate(meta: dict[str, str]) -> None:
+        coded = json.loads(meta["coded"])
+        coded[key][1] = 1 << 30  # a decompression bomb's claim
+        meta["coded"] = json.dumps(coded)
+
+    edit_meta(path, inflate)
+    with pytest.raises(CheckpointError, match="claims") as info:
+        load_artifact(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_zstd_frame_is_never_expanded_past_its_stated_size() -> None:
+    from autoshrink.compression.entropy import compress, decompress
+
+    bomb = compress(bytes(10_000_000), "zstd")
+    with pytest.raises(ValueError, match="expected 100"):
+        decompress(bomb, "zstd", 100)
