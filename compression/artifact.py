@@ -192,6 +192,28 @@ def _kept_and_bits(
     return kept, bits, policy_json
 
 
+def _fields(
+    model: nn.Module,
+    spec: ModelSpec,
+    input_shape: Sequence[int],
+    kept: Mapping[str, int],
+    bits: Mapping[str, int],
+    metadata: Mapping[str, Any] | None,
+    frozen: Mapping[str, str],
+) -> dict[str, Any]:
+    """The header's fields but the policy, the sparse layers and the coded streams."""
+    return {
+        "spec": spec.to_dict(),
+        "input_shape": [int(d) for d in input_shape],
+        "kept": dict(kept),
+        "weight_bits": dict(bits),
+        "act_quant": activation_quant_state(model),
+        "metadata": dict(metadata or {}),
+        "factory": asdict(factory_source(spec.name)) if is_factory_ref(spec.name) else None,
+        "frozen": dict(frozen),
+    }
+
+
 def save_artifact(
     path: str | Path,
     model: nn.Module,
@@ -232,18 +254,8 @@ def save_artifact(
     except ValueError as exc:
         raise CheckpointError(f"the model does not have its policy's sparsity: {exc}") from None
     tensors, coded = entropy_code(raw, sparse)
-    meta = {
-        "spec": spec.to_dict(),
-        "input_shape": [int(d) for d in input_shape],
-        "kept": kept,
-        "weight_bits": bits,
-        "act_quant": activation_quant_state(model),
-        "metadata": dict(metadata or {}),
-        "factory": asdict(factory_source(spec.name)) if is_factory_ref(spec.name) else None,
-        "frozen": graph.frozen,
-        "sparse": sparse,
-        "coded": coded,
-    }
+    meta = _fields(model, spec, input_shape, kept, bits, metadata, graph.frozen)
+    meta |= {"sparse": sparse, "coded": coded}
     meta = _header_strings(meta, policy_json)
     meta["sha256"] = _digest(tensors, meta)
 

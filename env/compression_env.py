@@ -179,16 +179,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
             self.baseline["latency"] = self.latency.base
         self.limits = {m: b.limit(self.baseline[m]) for m, b in budgets.items()}
         self.action_dims: tuple[str, ...] = ACTION_DIMS[cfg.mode]
-        self.clamp = BudgetClamp(
-            self.graph,
-            self.limits,
-            self.baseline,
-            min_keep=cfg.min_keep if "keep" in self.action_dims else 1.0,
-            bit_choices=cfg.bit_choices if "bits" in self.action_dims else (FLOAT_BITS,),
-            pinned=self.pinned,
-            latency=self.latency,
-            sparsity_choices=cfg.sparsity_choices,
-        )
+        self.clamp = self._make_clamp()
         self.observer = Observer(self.graph, self.baseline, self.limits, cfg.bit_choices)
         if evaluator is None:
             evaluator = Evaluator.from_config(self.model, self.graph, self.data, cfg)
@@ -220,6 +211,20 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         )
         self.baseline_training = read_result(path)
         return model
+
+    def _make_clamp(self) -> BudgetClamp:
+        """The clamp over what this mode searches (a dimension not searched stays whole)."""
+        cfg, dims = self.config, self.action_dims
+        return BudgetClamp(
+            self.graph,
+            self.limits,
+            self.baseline,
+            min_keep=cfg.min_keep if "keep" in dims else 1.0,
+            bit_choices=cfg.bit_choices if "bits" in dims else (FLOAT_BITS,),
+            pinned=self.pinned,
+            latency=self.latency,
+            sparsity_choices=cfg.sparsity_choices,
+        )
 
     def _baseline_metrics(self) -> dict[str, float]:
         full = {u.name: u.c_out for u in self.units}

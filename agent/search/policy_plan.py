@@ -22,6 +22,7 @@ is written. The plan then gives the env and the one-episode
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,11 +166,9 @@ def plan_policy(
         policy = map_depth(policy, graph)
     name = f"policy+{map_name}-map" if map_name else "policy"
     validate(policy, graph)
-    mode, pinned = policy_mode(policy, graph)
+    settings = _policy_settings(cfg, policy, graph)
     active = _budgets(policy, graph, given, mapped=bool(map_name))
-    cfg = cfg.replace(mode=mode, first_last_bits=pinned, round_to=policy.round_to)
-    most = max((u.sparsity for u in policy.units.values()), default=0.0)
-    cfg = cfg.replace(max_sparsity=max(cfg.max_sparsity, round(most + 0.004999, 2)))
+    cfg = cfg.replace(**settings)
     cfg = cfg.replace(**(active or {"flops": Budget("flops", 1.0)}))
     logger.info("applying %s on %s (%s)", source["policy"], model, name)
     return PolicyPlan(cfg, policy, data, loaded, bool(map_name and given), name, source)
@@ -186,6 +185,22 @@ def _target(cfg: EnvConfig, round_to: int) -> tuple[Any, nn.Module | None, UnitG
     loaded = load_weights(net, cfg.checkpoint) if cfg.checkpoint is not None else None
     graph = build_units(net, data.example_input(1), round_to=round_to)
     return data, loaded, graph
+
+
+def _policy_settings(cfg: EnvConfig, policy: Policy, graph: UnitGraph) -> dict[str, Any]:
+    """The env settings the policy decides: mode, pins, rounding, largest sparsity.
+
+    The largest sparsity is the env's, raised to the policy's (on the 0.01 grid).
+    """
+    mode, pinned = policy_mode(policy, graph)
+    most = max((u.sparsity for u in policy.units.values()), default=0.0)
+    sparsest = max(cfg.max_sparsity, math.ceil(round(most * 100, 6)) / 100)
+    return {
+        "mode": mode,
+        "first_last_bits": pinned,
+        "round_to": policy.round_to,
+        "max_sparsity": sparsest,
+    }
 
 
 def _budgets(
