@@ -118,3 +118,35 @@ def test_deep_compression_prunes_channels_only_where_nothing_else_fits(make_env)
     assert info["budgets_met"] and info["bytes"] <= env.limits["size"]
     assert {u.sparsity for u in info["policy"].units.values()} == {0.99}
     assert sum(env._channels) < sum(view.max_channels())
+
+
+def test_finalists_of_a_deep_search_are_the_policies_their_episodes_realised(
+    tmp_path, make_env
+) -> None:
+    import json
+
+    from autoshrink.agent.search.finalists import (
+        policy_from_record,
+        record_distance,
+        top_candidates,
+    )
+
+    env = make_env(mode="deep", size=0.08)
+    search = run_search(env, cfg("random", episodes=4), tmp_path / "run")
+    lines = (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    assert all("sparsity" in r for r in records)
+    for r in records:  # a record rebuilds its own policy, sparsity included, within budget
+        policy = policy_from_record(r, search.best_policy)
+        assert {n: u.sparsity for n, u in policy.units.items()} == r["sparsity"]
+        assert env.clamp.feasible(
+            [env.units[i].kept(policy.units[u.name].keep) for i, u in enumerate(env.units)],
+            [policy.units[u.name].bits for u in env.units],
+            [policy.units[u.name].sparsity for u in env.units],
+        )
+    a, b = dict(records[0]), dict(records[0])
+    b["sparsity"] = {n: s + 0.1 for n, s in a["sparsity"].items()}
+    assert record_distance(a, b, a["keep"]) == pytest.approx(0.1)
+    assert len(top_candidates(records, search.best_policy, 4)) == len(
+        {json.dumps([r["keep"], r["bits"], r["sparsity"]]) for r in records}
+    )
