@@ -170,7 +170,9 @@ def record_drawer(env: gym.Env) -> Callable[[EpisodeRecord], Any]:
         acc = record.metrics.get("accuracy")
         title = f"best policy so far, episode {record.episode}: reward {record.reward:.4f}"
         title += f", val accuracy {acc:.2%}" if acc is not None else ""
-        return policy_figure(view_of(env, record.keep, record.bits, ratios, title))
+        view = view_of(env, record.keep, record.bits, ratios, title)
+        spars = {n: s for n, s in record.sparsity.items() if s}
+        return policy_figure(dataclasses.replace(view, sparsity=spars))
 
     return draw
 
