@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev,onnx,ray,timm]'
+	$(PY) -m pip install -q -e '.[dev,onnx,ray,timm,ans]'
 	touch $(STAMP)
 
 install: $(STAMP)

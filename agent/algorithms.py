@@ -19,6 +19,8 @@ alias       agent
 ``random``  random search: uniformly random actions every episode
 ``uniform`` one keep-ratio and one bit-width for all units, bisected to the budget
 ``global``  Torch-Pruning-style global channel ranking down to the budget
+``deep-     Deep Compression: global magnitude sparsity and one bit-width, bisected
+compression`` to the budget (``deep`` and ``sparse`` modes)
 ==========  =====================================================================
 
 SB3 gives one learning rate to all optimizers of a policy. The actor's own rate (AMC uses
@@ -217,6 +219,14 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         ),
         AlgorithmSpec(
             "global", _scripted("global"), _load_scripted, False, False, AGENTS["global"]
+        ),
+        AlgorithmSpec(
+            "deep-compression",
+            _scripted("deep-compression"),
+            _load_scripted,
+            False,
+            False,
+            AGENTS["deep-compression"],
         ),
     )
 }

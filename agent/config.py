@@ -38,6 +38,7 @@ AGENTS: dict[str, str] = {
     "random": "random search",
     "uniform": "one keep-ratio for every unit, bisected to the budget",
     "global": "global ranking of channels",
+    "deep-compression": "global magnitude sparsity and one bit-width (deep/sparse mode)",
 }
 
 

@@ -62,8 +62,13 @@ class SearchEnv(Protocol):
     action_dims: tuple[str, ...]
     evaluator: Any
 
-    def encode(self, channels: Sequence[int], bits: Sequence[int]) -> np.ndarray:
-        """The actions that make the env realise ``channels`` and ``bits`` unclamped."""
+    def encode(
+        self,
+        channels: Sequence[int],
+        bits: Sequence[int],
+        sparsity: Sequence[float] | None = None,
+    ) -> np.ndarray:
+        """The actions that make the env realise this policy unclamped."""
         ...
 
 

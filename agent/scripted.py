@@ -11,12 +11,20 @@ exactly ``config.episodes`` episodes; a deterministic one with fewer distinct ca
 cycles through them (the env scores a repeated policy from its cache).
 
 - ``random``: uniformly random actions: random search.
-- ``uniform``: one keep-ratio and one bit-width for every unit. For each bit-width, the
-  largest uniform keep action meeting the budgets is found by bisection on the exact cost
-  model; the candidates are those (keep, bits) pairs.
+- ``uniform``: one keep-ratio and one bit-width for every unit (and, in ``deep`` and
+  ``sparse`` mode, one sparsity: 0, 0.5, 0.75, 0.9 or the largest). For each bit-width
+  (and sparsity), the largest uniform keep action meeting the budgets is found by
+  bisection on the exact cost model; the candidates are those combinations.
 - ``global``: channels of all units ranked together by their importance, normalised by each
   unit's mean (Torch-Pruning's global pruning); a global threshold, bisected to the budget,
   sets every unit's kept channels. One candidate per bit-width, like ``uniform``.
+- ``deep-compression`` (``deep`` and ``sparse`` modes): Deep Compression's recipe. Every
+  channel kept; the weights of all searched layers ranked together by magnitude, and one
+  global threshold, bisected to the budget (the least sparsity that fits), sets each
+  unit's sparsity (the share of its weights under the threshold, on the sparsity grid);
+  one bit-width for every unit; the same entropy-coded artifact. One candidate per
+  bit-width, like ``uniform``. Where no bit-width fits with every channel, it keeps the
+  largest uniform keep-ratio that fits at the largest sparsity and fewest bits (logged).
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from autoshrink.agent.agent_file import zip_document
 from autoshrink.agent.env_view import search_env
 from autoshrink.compression.errors import CheckpointError
 from autoshrink.compression.versioned import unwrap, wrap
-from autoshrink.env.budget import largest_feasible
+from autoshrink.env.budget import first_ok, largest_feasible, last_ok
 
 if TYPE_CHECKING:
     from autoshrink.agent.config import AgentConfig
@@ -207,21 +215,23 @@ class UniformSearch(_CandidateSearch):
     def candidates(self, view: EnvView) -> list[np.ndarray]:  # noqa: D102
         out = []
         for bits in view.bit_options():
+            for sparsity in view.sparsity_options():
+                spars = [sparsity] * len(view.units)
 
-            def channels(a: float) -> list[int]:
-                if "keep" not in view.dims:
-                    return view.max_channels()
-                keep = view.decode_keep(a)
-                return [u.kept(keep) for u in view.units]
+                def channels(a: float) -> list[int]:
+                    if "keep" not in view.dims:
+                        return view.max_channels()
+                    keep = view.decode_keep(a)
+                    return [u.kept(keep) for u in view.units]
 
-            a = largest_feasible(
-                lambda a: view.feasible(channels(a), bits),  # noqa: B023
-                0.0,
-                1.0,
-                _BISECT_STEPS,
-            )
-            if a is not None:
-                out.append(view.actions(channels(a), bits))
+                a = largest_feasible(
+                    lambda a: view.feasible(channels(a), bits, spars),  # noqa: B023
+                    0.0,
+                    1.0,
+                    _BISECT_STEPS,
+                )
+                if a is not None:
+                    out.append(view.actions(channels(a), bits, spars))
         return out or [view.actions(view.min_channels(), view.bit_options()[-1])]
 
 
@@ -242,21 +252,55 @@ class GlobalSearch(_CandidateSearch):
 
         out = []
         for bits in view.bit_options():
-            n = _largest_feasible_int(lambda n: view.feasible(channels(n), bits), len(order))  # noqa: B023
+            n = last_ok(lambda n: view.feasible(channels(n), bits), 0, len(order))  # noqa: B023
             if n is not None:
                 out.append(view.actions(channels(n), bits))
         return out or [view.actions(view.min_channels(), view.bit_options()[-1])]
 
 
-def _largest_feasible_int(ok: Any, hi: int) -> int | None:
-    """Largest n in [0, hi] with ok(n), for ok monotone; None if not even ok(0)."""
-    if not ok(0):
-        return None
-    lo = 0
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
-    return lo
+class DeepCompressionSearch(_CandidateSearch):
+    """Global magnitude pruning to one threshold, uniform bits, bisected to the budgets."""
+
+    name = "deep-compression"
+
+    def candidates(self, view: EnvView) -> list[np.ndarray]:  # noqa: D102
+        magnitudes = view.unit_magnitudes()
+        order = np.sort(np.concatenate(magnitudes))
+        grid = np.asarray(view.clamp.sparsity_choices)
+        full = view.max_channels()
+
+        def sparsity(n_zeroed: int) -> list[float]:
+            tau = order[n_zeroed - 1] if n_zeroed > 0 else -np.inf
+            shares = [float((m <= tau).mean()) if m.size else 0.0 for m in magnitudes]
+            return [float(grid[np.searchsorted(grid, s + 1e-12, "right") - 1]) for s in shares]
+
+        out = []
+        for bits in view.bit_options():
+            zeroed = first_ok(
+                lambda n: view.feasible(full, bits, sparsity(n)),  # noqa: B023
+                0,
+                len(order),
+            )
+            if zeroed is not None:
+                out.append(view.actions(full, bits, sparsity(zeroed)))
+        return out or [self._fallback(view)]
+
+    def _fallback(self, view: EnvView) -> np.ndarray:
+        """Where no bit-width fits with every channel: fewest bits, largest sparsity.
+
+        With channels searched, the largest uniform keep-ratio that fits (Deep Compression
+        prunes no channel, so this is logged); else the env's clamp has the last word.
+        """
+        logger.warning("deep-compression: no bit-width fits with every channel kept")
+        bits, spars = view.bit_options()[-1], [view.clamp.sparsity_choices[-1]] * len(view.units)
+
+        def channels(a: float) -> list[int]:
+            if "keep" not in view.dims:
+                return view.max_channels()
+            return [u.kept(view.decode_keep(a)) for u in view.units]
+
+        a = largest_feasible(lambda a: view.feasible(channels(a), bits, spars), 0.0, 1.0, 40)
+        return view.actions(channels(a or 0.0), bits, spars)
 
 
 class EnvView:
@@ -280,6 +324,12 @@ class EnvView:
         """Bit-widths a whole-model candidate may use, highest first (32 alone if unsearched)."""
         return sorted(self.clamp.bit_choices, reverse=True)
 
+    def sparsity_options(self) -> list[float]:
+        """Sparsities a whole-model candidate may use: none, half, 3/4, 9/10, the largest."""
+        grid = self.clamp.sparsity_choices
+        top = grid[-1]
+        return sorted({0.0, *(s for s in (0.5, 0.75, 0.9) if s < top), top})
+
     def decode_keep(self, a: float) -> float:
         """The keep-ratio ``min_keep + a * (1 - min_keep)``: one scale for a uniform sweep."""
         return self.min_keep + a * (1.0 - self.min_keep)
@@ -297,13 +347,31 @@ class EnvView:
         choices = self.clamp.choices[i]
         return next((c for c in choices if c >= channels), choices[-1])
 
-    def feasible(self, channels: Sequence[int], bits: int) -> bool:
-        """Whether every unit at ``channels`` with ``bits`` meets every budget."""
-        return bool(self.clamp.feasible(list(channels), [bits] * len(self.units)))
+    def feasible(
+        self, channels: Sequence[int], bits: int, sparsity: Sequence[float] | None = None
+    ) -> bool:
+        """Whether every unit at ``channels`` with ``bits`` (and sparsity) meets every budget."""
+        return bool(self.clamp.feasible(list(channels), [bits] * len(self.units), sparsity))
 
-    def actions(self, channels: Sequence[int], bits: int) -> np.ndarray:
-        """The action rows that make the env realise ``channels`` and ``bits`` unclamped."""
-        return np.asarray(self.env.encode(list(channels), [bits] * len(self.units)), np.float64)
+    def actions(
+        self, channels: Sequence[int], bits: int, sparsity: Sequence[float] | None = None
+    ) -> np.ndarray:
+        """The action rows that make the env realise this policy unclamped."""
+        rows = self.env.encode(list(channels), [bits] * len(self.units), sparsity)
+        return np.asarray(rows, np.float64)
+
+    def unit_magnitudes(self) -> list[np.ndarray]:
+        """``|w|`` of every weight each unit's sparsity reaches (its unpinned layers)."""
+        pinned = set(getattr(self.env, "pinned", {}))
+        out = []
+        for unit in self.units:
+            parts = [
+                self.env.model.get_submodule(name).weight.detach().abs().reshape(-1).numpy()
+                for name in unit.layers
+                if name not in pinned
+            ]
+            out.append(np.concatenate(parts) if parts else np.zeros(0))
+        return out
 
     def channel_scores(self) -> list[np.ndarray]:
         """Each unit's channel importance (the env's criterion), divided by the unit's mean.
@@ -328,6 +396,7 @@ SCRIPTED: dict[str, type[ScriptedSearch]] = {
     "random": RandomSearch,
     "uniform": UniformSearch,
     "global": GlobalSearch,
+    "deep-compression": DeepCompressionSearch,
 }
 
 

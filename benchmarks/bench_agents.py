@@ -239,11 +239,16 @@ def _run_budget(
     model: nn.Module,
     splits: DataSplits,
     full: DataSplits,
+    extra: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every (agent, seed) run of one budget, on one env the runs share."""
+    """Every (agent, seed) run of one budget, on one env the runs share.
+
+    ``extra`` are further env settings (``bench_deep.py``'s ``max_sparsity``).
+    """
     rows: list[dict[str, Any]] = []
     mode, given = parse_budget(budget)
     settings: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "mode": mode}
+    settings.update(extra or {})
     if args.finetune_steps is not None:
         settings["finetune_steps"] = args.finetune_steps
     env = CompressionEnv(EnvConfig(**settings, **given), model=model, data=splits)
@@ -256,7 +261,8 @@ def _run_budget(
             log(
                 f"{budget} {agent} seed {seed}: test {comp['accuracy']:.4f}, "
                 f"val {comp.get('val_accuracy_search')}, macs {comp.get('macs_ratio', 0):.3f}, "
-                f"bytes {comp.get('bytes_ratio', 0):.4f}, met {report['budgets_met']}"
+                f"bytes {comp.get('bytes_ratio', 0):.4f}, file {comp.get('file_bytes', 0):,} B, "
+                f"met {report['budgets_met']}"
             )
     return rows
 

@@ -26,6 +26,7 @@ from autoshrink.compression.policy import (
 )
 from autoshrink.compression.prune import prune_channels
 from autoshrink.compression.quantize import quantize_weights_
+from autoshrink.compression.sparsity import layer_sparsity, sparsify_
 from autoshrink.compression.unit_graph import UnitGraph
 
 
@@ -37,6 +38,9 @@ def apply_policy(
     scores: Any = None,
 ) -> nn.Module:
     """Return a new model: ``model`` pruned to the policy's channels, weights quantized.
+
+    Where the policy has a sparsity, each layer's smallest weights are zeroed (by
+    magnitude, after pruning) before quantization.
 
     Units absent from the policy stay whole; layers without bits stay float. The channel
     counts are the realised ones (``Unit.kept``), the same the cost model counts.
@@ -58,6 +62,7 @@ def apply_policy(
     pruned = prune_channels(
         model, graph, kept_channels(policy, graph), importance=importance, scores=scores
     )
+    sparsify_(pruned, layer_sparsity(policy, graph))
     bits = {name: b for name, b in layer_bits(policy, graph).items() if b < FLOAT_BITS}
     if bits:
         quantize_weights_(pruned, bits)

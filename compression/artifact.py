@@ -7,8 +7,11 @@ What the file holds:
   8)``, see :mod:`autoshrink.compression.packing`) plus one float32 scale per output
   channel (key ``<weight>#scale``); every other parameter and stored floating-point buffer
   (BatchNorm statistics included) in float32, a shared one once. Integer buffers such as
-  ``num_batches_tracked`` are not stored. The payload therefore equals
-  :func:`autoshrink.compression.cost.cost`'s ``bytes`` for the same policy.
+  ``num_batches_tracked`` are not stored. A layer with fine-grained sparsity that is
+  smaller stored sparse goes as positions and packed survivors, both entropy coded where
+  that is smaller (format 3). The payload before entropy coding therefore equals
+  :func:`autoshrink.compression.cost.cost_from_channels`'s ``bytes`` for the same policy,
+  and the payload on disk is never above it.
 - **header metadata** (JSON strings in the safetensors header): the format name and
   version, the base :class:`ModelSpec`, the example input shape, the kept channel count per
   unit, the weight bits per layer, any calibrated activation quantizers, the policy, the
@@ -52,6 +55,7 @@ from autoshrink.compression.artifact_header import (
     FORMAT_VERSION,
     PACKED_KEY,
     ArtifactHeader,
+    base_spec,
     decode_header,
     read_raw_header,
 )
@@ -59,7 +63,11 @@ from autoshrink.compression.artifact_payload import (
     SCALE_SUFFIX,
     decode_into,
     encode,
+    entropy_code,
+    entropy_decode,
     expected_keys,
+    sparse_plan,
+    stream_sizes,
 )
 from autoshrink.compression.atomic import write_atomic
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
@@ -73,6 +81,7 @@ from autoshrink.compression.quantize import (
     quantizable_layers,
     set_activation_quant_,
 )
+from autoshrink.compression.sparsity import layer_sparsity
 
 __all__ = [
     "FORMAT_NAME",
@@ -94,13 +103,22 @@ class ArtifactInfo:
 
     Attributes:
         path: Where it was written.
-        payload_bytes: Bytes of tensor data (equals the cost model's ``bytes``).
+        payload_bytes: Bytes of tensor data on disk.
         file_bytes: Size of the file on disk.
+        bound_bytes: Bytes of tensor data before entropy coding: the cost model's
+            ``bytes``, the bound ``payload_bytes`` never exceeds (None: no entropy coding,
+            so the same as ``payload_bytes``).
     """
 
     path: Path
     payload_bytes: int
     file_bytes: int
+    bound_bytes: int | None = None
+
+    @property
+    def bound(self) -> int:
+        """The stored bytes before entropy coding (the size budget's bound)."""
+        return self.payload_bytes if self.bound_bytes is None else self.bound_bytes
 
     @property
     def overhead_bytes(self) -> int:
@@ -174,6 +192,28 @@ def _kept_and_bits(
     return kept, bits, policy_json
 
 
+def _fields(
+    model: nn.Module,
+    spec: ModelSpec,
+    input_shape: Sequence[int],
+    kept: Mapping[str, int],
+    bits: Mapping[str, int],
+    metadata: Mapping[str, Any] | None,
+    frozen: Mapping[str, str],
+) -> dict[str, Any]:
+    """The header's fields but the policy, the sparse layers and the coded streams."""
+    return {
+        "spec": spec.to_dict(),
+        "input_shape": [int(d) for d in input_shape],
+        "kept": dict(kept),
+        "weight_bits": dict(bits),
+        "act_quant": activation_quant_state(model),
+        "metadata": dict(metadata or {}),
+        "factory": asdict(factory_source(spec.name)) if is_factory_ref(spec.name) else None,
+        "frozen": dict(frozen),
+    }
+
+
 def save_artifact(
     path: str | Path,
     model: nn.Module,
@@ -208,17 +248,14 @@ def save_artifact(
     frozen = list(policy.frozen) if isinstance(policy, Policy) else []
     graph = _graph(build_model(spec), input_shape, frozen)
     kept, bits, policy_json = _kept_and_bits(model, spec, graph, policy)
-    tensors = encode(model, bits)
-    meta = {
-        "spec": spec.to_dict(),
-        "input_shape": [int(d) for d in input_shape],
-        "kept": kept,
-        "weight_bits": bits,
-        "act_quant": activation_quant_state(model),
-        "metadata": dict(metadata or {}),
-        "factory": asdict(factory_source(spec.name)) if is_factory_ref(spec.name) else None,
-        "frozen": graph.frozen,
-    }
+    sparsity = layer_sparsity(policy, graph) if isinstance(policy, Policy) else {}
+    try:
+        raw, sparse = encode(model, bits, sparse_plan(model, bits, sparsity))
+    except ValueError as exc:
+        raise CheckpointError(f"the model does not have its policy's sparsity: {exc}") from None
+    tensors, coded = entropy_code(raw, sparse)
+    meta = _fields(model, spec, input_shape, kept, bits, metadata, graph.frozen)
+    meta |= {"sparse": sparse, "coded": coded}
     meta = _header_strings(meta, policy_json)
     meta["sha256"] = _digest(tensors, meta)
 
@@ -228,8 +265,20 @@ def save_artifact(
     # same model the same bytes (a resumed search ships the file an unkilled one does).
     packed = {PACKED_KEY: json.dumps(meta, sort_keys=True)}
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=packed))
-    payload = sum(t.numel() * t.element_size() for t in tensors.values())
-    return ArtifactInfo(path, payload, path.stat().st_size)
+    payload, bound = _nbytes(tensors), _nbytes(raw)
+    return ArtifactInfo(path, payload, path.stat().st_size, bound)
+
+
+def _nbytes(tensors: Mapping[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def state_dict_file_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s whole ``state_dict`` as one safetensors file (the float file)."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    return len(save(state))
 
 
 def _read(path: Path) -> tuple[ArtifactHeader, dict[str, torch.Tensor]]:
@@ -269,45 +318,6 @@ def read_header(path: str | Path) -> ArtifactHeader:
     """
     head, _ = _read(Path(path))
     return head
-
-
-def _base_spec(
-    path: Path, head: ArtifactHeader, factory: str | None, allow_changed: bool
-) -> ModelSpec:
-    """The spec to rebuild from: the header's, or the caller's factory after its checks."""
-    name = head.spec.name
-    if not is_factory_ref(name):
-        if factory is not None and factory != name:
-            raise CheckpointError(
-                f"{path} holds the built-in model {name!r}; a factory ({factory!r}) is only "
-                "for artifacts of user models"
-            )
-        return head.spec
-    if factory is None:
-        raise CheckpointError(
-            f"{path} holds a user model ({name!r}); loading it runs that Python file, so it "
-            "is never imported unless you name it: pass --model FILE.py:FUNCTION "
-            "(load_artifact(..., factory=...))"
-        )
-    try:
-        source = factory_source(factory)
-    except AutoshrinkError as exc:
-        raise CheckpointError(f"cannot use factory {factory!r} for {path}: {exc}") from None
-    recorded = head.factory
-    if recorded is None:
-        logger.warning("%s records no hash of its factory's code; using %s as given", path, factory)
-    elif (source.sha256, source.function) != (recorded.sha256, recorded.function):
-        change = (
-            f"{factory} is not the factory {path} was made with ({recorded.function} in "
-            f"{recorded.path}, sha256 {recorded.sha256[:12]}; now {source.function}, "
-            f"sha256 {source.sha256[:12]})"
-        )
-        if not allow_changed:
-            raise CheckpointError(
-                f"{change}; pass --allow-changed-model (allow_changed_factory=True) to load it"
-            )
-        logger.warning("%s; loading anyway as asked", change)
-    return ModelSpec(factory, head.spec.num_classes, head.spec.in_channels)
 
 
 def _rebuild(path: Path, spec: ModelSpec, head: ArtifactHeader) -> nn.Module:
@@ -361,8 +371,8 @@ def load_artifact(
     """
     path = Path(path)
     head, tensors = _read(path)
-    model = _rebuild(path, _base_spec(path, head, factory, allow_changed_factory), head)
-    expected = expected_keys(model, head.weight_bits)
+    model = _rebuild(path, base_spec(path, head, factory, allow_changed_factory), head)
+    expected = expected_keys(model, head.weight_bits, head.sparse)
     if set(tensors) != expected:
         odd = sorted(set(tensors) ^ expected)
         raise CheckpointError(
@@ -370,7 +380,9 @@ def load_artifact(
             f"or unexpected (e.g. {odd[0]!r})"[:300]
         )
     try:
-        decode_into(model, tensors, head.weight_bits)
+        sizes = stream_sizes(model, head.weight_bits, head.sparse)
+        tensors = entropy_decode(tensors, head.coded, sizes)
+        decode_into(model, tensors, head.weight_bits, head.sparse)
         set_activation_quant_(model, head.act_quant)
     except (KeyError, ValueError, RuntimeError, AutoshrinkError) as exc:
         raise CheckpointError(

@@ -10,11 +10,14 @@ type-checked, so a truncated, oversized, foreign or hostile file fails with one
 read whole to find out.
 
 Format versions: 1 had no record of a user factory's code; 2 adds ``factory``
-(``{"path", "function", "sha256"}`` of the ``.py`` file, or null). Both are read.
+(``{"path", "function", "sha256"}`` of the ``.py`` file, or null); 3 adds ``sparse``
+(per layer stored sparse: ``[survivors, "mask" or "rel", index width]``) and ``coded``
+(per entropy-coded tensor: ``[codec, raw length]``). All three are read.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -23,19 +26,29 @@ from typing import Any
 
 from autoshrink.compression.documents import MAX_BYTES, field, mapping, parse_document, sequence
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
-from autoshrink.compression.models import FactorySource, ModelSpec, check_input_shape
+from autoshrink.compression.models import (
+    FactorySource,
+    ModelSpec,
+    check_input_shape,
+    factory_source,
+    is_factory_ref,
+)
 from autoshrink.compression.policy import BIT_CHOICES, Policy
 
 FORMAT_NAME = "autoshrink.artifact"
 #: 2: the user factory's recorded source, the frozen units, and the fields packed into one
 #: metadata entry (``PACKED_KEY``), so the same model is the same bytes.
-FORMAT_VERSION = 2
+#: 3: sparse layers (positions and survivors) and entropy-coded streams.
+FORMAT_VERSION = 3
+#: Largest raw length a coded stream may claim (a decompression-bomb guard).
+MAX_CODED_BYTES = 1 << 31
 PACKED_KEY = "autoshrink"
 #: Largest JSON header read (about 100 bytes per tensor plus the policy: ResNet-50 needs
 #: well under 1 MB).
 MAX_HEADER_BYTES = MAX_BYTES
 FIELDS = ("spec", "input_shape", "kept", "weight_bits", "act_quant", "policy", "metadata")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,8 @@ class ArtifactHeader:
     factory: FactorySource | None = None
     format_version: int = FORMAT_VERSION
     frozen: dict[str, str] = dataclass_field(default_factory=dict)
+    sparse: dict[str, list[int | str]] = dataclass_field(default_factory=dict)
+    coded: dict[str, list[int | str]] = dataclass_field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -152,6 +167,7 @@ def decode_header(path: Path, meta: dict[str, str]) -> ArtifactHeader:
     """
     version = int(meta["format_version"])
     names = (*FIELDS, "factory") if version >= 2 else FIELDS
+    names = (*names, "sparse", "coded") if version >= 3 else names
     fields = {}
     for name in names:
         if name not in meta:
@@ -171,7 +187,35 @@ def decode_header(path: Path, meta: dict[str, str]) -> ArtifactHeader:
         factory=_factory(fields.get("factory"), f"{where} 'factory'"),
         format_version=version,
         frozen=_frozen(meta.get("frozen"), f"{where} 'frozen'"),
+        sparse=_sparse(fields.get("sparse", {}), f"{where} 'sparse'"),
+        coded=_coded(fields.get("coded", {}), f"{where} 'coded'"),
     )
+
+
+def _sparse(obj: object, where: str) -> dict[str, list[int | str]]:
+    out: dict[str, list[int | str]] = {}
+    for name, entry in mapping(obj, list, where=where, error=CheckpointError).items():
+        ok = len(entry) == 3 and _count(entry[0]) and _count(entry[2]) and entry[2] <= 16
+        if not ok or entry[1] not in ("mask", "rel") or (entry[1] == "rel") != (entry[2] > 0):
+            raise CheckpointError(f"{where} entry {name!r} is not [n, mask|rel, width]"[:200])
+        out[name] = list(entry)
+    return out
+
+
+def _coded(obj: object, where: str) -> dict[str, list[int | str]]:
+    from autoshrink.compression.entropy import CODECS
+
+    out: dict[str, list[int | str]] = {}
+    for name, entry in mapping(obj, list, where=where, error=CheckpointError).items():
+        ok = len(entry) == 2 and entry[0] in CODECS and _count(entry[1])
+        if not ok or entry[1] > MAX_CODED_BYTES:
+            raise CheckpointError(f"{where} entry {name!r} is not [codec, raw length]"[:200])
+        out[name] = list(entry)
+    return out
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _frozen(text: str | None, where: str) -> dict[str, str]:
@@ -261,3 +305,42 @@ def _factory(obj: object, where: str) -> FactorySource | None:
     if not _HEX64.fullmatch(sha):
         raise CheckpointError(f"{where}: field 'sha256' is not a SHA-256 hex digest")
     return FactorySource(field(obj, "path", str, **kw), field(obj, "function", str, **kw), sha)
+
+
+def base_spec(
+    path: Path, head: ArtifactHeader, factory: str | None, allow_changed: bool
+) -> ModelSpec:
+    """The spec to rebuild from: the header's, or the caller's factory after its checks."""
+    name = head.spec.name
+    if not is_factory_ref(name):
+        if factory is not None and factory != name:
+            raise CheckpointError(
+                f"{path} holds the built-in model {name!r}; a factory ({factory!r}) is only "
+                "for artifacts of user models"
+            )
+        return head.spec
+    if factory is None:
+        raise CheckpointError(
+            f"{path} holds a user model ({name!r}); loading it runs that Python file, so it "
+            "is never imported unless you name it: pass --model FILE.py:FUNCTION "
+            "(load_artifact(..., factory=...))"
+        )
+    try:
+        source = factory_source(factory)
+    except AutoshrinkError as exc:
+        raise CheckpointError(f"cannot use factory {factory!r} for {path}: {exc}") from None
+    recorded = head.factory
+    if recorded is None:
+        logger.warning("%s records no hash of its factory's code; using %s as given", path, factory)
+    elif (source.sha256, source.function) != (recorded.sha256, recorded.function):
+        change = (
+            f"{factory} is not the factory {path} was made with ({recorded.function} in "
+            f"{recorded.path}, sha256 {recorded.sha256[:12]}; now {source.function}, "
+            f"sha256 {source.sha256[:12]})"
+        )
+        if not allow_changed:
+            raise CheckpointError(
+                f"{change}; pass --allow-changed-model (allow_changed_factory=True) to load it"
+            )
+        logger.warning("%s; loading anyway as asked", change)
+    return ModelSpec(factory, head.spec.num_classes, head.spec.in_channels)

@@ -30,6 +30,7 @@ import torch  # noqa: F401  (used by the doctest above)
 from autoshrink.compression.cost import SCALE_BYTES, Cost, removed_channels
 from autoshrink.compression.errors import PolicyError
 from autoshrink.compression.metrics import FLOAT_BITS
+from autoshrink.compression.sparsity import stored_weight_bytes, zeroed_count
 from autoshrink.compression.unit_graph import UnitGraph
 
 #: Row kinds: a prunable unit, a layer no unit owns, and the remainder.
@@ -52,6 +53,7 @@ class Row:
         pinned: Layers whose bits are pinned by the policy, with those bits.
         before: Cost at full width and float.
         after: Cost under the policy.
+        sparsity: The fine-grained sparsity most of its unpinned layers have.
     """
 
     name: str
@@ -63,6 +65,7 @@ class Row:
     pinned: dict[str, int]
     before: Cost
     after: Cost
+    sparsity: float = 0.0
 
     @property
     def keep(self) -> float:
@@ -111,7 +114,12 @@ class _Parts:
         return Cost(int(macs) + outside, int(params) + c.const_params, int(size) + c.const_fbytes)
 
 
-def _parts(graph: UnitGraph, kept: Mapping[str, int], bits: Mapping[str, int]) -> _Parts:
+def _parts(
+    graph: UnitGraph,
+    kept: Mapping[str, int],
+    bits: Mapping[str, int],
+    sparsity: Mapping[str, float] | None = None,
+) -> _Parts:
     """The cost model's sums, kept apart per layer and per norm (integer arithmetic)."""
     c = graph.coupling
     removed = removed_channels(graph, kept)
@@ -123,6 +131,9 @@ def _parts(graph: UnitGraph, kept: Mapping[str, int], bits: Mapping[str, int]) -
     biases = c.layer_bias.astype(np.int64) * out
     b = np.array([bits.get(layer.name, FLOAT_BITS) for layer in graph.layers], np.int64)
     packed = np.where(b < FLOAT_BITS, (weights * b + 7) // 8 + SCALE_BYTES * out, 4 * weights)
+    if sparsity:
+        s = np.array([sparsity.get(layer.name, 0.0) for layer in graph.layers])
+        packed = stored_weight_bytes(weights, weights - zeroed_count(weights, s), b, out)
     layer = np.stack([c.layer_mcoef * out * ipg, weights + biases, packed + 4 * biases], axis=1)
     norm_cost = np.stack(
         [np.zeros_like(norm), c.norm_params * norm, 4 * (c.norm_params + c.norm_fbufs) * norm],
@@ -146,6 +157,7 @@ def breakdown(
     kept: Mapping[str, int],
     bits: Mapping[str, int],
     pinned: Mapping[str, int] | None = None,
+    sparsity: Mapping[str, float] | None = None,
 ) -> Breakdown:
     """Split the model's exact cost by unit, at full width and under a policy.
 
@@ -154,6 +166,7 @@ def breakdown(
         kept: Realised channels per unit name (missing: all kept).
         bits: Weight bits per layer name (missing: 32, float).
         pinned: Layers whose bits the policy pins (its ``layers``), marked in the rows.
+        sparsity: Fine-grained sparsity per layer name (missing: none).
 
     Returns:
         One row per unit in order, then one per fixed layer, then ``other`` if it is not
@@ -164,7 +177,8 @@ def breakdown(
     """
     _check_bits(graph, bits)
     pinned = dict(pinned or {})
-    full, now = _parts(graph, {}, {}), _parts(graph, kept, bits)
+    sparsity = dict(sparsity or {})
+    full, now = _parts(graph, {}, {}), _parts(graph, kept, bits, sparsity)
     index = {layer.name: i for i, layer in enumerate(graph.layers)}
     owner = _norm_owners(graph)
     rows: list[Row] = []
@@ -187,6 +201,7 @@ def breakdown(
                 pinned={n: pinned[n] for n in names if n in pinned},
                 before=_cost(full, idx, norms, r),
                 after=_cost(now, idx, norms, r),
+                sparsity=Counter(sparsity.get(n, 0.0) for n in free).most_common(1)[0][0],
             )
         )
     before, after = full.total(graph), now.total(graph)

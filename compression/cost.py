@@ -25,6 +25,7 @@ import torch  # noqa: F401  (used by the doctest above)
 
 from autoshrink.compression.errors import PolicyError
 from autoshrink.compression.metrics import FLOAT_BITS
+from autoshrink.compression.sparsity import stored_weight_bytes, zeroed_count
 from autoshrink.compression.unit_graph import UnitGraph
 
 #: Bytes of the per-output-channel scale a quantized weight carries (one fp32 each).
@@ -135,36 +136,79 @@ def _bits_vector(graph: UnitGraph, bits: Mapping[str, int] | None) -> np.ndarray
     return vec
 
 
-def cost_from_channels(
-    graph: UnitGraph, kept: Mapping[str, int], bits: Mapping[str, int] | None = None
-) -> Cost:
-    """The cost of the model with ``kept[unit]`` channels per unit (missing: all kept).
+def _sparsity_vector(graph: UnitGraph, sparsity: Mapping[str, float] | None) -> np.ndarray:
+    t = _tables(graph)
+    vec = np.zeros(t.n_layers, np.float64)
+    for name, s in (sparsity or {}).items():
+        if name not in t.layer_index:
+            raise PolicyError(f"no conv or linear layer named {name!r} in the unit graph")
+        vec[t.layer_index[name]] = s
+    return vec
 
-    This is the hot path of the budget clamp: a handful of numpy operations, no Python loop
-    over layers.
 
-    Args:
-        graph: The model's units.
-        kept: Realised channels per unit name.
-        bits: Weight bits per layer name (missing: 32, i.e. float).
-
-    Raises:
-        PolicyError: On unknown names or out-of-range values.
-    """
+def _layer_dims(graph: UnitGraph, kept: Mapping[str, int]) -> tuple[np.ndarray, ...]:
+    """Removed channels per unit, then out channels, weights and norm channels per layer."""
     c, t = graph.coupling, _tables(graph)
     removed = removed_channels(graph, kept)
     dims = t.base - (t.stack @ removed.astype(np.float64)).astype(np.int64)
     out, cin, norm = dims[: t.n_layers], dims[t.n_layers : 2 * t.n_layers], dims[2 * t.n_layers :]
     ipg = np.where(c.layer_dw, 1, cin // c.layer_groups)
-    weights = out * ipg * c.layer_kk
+    return removed, out, out * ipg * c.layer_kk, norm, out * ipg
+
+
+def cost_from_channels(
+    graph: UnitGraph,
+    kept: Mapping[str, int],
+    bits: Mapping[str, int] | None = None,
+    sparsity: Mapping[str, float] | None = None,
+) -> Cost:
+    """The cost of the model with ``kept[unit]`` channels per unit (missing: all kept).
+
+    This is the hot path of the budget clamp: a handful of numpy operations, no Python loop
+    over layers. MACs and params are dense (what a CPU executes, what the layers hold);
+    bytes follow the storage rule (:func:`~autoshrink.compression.sparsity.
+    stored_weight_bytes`), so with ``sparsity`` they are the artifact's stored bytes before
+    entropy coding.
+
+    Args:
+        graph: The model's units.
+        kept: Realised channels per unit name.
+        bits: Weight bits per layer name (missing: 32, i.e. float).
+        sparsity: Fine-grained sparsity per layer name (missing: 0).
+
+    Raises:
+        PolicyError: On unknown names or out-of-range values.
+    """
+    c, t = graph.coupling, _tables(graph)
+    removed, out, weights, norm, per_position = _layer_dims(graph, kept)
     biases = int(t.bias @ out)
     b = _bits_vector(graph, bits)
-    packed = np.where(b < FLOAT_BITS, (weights * b + 7) // 8 + SCALE_BYTES * out, 4 * weights)
+    if sparsity:
+        survivors = weights - zeroed_count(weights, _sparsity_vector(graph, sparsity))
+        packed = stored_weight_bytes(weights, survivors, b, out)
+    else:
+        packed = np.where(b < FLOAT_BITS, (weights * b + 7) // 8 + SCALE_BYTES * out, 4 * weights)
     return Cost(
-        macs=int(c.layer_mcoef @ (out * ipg)) + c.other_macs - int(c.unit_macs @ removed),
+        macs=int(c.layer_mcoef @ per_position) + c.other_macs - int(c.unit_macs @ removed),
         params=c.const_params + int(weights.sum()) + biases + int(c.norm_params @ norm),
         bytes=c.const_fbytes + int(packed.sum()) + 4 * biases + int(t.norm_bytes_per_c @ norm),
     )
+
+
+def nonzero_macs(
+    graph: UnitGraph, kept: Mapping[str, int], sparsity: Mapping[str, float] | None = None
+) -> int:
+    """Theoretical MACs with zeroed weights skipped (dense MACs where nothing is zeroed).
+
+    Each layer's weight MACs scale with its survivors; nothing else changes. A CPU runs the
+    dense MACs: this is what a sparse kernel could at best save.
+    """
+    c = graph.coupling
+    removed, _, weights, _, per_position = _layer_dims(graph, kept)
+    survivors = weights - zeroed_count(weights, _sparsity_vector(graph, sparsity))
+    share = np.where(weights > 0, survivors / np.maximum(weights, 1), 1.0)
+    sparse_layers = round(float((c.layer_mcoef * per_position * share).sum()))
+    return sparse_layers + c.other_macs - int(c.unit_macs @ removed)
 
 
 def cost(

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 POLICY_TYPE = "autoshrink.Policy"
 POLICY_VERSION = 1
 BIT_CHOICES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, FLOAT_BITS)
+#: Largest fine-grained sparsity a unit may take (:mod:`autoshrink.compression.sparsity`).
+MAX_SPARSITY = 0.99
 
 
 def check_bits(bits: object, where: str) -> int:
@@ -46,6 +48,14 @@ def check_keep(keep: object, where: str) -> float:
     return value
 
 
+def check_sparsity(value: object, where: str) -> float:
+    """Return ``value`` as a float in ``[0, MAX_SPARSITY]``, else raise PolicyError."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not 0.0 <= float(value) <= MAX_SPARSITY:  # type: ignore[arg-type]
+        raise PolicyError(f"sparsity must lie in [0, {MAX_SPARSITY}], got {value!r} for {where}")
+    return float(value)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class UnitPolicy:
     """The decision for one unit.
@@ -58,17 +68,22 @@ class UnitPolicy:
         act_bits: Input-activation bit-width of those layers (32 = not quantized).
         channels: The unit's channel count in the model the policy was made for; used to
             refuse a policy on a model whose unit has another width. None = unchecked.
+        sparsity: Fraction of each of the unit's (unpinned) layers' weights zeroed, the
+            smallest by magnitude, in ``[0, MAX_SPARSITY]`` (Deep Compression mode; see
+            :mod:`autoshrink.compression.sparsity`). Written to JSON only when non-zero.
     """
 
     keep: float = 1.0
     bits: int = FLOAT_BITS
     act_bits: int = FLOAT_BITS
     channels: int | None = None
+    sparsity: float = 0.0
 
     def __post_init__(self) -> None:
         check_keep(self.keep, "unit")
         check_bits(self.bits, "unit")
         check_bits(self.act_bits, "unit activations")
+        check_sparsity(self.sparsity, "unit")
 
 
 @dataclass(frozen=True)
@@ -108,10 +123,7 @@ class Policy(JsonFile):
     # --- JSON ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Return the versioned JSON-ready form ``{"type", "version", "data"}``."""
-        units = {
-            name: {"keep": u.keep, "bits": u.bits, "act_bits": u.act_bits, "channels": u.channels}
-            for name, u in self.units.items()
-        }
+        units = {name: _unit_dict(u) for name, u in self.units.items()}
         data = {"units": units, "layers": dict(self.layers), "round_to": self.round_to}
         if self.frozen:  # optional: files without frozen units read as before
             data["frozen"] = dict(self.frozen)
@@ -160,6 +172,11 @@ class Policy(JsonFile):
         return cls(units=units, layers=layers, round_to=round_to, meta=meta, frozen=frozen)
 
 
+def _unit_dict(u: UnitPolicy) -> dict[str, Any]:
+    out = {"keep": u.keep, "bits": u.bits, "act_bits": u.act_bits, "channels": u.channels}
+    return out | ({"sparsity": u.sparsity} if u.sparsity else {})
+
+
 def _parse_units(raw_units: dict[str, Any], problems: list[str]) -> dict[str, UnitPolicy]:
     """Parse the ``data.units`` mapping of a policy file.
 
@@ -175,7 +192,7 @@ def _parse_units(raw_units: dict[str, Any], problems: list[str]) -> dict[str, Un
         if not isinstance(raw, dict):
             problems.append(f"unit {name}: expected an object, got {raw!r}")
             continue
-        unknown = set(raw) - {"keep", "bits", "act_bits", "channels"}
+        unknown = set(raw) - {"keep", "bits", "act_bits", "channels", "sparsity"}
         if unknown:
             problems.append(f"unit {name}: unknown keys {sorted(unknown)}")
         try:
@@ -189,6 +206,7 @@ def _parse_units(raw_units: dict[str, Any], problems: list[str]) -> dict[str, Un
                 bits=check_bits(raw.get("bits", FLOAT_BITS), f"unit {name}"),
                 act_bits=check_bits(raw.get("act_bits", FLOAT_BITS), f"unit {name} acts"),
                 channels=channels,
+                sparsity=check_sparsity(raw.get("sparsity", 0.0), f"unit {name}"),
             )
         except PolicyError as exc:
             problems.append(f"unit {name}: {exc}" if name not in str(exc) else str(exc))

@@ -1,10 +1,11 @@
 """autoshrink.env: the Gymnasium side of the search.
 
-Importing this package registers ``autoshrink/Compress-v2``:
+Importing this package registers ``autoshrink/Compress-v3`` (and ``-v2``, the same env,
+for code written before the ``deep`` and ``sparse`` modes):
 
 >>> import gymnasium as gym
 >>> import autoshrink.env
->>> "autoshrink/Compress-v2" in gym.registry
+>>> "autoshrink/Compress-v3" in gym.registry and "autoshrink/Compress-v2" in gym.registry
 True
 """
 
@@ -22,10 +23,11 @@ if TYPE_CHECKING:
     from autoshrink.env.evaluator import Evaluation, Evaluator
     from autoshrink.env.wrappers import DiscretizeAction
 
-ENV_ID = "autoshrink/Compress-v2"
+ENV_ID = "autoshrink/Compress-v3"
 
-if ENV_ID not in gym.registry:
-    gym.register(id=ENV_ID, entry_point="autoshrink.env.compression_env:CompressionEnv")
+for _id in (ENV_ID, "autoshrink/Compress-v2"):
+    if _id not in gym.registry:
+        gym.register(id=_id, entry_point="autoshrink.env.compression_env:CompressionEnv")
 
 _LAZY = {
     "CompressionEnv": "autoshrink.env.compression_env",

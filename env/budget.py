@@ -92,8 +92,12 @@ class BudgetClamp:
         baseline: The uncompressed model's value of each metric, for messages and ratios.
         min_keep: Smallest keep-ratio an action may choose (1.0 when channels are fixed).
         bit_choices: Bits a unit may take; ``(32,)`` when bits are not searched.
-        pinned: Per-layer bit overrides that no action changes (the pinned layers).
+        pinned: Per-layer bit overrides that no action changes (the pinned layers; they
+            stay dense).
         latency: Latency estimate from realised channels, required for a latency budget.
+        sparsity_choices: Fine-grained sparsities a unit may take, ascending; ``(0.0,)``
+            when sparsity is not searched. Bytes never grow with sparsity (the storage rule
+            keeps the smaller of dense and sparse), so the minimal suffix takes the largest.
 
     Raises:
         BudgetInfeasibleError: If some budget is tighter than the all-minimum policy.
@@ -108,6 +112,7 @@ class BudgetClamp:
         bit_choices: Sequence[int] = (FLOAT_BITS,),
         pinned: Mapping[str, int] | None = None,
         latency: LatencyEstimate | None = None,
+        sparsity_choices: Sequence[float] = (0.0,),
     ) -> None:
         if "latency" in limits and latency is None:
             raise ValueError("a latency budget needs a latency estimate")
@@ -125,12 +130,15 @@ class BudgetClamp:
         self.max_channels = [u.c_out for u in self.units]
         self.min_bits = [self.bit_choices[0]] * len(self.units)
         self.max_bits = [self.bit_choices[-1]] * len(self.units)
+        self.sparsity_choices = tuple(sorted(sparsity_choices))
+        self.min_sparsity = [self.sparsity_choices[0]] * len(self.units)
+        self.max_sparsity = [self.sparsity_choices[-1]] * len(self.units)
         self._unit_layers = [
             [name for name in u.layers if name not in self.pinned] for u in self.units
         ]
         self._base_bits = {layer.name: FLOAT_BITS for layer in graph.layers}
         self._base_bits.update({k: v for k, v in self.pinned.items() if k in self._base_bits})
-        self.minimum = self.measure(self.min_channels, self.min_bits)
+        self.minimum = self.measure(self.min_channels, self.min_bits, self.max_sparsity)
         self._check_reachable()
 
     # --- costs -------------------------------------------------------------------------
@@ -142,20 +150,37 @@ class BudgetClamp:
                 out[name] = b
         return out
 
-    def measure(self, channels: Sequence[int], bits: Sequence[int]) -> dict[str, float]:
-        """Every metric (``flops``, ``params``, ``size`` and, with a table, ``latency``)."""
+    def sparsity_by_layer(self, sparsity: Sequence[float] | None) -> dict[str, float]:
+        """Sparsity per layer when unit ``i`` takes ``sparsity[i]`` (pinned layers: none)."""
+        out: dict[str, float] = {}
+        for layers, s in zip(self._unit_layers, sparsity or (), strict=False):
+            if s > 0:
+                out.update(dict.fromkeys(layers, float(s)))
+        return out
+
+    def measure(
+        self, channels: Sequence[int], bits: Sequence[int], sparsity: Sequence[float] | None = None
+    ) -> dict[str, float]:
+        """Every metric (``flops``, ``params``, ``size`` and, with a table, ``latency``).
+
+        ``size`` is the stored bytes before entropy coding: with ``sparsity`` (per unit),
+        the exact bound an entropy-coded artifact never exceeds.
+        """
         kept = dict(zip(self.names, channels, strict=True))
-        cost = cost_from_channels(self.graph, kept, self.bits_by_layer(bits))
+        layer_s = self.sparsity_by_layer(sparsity)
+        cost = cost_from_channels(self.graph, kept, self.bits_by_layer(bits), layer_s)
         out = {"flops": float(cost.macs), "params": float(cost.params), "size": float(cost.bytes)}
         if self.latency is not None:
             out["latency"] = float(self.latency(kept))
         return out
 
-    def feasible(self, channels: Sequence[int], bits: Sequence[int]) -> bool:
+    def feasible(
+        self, channels: Sequence[int], bits: Sequence[int], sparsity: Sequence[float] | None = None
+    ) -> bool:
         """Whether the full policy meets every budget."""
         if not self.limits:
             return True
-        values = self.measure(channels, bits)
+        values = self.measure(channels, bits, sparsity)
         return all(values[m] <= limit for m, limit in self.limits.items())
 
     def overruns(self, values: Mapping[str, float]) -> dict[str, float]:
@@ -163,12 +188,23 @@ class BudgetClamp:
         return {m: max(0.0, values[m] / lim - 1.0) for m, lim in self.limits.items()}
 
     def span(
-        self, t: int, channels: Sequence[int], bits: Sequence[int]
+        self,
+        t: int,
+        channels: Sequence[int],
+        bits: Sequence[int],
+        sparsity: Sequence[float] | None = None,
     ) -> tuple[dict[str, float], dict[str, float]]:
         """Metrics with units ``t..`` all minimal, and all maximal; units before ``t`` as given."""
-        low = self.measure([*channels[:t], *self.min_channels[t:]], [*bits[:t], *self.min_bits[t:]])
+        s = list(sparsity or self.min_sparsity)[:t]
+        low = self.measure(
+            [*channels[:t], *self.min_channels[t:]],
+            [*bits[:t], *self.min_bits[t:]],
+            [*s, *self.max_sparsity[t:]],
+        )
         high = self.measure(
-            [*channels[:t], *self.max_channels[t:]], [*bits[:t], *self.max_bits[t:]]
+            [*channels[:t], *self.max_channels[t:]],
+            [*bits[:t], *self.max_bits[t:]],
+            [*s, *self.min_sparsity[t:]],
         )
         return low, high
 
@@ -200,30 +236,66 @@ class BudgetClamp:
         cands = self.choices[t]
         top = bisect.bisect_right(cands, want_c)  # candidates <= the proposal
         for b in [want_b, *(x for x in reversed(self.bit_choices) if x < want_b)]:
-            if not ok(cands[0], b):
-                continue
-            lo, hi = 0, top - 1  # ok(cands[lo]) holds; find the last ok index
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if ok(cands[mid], b):
-                    lo = mid
-                else:
-                    hi = mid - 1
-            return cands[lo], b
-        raise RuntimeError(  # unreachable while the invariant holds
-            f"budget clamp invariant broken at unit {self.names[t]}"
-        )
+            i = last_ok(lambda i: ok(cands[i], b), 0, top - 1)  # noqa: B023
+            if i is not None:
+                return cands[i], b
+        raise RuntimeError(f"budget clamp invariant broken at unit {self.names[t]}")
+
+    def clamp_sparse(
+        self,
+        t: int,
+        state: tuple[Sequence[int], Sequence[int], Sequence[float]],
+        proposal: tuple[int, int, float],
+    ) -> tuple[int, int, float]:
+        """The realised ``(channels, bits, sparsity)`` of unit ``t`` given the decided prefix.
+
+        As :meth:`clamp`, with sparsity as a third decision, conceded first: at the
+        proposed channels and bits the smallest sparsity (at least the proposed one) that
+        fits; else at the largest sparsity the largest channel count that fits; else the
+        same at each lower bit-width in turn. ``state`` holds the realised channels, bits
+        and sparsity per unit (entries before ``t`` are read). Bytes never grow with
+        sparsity, so each step is a bisection, and the unit's minimum is a candidate.
+        """
+        channels, bits, sparsity = state
+        pre = (list(channels[:t]), list(bits[:t]), list(sparsity[:t]))
+        post = (self.min_channels[t + 1 :], self.min_bits[t + 1 :], self.max_sparsity[t + 1 :])
+
+        def ok(c: int, b: int, s: float) -> bool:
+            return self.feasible(
+                [*pre[0], c, *post[0]], [*pre[1], b, *post[1]], [*pre[2], s, *post[2]]
+            )
+
+        want_c, want_b, want_s = proposal
+        if ok(want_c, want_b, want_s):
+            return proposal
+        grid, cands = self.sparsity_choices, self.choices[t]
+        first = bisect.bisect_left(grid, want_s - 1e-12)
+        top = bisect.bisect_right(cands, want_c)
+        for b in [want_b, *(x for x in reversed(self.bit_choices) if x < want_b)]:
+            j = first_ok(lambda j: ok(want_c, b, grid[j]), first, len(grid) - 1)  # noqa: B023
+            if j is not None:
+                return want_c, b, grid[j]
+            i = last_ok(lambda i: ok(cands[i], b, grid[-1]), 0, top - 1)  # noqa: B023
+            if i is not None:
+                return cands[i], b, grid[-1]
+        raise RuntimeError(f"budget clamp invariant broken at unit {self.names[t]}")
 
     def fair_keep(
-        self, t: int, channels: Sequence[int], bits: Sequence[int], unit_bits: int
+        self,
+        t: int,
+        channels: Sequence[int],
+        bits: Sequence[int],
+        unit_bits: int,
+        sparsity: Sequence[float] | None = None,
+        unit_sparsity: float = 0.0,
     ) -> float:
         """The largest keep-ratio that units ``t..`` could all take at once.
 
         Units before ``t`` stay as decided; unit ``t`` and every later unit take
-        ``kept(k)`` channels and ``unit_bits`` bits. The largest ``k`` in ``[min_keep, 1]``
-        whose policy meets every budget is this unit's fair share of what is left: the
-        centre of the keep action in ``keep_action="budget"`` mode. Found by bisection on
-        the exact cost model (cost grows with ``k``).
+        ``kept(k)`` channels, ``unit_bits`` bits and ``unit_sparsity``. The largest ``k``
+        in ``[min_keep, 1]`` whose policy meets every budget is this unit's fair share of
+        what is left: the centre of the keep action in ``keep_action="budget"`` mode.
+        Found by bisection on the exact cost model (cost grows with ``k``).
 
         Returns:
             That ratio; 1 without budgets, ``min_keep`` if not even that fits.
@@ -232,15 +304,19 @@ class BudgetClamp:
             return 1.0
         prefix_c, prefix_b = list(channels[:t]), list(bits[:t])
         suffix_b = [unit_bits] * (len(self.units) - t)
+        spars = [*list(sparsity or self.min_sparsity)[:t], *[unit_sparsity] * len(suffix_b)]
         rest = self.units[t:]
 
         def ok(k: float) -> bool:
-            return self.feasible([*prefix_c, *(u.kept(k) for u in rest)], [*prefix_b, *suffix_b])
+            chans = [*prefix_c, *(u.kept(k) for u in rest)]
+            return self.feasible(chans, [*prefix_b, *suffix_b], spars)
 
         found = largest_feasible(ok, self.min_keep, 1.0, _FILL_STEPS)
         return self.min_keep if found is None else found
 
-    def fill(self, channels: Sequence[int], bits: Sequence[int]) -> list[int]:
+    def fill(
+        self, channels: Sequence[int], bits: Sequence[int], sparsity: Sequence[float] | None = None
+    ) -> list[int]:
         """Grow every unit's channels by one common factor, as far as the budgets allow.
 
         The clamp only caps: a policy whose units chose fewer channels than they could ends
@@ -254,6 +330,7 @@ class BudgetClamp:
         Args:
             channels: A feasible policy's realised channel counts.
             bits: Its bits per unit (unchanged).
+            sparsity: Its sparsity per unit (unchanged; None = none).
 
         Returns:
             The grown channel counts (``channels`` itself when nothing can grow, or when
@@ -270,14 +347,14 @@ class BudgetClamp:
             ]
 
         top = max(m / max(c, 1) for m, c in zip(self.max_channels, base, strict=True))
-        if self.feasible(grown(top), bits):
+        if self.feasible(grown(top), bits, sparsity):
             return grown(top)
         lo, hi = 1.0, top
         for _ in range(_FILL_STEPS):
             mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if self.feasible(grown(mid), bits) else (lo, mid)
+            lo, hi = (mid, hi) if self.feasible(grown(mid), bits, sparsity) else (lo, mid)
         out = grown(lo)
-        return out if self.feasible(out, bits) else base
+        return out if self.feasible(out, bits, sparsity) else base
 
     def _at_least(self, i: int, count: int) -> int:
         """The fewest channels unit ``i`` can realise that are at least ``count``."""
@@ -286,8 +363,9 @@ class BudgetClamp:
         return cands[min(j, len(cands) - 1)]
 
     def _check_reachable(self) -> None:
-        low_bits = self.bit_choices[0]
+        low_bits, top_s = self.bit_choices[0], self.sparsity_choices[-1]
         bits = f" and {low_bits} bits" if low_bits < FLOAT_BITS else ""
+        bits += f", {top_s:.0%} of the weights zeroed" if top_s > 0 else ""
         for metric, limit in self.limits.items():
             smallest = self.minimum[metric]
             if smallest > limit:
@@ -299,3 +377,23 @@ class BudgetClamp:
                     f"the smallest reachable is {format_amount(metric, smallest)}{ratio}, "
                     f"with every unit at its fewest channels{bits}"
                 )
+
+
+def first_ok(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
+    """Smallest i in [lo, hi] with ``ok(i)``, for ``ok`` monotone (false, then true)."""
+    if lo > hi or not ok(hi):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+    return lo
+
+
+def last_ok(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
+    """Largest i in [lo, hi] with ``ok(i)``, for ``ok`` monotone (true, then false)."""
+    if lo > hi or not ok(lo):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+    return lo

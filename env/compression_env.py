@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 from torch import nn
 
-from autoshrink.compression.cost import cost_from_channels
+from autoshrink.compression.cost import cost_from_channels, nonzero_macs
 from autoshrink.compression.data import DataSplits, load_dataset
 from autoshrink.compression.device import resolve_device
 from autoshrink.compression.errors import UnsupportedModelError
@@ -27,21 +27,17 @@ from autoshrink.env.latency import LatencyTable, latency_table
 from autoshrink.env.reward import REWARD_FUNCTIONS, Outcome
 from autoshrink.env.state import (
     FEATURES,
+    MODE_DIMS,
     Observer,
-    bits_action,
-    budget_action,
     budget_keep,
     decode_action,
+    decode_sparsity,
 )
 
 logger = logging.getLogger(__name__)
 
 #: What each action entry decides, by mode.
-ACTION_DIMS: dict[str, tuple[str, ...]] = {
-    "prune": ("keep",),
-    "quant": ("bits",),
-    "joint": ("keep", "bits"),
-}
+ACTION_DIMS = MODE_DIMS
 
 
 class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -56,7 +52,11 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Action Space
     ``Box(0, 1, (k,), float32)``: ``k = 1`` in ``prune`` mode (keep-ratio) and ``quant``
-    mode (bits), ``k = 2`` in ``joint`` mode (keep-ratio, bits). With ``keep_action=
+    mode (bits), ``k = 2`` in ``joint`` mode (keep-ratio, bits) and ``sparse`` mode
+    (sparsity, bits), ``k = 3`` in ``deep`` mode (keep-ratio, sparsity, bits). Sparsity,
+    the fraction of each layer's weights zeroed by magnitude, uses equal-width bins over
+    0..``max_sparsity`` in steps of 0.01, and is clamped first (the smallest sparsity that
+    fits, on the exact stored bytes before entropy coding). With ``keep_action=
     "budget"`` (the default) the keep action is centred on the unit's fair share: 0.5
     proposes the largest keep-ratio that this and every later unit could all take within
     the budgets (decided units as realised, the rest at this unit's bits), 0 proposes
@@ -120,7 +120,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     ``CompressionEnv(config=None, *, model=None, data=None, evaluator=None, latency=None,
     **overrides)``: ``config`` is an :class:`~autoshrink.env.config.EnvConfig` (default
     settings when None) and ``overrides`` replace its fields, e.g.
-    ``gym.make("autoshrink/Compress-v2", model="smallcnn", flops="30%")``. A trained
+    ``gym.make("autoshrink/Compress-v3", model="smallcnn", flops="30%")``. A trained
     ``model`` module, ``data`` (DataSplits), ``evaluator`` (any callable from a Policy to an
     :class:`~autoshrink.env.evaluator.Evaluation`) and ``latency`` (a LatencyTable) replace
     what the config would build (a ``model`` string is the config's model name).
@@ -128,6 +128,8 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     the cache.
 
     ## Version History
+    * v3: ``deep`` and ``sparse`` modes (fine-grained sparsity, a third decision per unit;
+      ``info`` of each step holds ``sparsity`` and ``proposed_sparsity``).
     * v2: keep actions centred on the fair share of the budget (``keep_action``), the
       default; ``keep_action="absolute"`` acts as v1 did.
     * v1: hard budgets are filled at the end of the episode (``fill_budget``).
@@ -180,25 +182,18 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         if self.latency is not None:
             self.baseline["latency"] = self.latency.base
         self.limits = {m: b.limit(self.baseline[m]) for m, b in budgets.items()}
-        self.clamp = BudgetClamp(
-            self.graph,
-            self.limits,
-            self.baseline,
-            min_keep=1.0 if cfg.mode == "quant" else cfg.min_keep,
-            bit_choices=(FLOAT_BITS,) if cfg.mode == "prune" else cfg.bit_choices,
-            pinned=self.pinned,
-            latency=self.latency,
-        )
+        self.action_dims: tuple[str, ...] = ACTION_DIMS[cfg.mode]
+        self.clamp = self._make_clamp()
         self.observer = Observer(self.graph, self.baseline, self.limits, cfg.bit_choices)
         if evaluator is None:
             evaluator = Evaluator.from_config(self.model, self.graph, self.data, cfg)
         self.evaluator: PolicyEvaluator = evaluator
-        self.action_dims: tuple[str, ...] = ACTION_DIMS[cfg.mode]
         self.action_space = gym.spaces.Box(0.0, 1.0, (len(self.action_dims),), np.float32)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (len(FEATURES),), np.float32)
         self._t = 0
         self._channels = list(self.clamp.max_channels)
         self._bits = list(self.clamp.max_bits)
+        self._sparsity = list(self.clamp.min_sparsity)
 
     # --- construction helpers ----------------------------------------------------------
     def _load_model(self) -> nn.Module:
@@ -221,6 +216,20 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         self.baseline_training = read_result(path)
         return model
 
+    def _make_clamp(self) -> BudgetClamp:
+        """The clamp over what this mode searches (a dimension not searched stays whole)."""
+        cfg, dims = self.config, self.action_dims
+        return BudgetClamp(
+            self.graph,
+            self.limits,
+            self.baseline,
+            min_keep=cfg.min_keep if "keep" in dims else 1.0,
+            bit_choices=cfg.bit_choices if "bits" in dims else (FLOAT_BITS,),
+            pinned=self.pinned,
+            latency=self.latency,
+            sparsity_choices=cfg.sparsity_choices,
+        )
+
     def _baseline_metrics(self) -> dict[str, float]:
         full = {u.name: u.c_out for u in self.units}
         floats = {layer.name: FLOAT_BITS for layer in self.graph.layers}
@@ -242,6 +251,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         self._t = 0
         self._channels = list(self.clamp.max_channels)
         self._bits = list(self.clamp.max_bits)
+        self._sparsity = list(self.clamp.min_sparsity)
         return self._observe(), {"unit": self.units[0].name}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -250,21 +260,21 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         if t >= len(self.units):
             raise RuntimeError("the episode is over: call reset() first")
         cfg = self.config
-        keep, bits = self._decode(t, action)
+        keep, bits, sparsity = self._decode(t, action)
         unit = self.units[t]
-        proposal = (unit.kept(keep), bits)
-        realised = (
-            self.clamp.clamp(t, self._channels, self._bits, proposal) if cfg.hard else proposal
-        )
-        self._channels[t], self._bits[t] = realised
+        proposal = (unit.kept(keep), bits, sparsity)
+        realised = self._clamp(t, proposal) if cfg.hard else proposal
+        self._channels[t], self._bits[t], self._sparsity[t] = realised
         self._t = t + 1
         info: dict[str, Any] = {
             "unit": unit.name,
             "channels": realised[0],
             "keep": realised[0] / unit.c_out,
             "bits": realised[1],
+            "sparsity": realised[2],
             "proposed_keep": keep,
             "proposed_bits": bits,
+            "proposed_sparsity": sparsity,
             "clamped": realised != proposal,
         }
         reward = 0.0
@@ -272,75 +282,64 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         if terminated:
             if cfg.hard and cfg.fill_budget and "keep" in self.action_dims:
                 before = sum(self._channels)
-                self._channels = self.clamp.fill(self._channels, self._bits)
+                self._channels = self.clamp.fill(self._channels, self._bits, self._sparsity)
                 info["filled_channels"] = sum(self._channels) - before
             reward = self._finish(info)
         return self._observe(), reward, terminated, False, info
 
-    def fair_keep(self, t: int, bits: int) -> float:
+    def _clamp(self, t: int, proposal: tuple[int, int, float]) -> tuple[int, int, float]:
+        """The clamped decision of unit ``t``: sparsity is a third decision where searched."""
+        if "sparsity" in self.action_dims:
+            state = (self._channels, self._bits, self._sparsity)
+            return self.clamp.clamp_sparse(t, state, proposal)
+        channels, bits = self.clamp.clamp(t, self._channels, self._bits, proposal[:2])
+        return channels, bits, proposal[2]
+
+    def fair_keep(self, t: int, bits: int, sparsity: float = 0.0) -> float:
         """Unit ``t``'s fair share: the largest keep-ratio units ``t..`` could all take.
 
-        Decided units count as realised, the rest at ``bits``; see
+        Decided units count as realised, the rest at ``bits`` and ``sparsity``; see
         :meth:`~autoshrink.env.budget.BudgetClamp.fair_keep`.
         """
-        return self.clamp.fair_keep(t, self._channels, self._bits, bits)
+        return self.clamp.fair_keep(t, self._channels, self._bits, bits, self._sparsity, sparsity)
 
-    def encode(self, channels: Sequence[int], bits: Sequence[int]) -> np.ndarray:
-        """The actions, one row per unit, that make the env propose ``channels`` and ``bits``.
+    def encode(
+        self,
+        channels: Sequence[int],
+        bits: Sequence[int],
+        sparsity: Sequence[float] | None = None,
+    ) -> np.ndarray:
+        """The actions, one row per unit, that make the env propose this policy.
 
-        The inverse of the decoding in :meth:`step`. With ``keep_action="budget"`` a keep
-        action depends on the units decided before it, so the rows are computed in
-        decision order, as if every earlier unit had realised its entry. Counts below a
-        unit's fewest go to the fewest; bits go to the largest choice not above them (to
-        the largest choice from float), and are ignored where bits are not searched.
+        The inverse of the decoding in :meth:`step`; see
+        :func:`~autoshrink.env.encode.encode_actions`.
 
         Args:
             channels: Channel count per unit, in decision order.
             bits: Weight bits per unit.
+            sparsity: Sparsity per unit (None = none).
 
         Raises:
             ValueError: If the lengths do not match the units.
         """
-        n = len(self.units)
-        if len(channels) != n or len(bits) != n:
-            raise ValueError(f"encode needs {n} channel counts and bits, one per unit")
-        cfg = self.config
-        saved = self._channels, self._bits
-        rows = np.zeros((n, len(self.action_dims)), dtype=np.float32)
-        try:
-            lows = self.clamp.min_channels
-            self._channels = [max(int(c), lo) for c, lo in zip(channels, lows, strict=True)]
-            choices = self.clamp.bit_choices  # (32,) where bits are not searched
-            self._bits = [max([c for c in choices if c <= b], default=choices[0]) for b in bits]
-            for t, unit in enumerate(self.units):
-                for j, dim in enumerate(self.action_dims):
-                    if dim == "bits":
-                        rows[t, j] = bits_action(self._bits[t], cfg.bit_choices)
-                        continue
-                    keep = keep_for(unit, self._channels[t])
-                    if cfg.keep_action == "budget":
-                        a = budget_action(keep, self.fair_keep(t, self._bits[t]), cfg.min_keep)
-                    else:
-                        span = 1.0 - cfg.min_keep
-                        a = 1.0 if span <= 0 else (keep - cfg.min_keep) / span
-                    rows[t, j] = min(max(a, 0.0), 1.0)
-        finally:
-            self._channels, self._bits = saved
-        return rows
+        from autoshrink.env.encode import encode_actions
+
+        return encode_actions(self, channels, bits, sparsity)
 
     # --- internals ---------------------------------------------------------------------
-    def _decode(self, t: int, action: np.ndarray) -> tuple[float, int]:
-        """The proposed keep-ratio and bits of unit ``t`` (see ``keep_action``)."""
+    def _decode(self, t: int, action: np.ndarray) -> tuple[float, int, float]:
+        """The proposed keep-ratio, bits and sparsity of unit ``t`` (see ``keep_action``)."""
         cfg = self.config
         keep, bits = decode_action(action, cfg.mode, cfg.min_keep, cfg.bit_choices)
+        sparsity = decode_sparsity(action, cfg.mode, self.clamp.sparsity_choices)
         if cfg.keep_action == "budget" and "keep" in self.action_dims:
             a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
-            keep = budget_keep(a, self.fair_keep(t, bits), cfg.min_keep)
-        return keep, bits
+            keep = budget_keep(a, self.fair_keep(t, bits, sparsity), cfg.min_keep)
+        return keep, bits, sparsity
 
     def _observe(self) -> np.ndarray:
         t = self._t
-        low, high = self.clamp.span(t, self._channels, self._bits)
+        low, high = self.clamp.span(t, self._channels, self._bits, self._sparsity)
         if t == 0:
             prev_keep, prev_bits = 1.0, FLOAT_BITS
         else:
@@ -356,7 +355,9 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
             decided = i < self._t
             channels = self._channels[i] if decided else u.c_out
             bits = self._bits[i] if decided else FLOAT_BITS
-            units[u.name] = UnitPolicy(keep=keep_for(u, channels), bits=bits, channels=u.c_out)
+            sparsity = self._sparsity[i] if decided else 0.0
+            keep = keep_for(u, channels)
+            units[u.name] = UnitPolicy(keep=keep, bits=bits, channels=u.c_out, sparsity=sparsity)
         meta = {
             "model": cfg.model,
             "dataset": cfg.dataset,
@@ -368,12 +369,16 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     def _finish(self, info: dict[str, Any]) -> float:
         cfg = self.config
         policy = self.policy()
-        values = self.clamp.measure(self._channels, self._bits)
+        values = self.clamp.measure(self._channels, self._bits, self._sparsity)
         overruns = self.clamp.overruns(values)
         result = self.evaluator(policy)
         outcome = Outcome(result.accuracy, values["flops"], overruns, cfg.penalty_weight)
         reward = float(REWARD_FUNCTIONS[str(cfg.reward)](outcome))
         info["accuracy"] = result.accuracy
+        if "sparsity" in self.action_dims:
+            kept = dict(zip(self.clamp.names, self._channels, strict=True))
+            by_layer = self.clamp.sparsity_by_layer(self._sparsity)
+            info["nonzero_macs"] = nonzero_macs(self.graph, kept, by_layer)
         for metric, value in values.items():
             info[result_key(metric)] = value if metric == "latency" else int(value)
             base = self.baseline[metric]

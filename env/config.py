@@ -20,6 +20,7 @@ from autoshrink.compression.device import DEFAULT_DEVICE, device_problem
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.metrics import BUDGET_NAMES
 from autoshrink.compression.names import DEFAULT_RUNTIME, RUNTIMES
+from autoshrink.compression.policy import MAX_SPARSITY
 from autoshrink.compression.versioned import JsonFile, unwrap, wrap
 from autoshrink.env.budget_text import Budget, format_amount, parse_budget
 
@@ -27,17 +28,25 @@ __all__ = ["Budget", "BudgetLike", "EnvConfig", "format_amount", "parse_budget"]
 
 CONFIG_TYPE = "autoshrink.EnvConfig"
 #: 2: ``keep_action`` (version-1 configs acted with what is now ``keep_action="absolute"``).
-CONFIG_VERSION = 2
-MODES: tuple[str, ...] = ("prune", "quant", "joint")
+#: 3: ``deep`` and ``sparse`` modes, ``max_sparsity``, ``runtime`` (a version-2 config without
+#:    it reads as ``eager``).
+CONFIG_VERSION = 3
+MODES: tuple[str, ...] = ("prune", "quant", "joint", "deep", "sparse")
 REWARDS: tuple[str, ...] = ("accuracy", "acc_flops", "penalty")
 #: How a keep action maps to a keep-ratio (``EnvConfig.keep_action``).
 KEEP_ACTIONS: tuple[str, ...] = ("budget", "absolute")
-Mode = Literal["prune", "quant", "joint"]
+Mode = Literal["prune", "quant", "joint", "deep", "sparse"]
+#: The modes that search fine-grained sparsity.
+SPARSE_MODES: tuple[str, ...] = ("deep", "sparse")
+#: Step of the sparsity grid (``EnvConfig.sparsity_choices``).
+SPARSITY_STEP = 0.01
 #: The budgets of each mode when none is given (ratios of the uncompressed model).
 DEFAULT_BUDGETS: dict[str, dict[str, float]] = {
     "prune": {"flops": 0.5},
     "quant": {"size": 0.15},
     "joint": {"flops": 0.5, "size": 0.1},
+    "deep": {"size": 0.05},
+    "sparse": {"size": 0.05},
 }
 
 BudgetLike: TypeAlias = Budget | float | str | None
@@ -55,7 +64,9 @@ class EnvConfig(JsonFile):
         baseline_epochs: Epochs for that baseline; None = the zoo default.
         min_baseline_accuracy: Warn when that baseline's test accuracy is under this (it is
             always reported when within 2 points of chance).
-        mode: ``prune`` (keep-ratio per unit), ``quant`` (bits per unit) or ``joint`` (both).
+        mode: ``prune`` (keep-ratio per unit), ``quant`` (bits per unit), ``joint`` (both),
+            ``deep`` (keep-ratio, fine-grained sparsity and bits: Deep Compression with
+            channels) or ``sparse`` (sparsity and bits).
         flops: Budget on MACs; a Budget, a ratio, or a string for :func:`parse_budget`.
         params: Budget on parameters.
         size: Budget on bytes of the compressed payload.
@@ -116,6 +127,7 @@ class EnvConfig(JsonFile):
     fill_budget: bool = True
     min_keep: float = 0.2
     keep_action: str = "budget"
+    max_sparsity: float = 0.95
     bit_choices: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     first_last_bits: int | None = 8
     reward: str | None = None
@@ -156,6 +168,14 @@ class EnvConfig(JsonFile):
         if given:
             return given
         return {m: Budget(m, v) for m, v in DEFAULT_BUDGETS[self.mode].items()}
+
+    @property
+    def sparsity_choices(self) -> tuple[float, ...]:
+        """Sparsities an action can choose: ``(0.0,)`` where the mode searches none."""
+        if self.mode not in SPARSE_MODES:
+            return (0.0,)
+        steps = round(self.max_sparsity / SPARSITY_STEP)
+        return tuple(round(i * SPARSITY_STEP, 2) for i in range(steps + 1))
 
     def replace(self, **changes: Any) -> EnvConfig:
         """Return a validated copy with ``changes`` applied (budgets may be strings)."""
@@ -269,6 +289,8 @@ def _number_problems(cfg: EnvConfig) -> list[str]:
             out.append(f"{name} must be None or >= 1")
     if not (_is_num(cfg.min_keep) and 0 < cfg.min_keep <= 1):
         out.append(f"min_keep must lie in (0, 1], got {cfg.min_keep!r}")
+    if not (_is_num(cfg.max_sparsity) and 0 <= cfg.max_sparsity <= MAX_SPARSITY):
+        out.append(f"max_sparsity must lie in [0, {MAX_SPARSITY}], got {cfg.max_sparsity!r}")
     if not (_is_num(cfg.finetune_lr) and cfg.finetune_lr > 0):
         out.append(f"finetune_lr must be positive, got {cfg.finetune_lr!r}")
     if not (_is_num(cfg.penalty_weight) and cfg.penalty_weight >= 0):

@@ -1,9 +1,10 @@
 """The end-of-episode evaluation: compress, recalibrate, optionally fine-tune, score on val.
 
-An :class:`Evaluator` is a pure function of the *realised* policy (channel count per unit
-and bits per layer): its data batches are fixed at construction and its fine-tune is
-seeded, so the same realised policy always gets the same accuracy, whatever was evaluated
-before. That makes its cache exact: identical realised policies are scored once.
+An :class:`Evaluator` is a pure function of the *realised* policy (channel count per unit,
+bits and sparsity per layer): its data batches are fixed at construction and its fine-tune
+is seeded, so the same realised policy always gets the same accuracy, whatever was
+evaluated before. That makes its cache exact: identical realised policies are scored once.
+Sparse layers keep their magnitude mask fixed through the fine-tune.
 
 Each evaluation reports the seconds spent in forward and backward passes (BN
 recalibration, fine-tuning, scoring) separately from the rest (pruning, quantizing,
@@ -28,7 +29,8 @@ from autoshrink.compression.evaluate import accuracy, finetune, recalibrate_bn
 from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.policy import Policy, kept_channels, layer_bits
 from autoshrink.compression.prune import prune_channels
-from autoshrink.compression.quantize import bake_, fake_quantize_
+from autoshrink.compression.quantize import bake_
+from autoshrink.compression.sparsity import fake_quantize_sparse_, layer_sparsity
 
 if TYPE_CHECKING:
     from autoshrink.compression.data import DataSplits
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PolicyKey = tuple[tuple[int, ...], tuple[int, ...]]
+PolicyKey = tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]
 
 
 @dataclass(frozen=True)
@@ -159,12 +161,14 @@ class Evaluator:
         return channel_scores(self.graph, self.model, self.importance, batch, seed=self.seed)
 
     def key(self, policy: Policy) -> PolicyKey:
-        """What the cache is keyed by: realised channels per unit and bits per layer."""
+        """The cache's key: realised channels per unit, bits and sparsity per layer."""
         kept = kept_channels(policy, self.graph)
         bits = layer_bits(policy, self.graph)
+        sparsity = layer_sparsity(policy, self.graph)
         return (
             tuple(kept[u.name] for u in self.graph.units),
             tuple(bits[layer.name] for layer in self.graph.layers),
+            tuple(sparsity.get(layer.name, 0.0) for layer in self.graph.layers),
         )
 
     def compress(self, policy: Policy) -> tuple[nn.Module, float, float]:
@@ -185,7 +189,7 @@ class Evaluator:
         model = prune_channels(
             self.model, self.graph, kept, importance=self.importance, scores=self.scores
         ).to(self.device)
-        fake_quantize_(model, bits)
+        fake_quantize_sparse_(model, bits, layer_sparsity(policy, self.graph))
         other = time.perf_counter() - start
         t0 = time.perf_counter()
         if self.recalibrate:

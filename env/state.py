@@ -9,7 +9,7 @@ the names in order; features 0-9 are static (min-max normalised across the model
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -71,6 +71,16 @@ def static_features(graph: UnitGraph) -> np.ndarray:
     return ((raw - lo) / span).astype(np.float32)
 
 
+#: What each action entry decides, by mode.
+MODE_DIMS: dict[str, tuple[str, ...]] = {
+    "prune": ("keep",),
+    "quant": ("bits",),
+    "joint": ("keep", "bits"),
+    "deep": ("keep", "sparsity", "bits"),
+    "sparse": ("sparsity", "bits"),
+}
+
+
 def decode_action(
     action: Sequence[float] | np.ndarray,
     mode: str,
@@ -81,12 +91,13 @@ def decode_action(
 
     The keep-ratio is ``min_keep + a * (1 - min_keep)``. Bits use HAQ's equal-width bins:
     [0, 1] is cut into ``len(bit_choices)`` equal bins, bin ``i`` choosing the ``i``-th
-    smallest bit-width. In ``prune`` mode bits are float (32); in ``quant`` mode keep is 1.
-    In ``joint`` mode the action is ``(keep, bits)``.
+    smallest bit-width. Entries follow :data:`MODE_DIMS`: in ``prune`` mode bits are float
+    (32); where keep is not searched it is 1. The sparsity entry of ``deep`` and ``sparse``
+    mode is read by :func:`decode_sparsity`.
 
     Args:
         action: The action vector (values are clipped to [0, 1]).
-        mode: ``prune``, ``quant`` or ``joint``.
+        mode: A key of :data:`MODE_DIMS`.
         min_keep: Smallest keep-ratio.
         bit_choices: Allowed bit-widths, ascending.
 
@@ -101,18 +112,47 @@ def decode_action(
     >>> decode_action([0.5], "quant", 0.2, (2, 3, 4, 5, 6, 7, 8))
     (1.0, 5)
     """
+    dims = MODE_DIMS[mode]
     a = np.asarray(action, dtype=np.float64).reshape(-1)
-    want = 2 if mode == "joint" else 1
-    if a.size != want or not np.all(np.isfinite(a)):
-        raise ValueError(f"{mode} mode needs {want} finite action value(s), got {action!r}")
+    if a.size != len(dims) or not np.all(np.isfinite(a)):
+        raise ValueError(f"{mode} mode needs {len(dims)} finite action value(s), got {action!r}")
     a = np.clip(a, 0.0, 1.0)
     keep, bits = 1.0, FLOAT_BITS
-    if mode in ("prune", "joint"):
+    if "keep" in dims:
         keep = float(min_keep + a[0] * (1.0 - min_keep))
-    if mode in ("quant", "joint"):
-        n = len(bit_choices)
-        bits = int(bit_choices[min(int(a[-1] * n), n - 1)])
+    if "bits" in dims:
+        bits = _binned(float(a[-1]), bit_choices)
     return keep, bits
+
+
+def _binned(a: float, choices: Sequence[Any]) -> Any:
+    n = len(choices)
+    return choices[min(int(a * n), n - 1)]
+
+
+def decode_sparsity(
+    action: Sequence[float] | np.ndarray, mode: str, choices: Sequence[float]
+) -> float:
+    """The proposed sparsity of an action: equal-width bins over ``choices``, as bits.
+
+    0 where the mode searches no sparsity.
+
+    >>> decode_sparsity([0.5, 0.99, 0.0], "deep", (0.0, 0.5, 0.9))
+    0.9
+    """
+    dims = MODE_DIMS[mode]
+    if "sparsity" not in dims:
+        return 0.0
+    a = float(
+        np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[dims.index("sparsity")], 0, 1)
+    )
+    return float(_binned(a, choices))
+
+
+def bin_action(value: Any, choices: Sequence[Any]) -> float:
+    """The action at the centre of the bin of the largest choice not above ``value``."""
+    index = max([i for i, c in enumerate(choices) if c <= value + 1e-12], default=0)
+    return (index + 0.5) / len(choices)
 
 
 #: Knots of the budget-centred keep map, in action units: the floor ends, the centre, the
@@ -179,9 +219,7 @@ def bits_action(bits: int, bit_choices: Sequence[int]) -> float:
     >>> bits_action(4, (2, 4, 8)), bits_action(32, (2, 4, 8))
     (0.5, 0.8333333333333334)
     """
-    choices = sorted(bit_choices)
-    index = max([i for i, b in enumerate(choices) if b <= bits], default=0)
-    return (index + 0.5) / len(choices)
+    return bin_action(bits, sorted(bit_choices))
 
 
 class Observer:

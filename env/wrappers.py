@@ -4,7 +4,7 @@
 such as PPO with a categorical policy:
 
 >>> import gymnasium as gym
->>> env = DiscretizeAction(gym.make("autoshrink/Compress-v2"))  # doctest: +SKIP
+>>> env = DiscretizeAction(gym.make("autoshrink/Compress-v3"))  # doctest: +SKIP
 >>> env.action_space  # doctest: +SKIP
 MultiDiscrete([9 7])
 """
@@ -24,7 +24,8 @@ class DiscretizeAction(gym.ActionWrapper[Any, np.ndarray, np.ndarray]):
     (index 0) to 1 (the last index); with an odd count the middle level is 0.5, the fair
     share under the default ``keep_action="budget"``. A bits dimension gets one index per
     allowed bit-width, mapped to the centre of that width's bin, so every index selects
-    exactly one bit-width.
+    exactly one bit-width. A sparsity dimension (``deep`` and ``sparse`` mode) gets
+    ``keep_levels`` evenly spaced levels too, from no sparsity to ``max_sparsity``.
 
     Args:
         env: A CompressionEnv, possibly wrapped; it must expose ``action_dims`` and
@@ -44,7 +45,7 @@ class DiscretizeAction(gym.ActionWrapper[Any, np.ndarray, np.ndarray]):
             raise ValueError("DiscretizeAction needs a CompressionEnv (no action_dims found)")
         n_bits = len(env.unwrapped.config.bit_choices)  # type: ignore[attr-defined]
         self.dims: tuple[str, ...] = tuple(dims)
-        self.nvec = np.array([keep_levels if d == "keep" else n_bits for d in self.dims])
+        self.nvec = np.array([n_bits if d == "bits" else keep_levels for d in self.dims])
         self.action_space = gym.spaces.MultiDiscrete(self.nvec)
 
     def action(self, action: Any) -> np.ndarray:
@@ -53,5 +54,5 @@ class DiscretizeAction(gym.ActionWrapper[Any, np.ndarray, np.ndarray]):
         out = np.empty(len(self.dims), dtype=np.float32)
         for i, (dim, n) in enumerate(zip(self.dims, self.nvec, strict=True)):
             level = int(np.clip(idx[i], 0, n - 1))
-            out[i] = level / (n - 1) if dim == "keep" else (level + 0.5) / n
+            out[i] = (level + 0.5) / n if dim == "bits" else level / (n - 1)
         return out

@@ -26,10 +26,14 @@ def comparison_table(report: dict[str, Any]) -> Table:
         ("test accuracy", "accuracy", lambda v: f"{v:.2%}"),
         ("MACs", "macs", _count),
         ("params", "params", _count),
-        ("bytes", "bytes", _count),
+        ("bytes (budgeted)", "bytes", _count),
+        ("file bytes", "file_bytes", _count),
+        ("MACs skipping zeros (theory)", "nonzero_macs_theoretical", _count),
     ]
     for label, key, fmt in rows:
         b, c = base.get(key), comp.get(key)
+        if key == "nonzero_macs_theoretical":
+            b = base.get("macs")
         if b is None or c is None:
             continue
         ratio = f"{c / b:.3f}x" if "accuracy" not in key and b else f"{(c - b) * 100:+.2f} pts"

@@ -101,6 +101,21 @@ def check_flags(args: argparse.Namespace) -> Path:
     return check_output_path(out)
 
 
+def _dense_from_sparse(artifact: Path, out: Path, fmt: str) -> bool:
+    """Say, in one line on stderr, that a sparse artifact exports dense; whether it did."""
+    from autoshrink.compression.artifact import read_header
+
+    if not read_header(artifact).sparse:
+        return False
+    err_console.print(
+        f"note: {artifact.name} has sparse layers; {out.name} ({fmt}) holds them dense, "
+        "zeros included, since ONNX Runtime has no sparse convolution kernel",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     """Export, check, and report the file, exporter and output difference."""
     from autoshrink.compression.export import export
@@ -125,7 +140,9 @@ def run(args: argparse.Namespace) -> int:
             factory=args.model,
             allow_changed_factory=args.allow_changed_model,
         )
+    sparse = _dense_from_sparse(path, info.path, info.format)
     report = {
+        "dense_from_sparse": sparse,
         "path": str(info.path),
         "format": info.format,
         "exporter": info.exporter,

@@ -96,8 +96,16 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
         "--mode",
         choices=MODES,
         default=None,
-        help="what a policy decides per unit: prune (channels), quant (weight bits) or "
-        f"joint (both) (default: {EnvConfig.mode})",
+        help="what a policy decides per unit: prune (channels), quant (weight bits), "
+        "joint (both), deep (channels, fine-grained sparsity and bits, stored sparse and "
+        f"entropy coded) or sparse (sparsity and bits) (default: {EnvConfig.mode})",
+    )
+    p.add_argument(
+        "--max-sparsity",
+        type=float,
+        default=None,
+        help="largest share of a layer's weights zeroed in deep and sparse mode "
+        f"(default: {EnvConfig.max_sparsity})",
     )
     p.add_argument(
         "--baseline-epochs",
@@ -221,6 +229,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "data_dir": args.data_dir,
         "checkpoint": args.checkpoint,
         "mode": args.mode,
+        "max_sparsity": args.max_sparsity,
         **{m: getattr(args, m) for m in BUDGET_NAMES},
         "seed": args.seed,
         "finetune_steps": args.finetune_steps,

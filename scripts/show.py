@@ -154,6 +154,7 @@ def _from_policy(
     from autoshrink.compression.data import load_dataset
     from autoshrink.compression.models import ModelSpec, build_model, is_factory_ref
     from autoshrink.compression.policy import kept_channels, layer_bits, validate
+    from autoshrink.compression.sparsity import layer_sparsity
     from autoshrink.compression.units import build_units
 
     name = model or policy.meta.get("model")
@@ -172,7 +173,8 @@ def _from_policy(
     example = torch.zeros(tuple(data.example_input(1).shape))
     graph = build_units(net, example, round_to=policy.round_to, ignored_layers=list(policy.frozen))
     validate(policy, graph, allow_missing=True)
-    table = breakdown(graph, kept_channels(policy, graph), layer_bits(policy, graph), policy.layers)
+    kept, spars = kept_channels(policy, graph), layer_sparsity(policy, graph)
+    table = breakdown(graph, kept, layer_bits(policy, graph), policy.layers, spars)
     return Shown(name, tuple(example.shape), source, table)
 
 
@@ -185,19 +187,22 @@ def from_artifact(path: Path, model: str | None = None) -> Shown:
     """
     import torch
 
-    from autoshrink.compression.artifact import _base_spec, read_header
+    from autoshrink.compression.artifact import read_header
+    from autoshrink.compression.artifact_header import base_spec
     from autoshrink.compression.breakdown import breakdown
     from autoshrink.compression.models import build_model
     from autoshrink.compression.policy import Policy
+    from autoshrink.compression.sparsity import layer_sparsity
     from autoshrink.compression.units import build_units
 
     head = read_header(path)
-    spec = _base_spec(path, head, model, allow_changed=False)
+    spec = base_spec(path, head, model, allow_changed=False)
     example = torch.zeros(head.input_shape)
     graph = build_units(build_model(spec), example, ignored_layers=list(head.frozen))
     pinned = head.policy.layers if isinstance(head.policy, Policy) else {}
+    spars = layer_sparsity(head.policy, graph) if isinstance(head.policy, Policy) else {}
     try:
-        table = breakdown(graph, head.kept, head.weight_bits, pinned)
+        table = breakdown(graph, head.kept, head.weight_bits, pinned, spars)
     except PolicyError as exc:
         raise CheckpointError(f"{path} does not fit its base model {spec.name!r}: {exc}") from None
     return Shown(spec.name, head.input_shape, str(path), table)

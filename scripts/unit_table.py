@@ -71,6 +71,9 @@ def unit_table(table: Breakdown, title: str, compact: bool = False) -> Table:
     if not compact:
         t.add_column("keep", justify="right", no_wrap=True)
     t.add_column("bits", justify="right", no_wrap=True)
+    sparse = any(row.sparsity > 0 for row in table.rows)
+    if sparse:
+        t.add_column("zeroed", justify="right", no_wrap=True)
     for metric in ("MACs", "params", "bytes"):
         t.add_column(metric, justify="right", no_wrap=True)
     cell = _ratio if compact else _change
@@ -79,9 +82,11 @@ def unit_table(table: Breakdown, title: str, compact: bool = False) -> Table:
         keep = f"{row.keep:.2f}" if row.channels else ""
         head = [row.name] if compact else [row.name, _layers(row)]
         mid = [kept, _bits(row)] if compact else [kept, keep, _bits(row)]
+        mid += [f"{row.sparsity:.0%}" if row.sparsity else ""] if sparse else []
         t.add_row(*head, *mid, *_costs(row.before, row.after, cell))
     t.add_section()
     blank = ["total", "", ""] if compact else ["total", "", "", "", ""]
+    blank += [""] if sparse else []
     t.add_row(*blank, *_costs(table.before, table.after, cell))
     return t
 

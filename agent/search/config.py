@@ -27,7 +27,7 @@ from autoshrink.agent.config import AgentConfig
 from autoshrink.compression.documents import read_document
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
 from autoshrink.compression.versioned import JsonFile, unwrap, wrap
-from autoshrink.env.config import EnvConfig
+from autoshrink.env.config import SPARSE_MODES, EnvConfig
 
 SEARCH_TYPE = "autoshrink.SearchConfig"
 SEARCH_VERSION = 1
@@ -131,6 +131,13 @@ class SearchConfig(JsonFile):
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     final: FinalConfig = field(default_factory=FinalConfig)
+
+    def __post_init__(self) -> None:
+        if self.agent.algorithm == "deep-compression" and self.env.mode not in SPARSE_MODES:
+            raise AutoshrinkError(
+                f"agent deep-compression searches sparsity: it needs mode deep or sparse, "
+                f"not {self.env.mode}"
+            )
 
     @classmethod
     def create(cls, **settings: Any) -> SearchConfig:

@@ -106,9 +106,11 @@ class EpisodeRecord:
     time_s: float
     extra: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    sparsity: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON line."""
+        """The JSON line (``sparsity`` per unit only where some unit has any)."""
+        spars = {"sparsity": self.sparsity} if any(self.sparsity.values()) else {}
         return to_jsonable(
             {
                 "episode": self.episode,
@@ -119,6 +121,7 @@ class EpisodeRecord:
                 **self.extra,
                 "keep": self.keep,
                 "bits": self.bits,
+                **spars,
             }
         )
 
@@ -189,6 +192,7 @@ class EpisodeBook:
             time_s=self.elapsed(),
             extra={k: info[k] for k in EXTRA_KEYS if k in info},
             timing={k: float(info[k]) for k in TIMING_KEYS if k in info},
+            sparsity={name: float(u.sparsity) for name, u in units.items()},
         )
         self._seen[env_index] = record
         return record

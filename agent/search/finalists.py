@@ -9,14 +9,16 @@ split is still touched only by the shipped model.
 
 Finalists are spaced apart: a policy joins only if it differs from every finalist already
 taken by at least ``spacing`` (:func:`record_distance`: mean absolute keep-ratio difference
-per unit, plus mean bit-width difference over 8). A search that converged evaluates many
+per unit, plus mean bit-width difference over 8, plus mean sparsity difference in deep and
+sparse mode). A search that converged evaluates many
 near-copies of its best policy; five of them are one guess, re-scored. The rule is the same
 for every agent. When too few policies are that far apart, the best of the rest fill the
 list, so every search gets the same number of finalists.
 
 Candidates come from ``episodes.jsonl``: every record holds the realised keep-ratio and bits
-of each unit, and the search's best policy supplies what records leave out (pinned layers,
-channel granularity, activation bits, the model the policy was made for).
+(and, with any, the sparsity) of each unit, and the search's best policy supplies what
+records leave out (pinned layers, channel granularity, activation bits, the model the
+policy was made for).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def policy_from_record(record: Mapping[str, Any], template: Policy) -> Policy:
     """The policy an ``episodes.jsonl`` record realised.
 
     Args:
-        record: One episode record, with ``keep`` and ``bits`` per unit name.
+        record: One episode record, with ``keep`` and ``bits`` (and ``sparsity``, absent
+            when none) per unit name.
         template: A policy of the same search (its best), for the fields records omit.
 
     Raises:
@@ -60,8 +63,11 @@ def policy_from_record(record: Mapping[str, Any], template: Policy) -> Policy:
             f"episode {record.get('episode')} does not name the search's units; "
             "is episodes.jsonl from this run?"
         )
+    spars = record.get("sparsity", {})
     units = {
-        name: replace(u, keep=float(keep[name]), bits=int(bits[name]))
+        name: replace(
+            u, keep=float(keep[name]), bits=int(bits[name]), sparsity=float(spars.get(name, 0.0))
+        )
         for name, u in template.units.items()
     }
     return replace(template, units=units, meta={**template.meta, "episode": record["episode"]})
@@ -71,7 +77,8 @@ def record_distance(a: Mapping[str, Any], b: Mapping[str, Any], units: Iterable[
     """How far apart two episode records' policies are.
 
     The mean over ``units`` of the absolute keep-ratio difference, plus the mean absolute
-    bit-width difference divided by 8 (one bit on every unit counts like 0.125 of keep).
+    bit-width difference divided by 8 (one bit on every unit counts like 0.125 of keep),
+    plus the mean absolute sparsity difference (0 where records hold none).
 
     Args:
         a: One episode record, with ``keep`` and ``bits`` per unit name.
@@ -83,7 +90,9 @@ def record_distance(a: Mapping[str, Any], b: Mapping[str, Any], units: Iterable[
         return 0.0
     keep = sum(abs(float(a["keep"][n]) - float(b["keep"][n])) for n in names)
     bits = sum(abs(int(a["bits"][n]) - int(b["bits"][n])) for n in names)
-    return (keep + bits / 8) / len(names)
+    sa, sb = a.get("sparsity", {}), b.get("sparsity", {})
+    spars = sum(abs(float(sa.get(n, 0.0)) - float(sb.get(n, 0.0))) for n in names)
+    return (keep + bits / 8 + spars) / len(names)
 
 
 def top_candidates(
@@ -111,7 +120,11 @@ def top_candidates(
             continue
         if record.get("budgets_met") is False:
             continue
-        key = tuple((name, record["keep"][name], record["bits"][name]) for name in template.units)
+        spars = record.get("sparsity", {})
+        key = tuple(
+            (name, record["keep"][name], record["bits"][name], spars.get(name, 0.0))
+            for name in template.units
+        )
         firsts.setdefault(key, record)
     ranked = sorted(firsts.values(), key=lambda r: (-float(r["reward"]), int(r["episode"])))
     taken: list[Mapping[str, Any]] = []

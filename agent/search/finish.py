@@ -46,12 +46,16 @@ def compress_and_finetune(
 ) -> nn.Module:
     """The model of ``policy`` on ``env``'s model: pruned, fake-quantized, fine-tuned, baked.
 
+    Sparse layers are masked by magnitude once, and the mask stays fixed through the
+    fine-tune (zeroed weights stay zero).
+
     ``data`` are the splits to train on (the env's when None). The model is fine-tuned and
     returned on the env's device (:func:`~autoshrink.agent.env_view.env_device`).
     """
     from autoshrink.compression.evaluate import finetune, recalibrate_bn
     from autoshrink.compression.prune import prune_channels
-    from autoshrink.compression.quantize import bake_, fake_quantize_
+    from autoshrink.compression.quantize import bake_
+    from autoshrink.compression.sparsity import fake_quantize_sparse_, layer_sparsity
 
     inner = search_env(env)
     graph, cfg = inner.graph, inner.config
@@ -62,7 +66,7 @@ def compress_and_finetune(
     device = env_device(env)
     model = prune_channels(inner.model, graph, kept, importance=cfg.importance, scores=scores)
     model = model.to(device)
-    fake_quantize_(model, bits)
+    fake_quantize_sparse_(model, bits, layer_sparsity(policy, graph))
     data = data.for_device(device)
     train = data.loader("train", batch_size=final.batch_size, shuffle=True, seed=seed)
     if final.bn_batches:

@@ -22,6 +22,7 @@ is written. The plan then gives the env and the one-episode
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,9 +166,9 @@ def plan_policy(
         policy = map_depth(policy, graph)
     name = f"policy+{map_name}-map" if map_name else "policy"
     validate(policy, graph)
-    mode, pinned = policy_mode(policy, graph)
+    settings = _policy_settings(cfg, policy, graph)
     active = _budgets(policy, graph, given, mapped=bool(map_name))
-    cfg = cfg.replace(mode=mode, first_last_bits=pinned, round_to=policy.round_to)
+    cfg = cfg.replace(**settings)
     cfg = cfg.replace(**(active or {"flops": Budget("flops", 1.0)}))
     logger.info("applying %s on %s (%s)", source["policy"], model, name)
     return PolicyPlan(cfg, policy, data, loaded, bool(map_name and given), name, source)
@@ -184,6 +185,22 @@ def _target(cfg: EnvConfig, round_to: int) -> tuple[Any, nn.Module | None, UnitG
     loaded = load_weights(net, cfg.checkpoint) if cfg.checkpoint is not None else None
     graph = build_units(net, data.example_input(1), round_to=round_to)
     return data, loaded, graph
+
+
+def _policy_settings(cfg: EnvConfig, policy: Policy, graph: UnitGraph) -> dict[str, Any]:
+    """The env settings the policy decides: mode, pins, rounding, largest sparsity.
+
+    The largest sparsity is the env's, raised to the policy's (on the 0.01 grid).
+    """
+    mode, pinned = policy_mode(policy, graph)
+    most = max((u.sparsity for u in policy.units.values()), default=0.0)
+    sparsest = max(cfg.max_sparsity, math.ceil(round(most * 100, 6)) / 100)
+    return {
+        "mode": mode,
+        "first_last_bits": pinned,
+        "round_to": policy.round_to,
+        "max_sparsity": sparsest,
+    }
 
 
 def _budgets(
@@ -239,6 +256,8 @@ def policy_mode(policy: Policy, graph: UnitGraph) -> tuple[str, int | None]:
     pruned = any(u.keep < 1.0 for u in policy.units.values())
     quantized = bool(policy.layers) or any(u.bits < FLOAT_BITS for u in policy.units.values())
     mode = "joint" if pruned and quantized else "quant" if quantized else "prune"
+    if any(u.sparsity > 0 for u in policy.units.values()):
+        mode = "deep" if pruned else "sparse"
     if not policy.layers:
         return mode, None
     pins = set(pinned_layers(graph))
@@ -260,13 +279,15 @@ def check_budgets(policy: Policy, graph: UnitGraph, budgets: Mapping[str, Budget
     from autoshrink.compression.cost import cost_from_channels
     from autoshrink.compression.metrics import FLOAT_BITS
     from autoshrink.compression.policy import kept_channels, layer_bits
+    from autoshrink.compression.sparsity import layer_sparsity
 
     full = cost_from_channels(
         graph,
         {u.name: u.c_out for u in graph.units},
         {layer.name: FLOAT_BITS for layer in graph.layers},
     )
-    mine = cost_from_channels(graph, kept_channels(policy, graph), layer_bits(policy, graph))
+    kept, sparsity = kept_channels(policy, graph), layer_sparsity(policy, graph)
+    mine = cost_from_channels(graph, kept, layer_bits(policy, graph), sparsity)
     pairs = {"flops": (mine.macs, full.macs), "params": (mine.params, full.params)}
     pairs["size"] = (mine.bytes, full.bytes)
     over = [

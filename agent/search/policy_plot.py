@@ -1,4 +1,4 @@
-"""The figure of one policy: keep-ratio and bits per unit, pinned layers, budget use.
+"""The figure of one policy: keep-ratio, bits (and sparsity) per unit, pins, budget use.
 
 Drawn for the best policy in TensorBoard (``search/best_policy``) and, for the shipped
 policy, as ``policy.png`` in the run folder. One horizontal bar per unit, in network
@@ -11,6 +11,7 @@ use: the policy's share of the baseline against the budget's.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class PolicyView:
         pinned: Pinned bits per layer name.
         owner: The unit owning each pinned layer (absent: no unit, as the classifier).
         use: Per budget name, the policy's share of the baseline and the budget's.
+        sparsity: Fine-grained sparsity per unit name (deep and sparse mode; absent: 0).
     """
 
     title: str
@@ -49,6 +51,7 @@ class PolicyView:
     pinned: dict[str, int] = field(default_factory=dict)
     owner: dict[str, str] = field(default_factory=dict)
     use: dict[str, tuple[float, float]] = field(default_factory=dict)
+    sparsity: dict[str, float] = field(default_factory=dict)
 
 
 def view_of(
@@ -114,6 +117,7 @@ def _units(ax: Any, view: PolicyView, names: list[str]) -> None:
     for i, n in enumerate(names):
         b = view.bits[n]
         text = f"{view.keep[n]:.2f}, {'float' if b >= FLOAT_BITS else f'{b} bits'}"
+        text += f", {view.sparsity[n]:.0%} zeroed" if view.sparsity.get(n) else ""
         ax.text(view.keep[n] + 0.01, i, text, va="center", fontsize=8)
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()  # the first unit on top
@@ -166,7 +170,9 @@ def record_drawer(env: gym.Env) -> Callable[[EpisodeRecord], Any]:
         acc = record.metrics.get("accuracy")
         title = f"best policy so far, episode {record.episode}: reward {record.reward:.4f}"
         title += f", val accuracy {acc:.2%}" if acc is not None else ""
-        return policy_figure(view_of(env, record.keep, record.bits, ratios, title))
+        view = view_of(env, record.keep, record.bits, ratios, title)
+        spars = {n: s for n, s in record.sparsity.items() if s}
+        return policy_figure(dataclasses.replace(view, sparsity=spars))
 
     return draw
 
@@ -186,4 +192,5 @@ def shipped_view(env: gym.Env, policy: Policy, title: str) -> PolicyView:
     }
     costs = realised_costs(env, policy)
     ratios = {m: v / inner.baseline[m] for m, v in costs.items() if inner.baseline.get(m)}
-    return view_of(env, keep, bits, ratios, title)
+    spars = {n: u.sparsity for n, u in policy.units.items() if u.sparsity}
+    return dataclasses.replace(view_of(env, keep, bits, ratios, title), sparsity=spars)

@@ -5,7 +5,12 @@ data holds the model, dataset, mode and budgets, a ``baseline`` and a ``compress
 (``accuracy`` on test and ``val_accuracy`` on the whole val split, every budget metric
 under its result key, ratios, the measured latency; the compressed side also has
 ``val_accuracy_search``, the shipped policy's score during the search, before its final
-fine-tune), ``latency`` (both models timed interleaved on the search's runtime: medians,
+fine-tune; ``bytes`` and ``bound_bytes`` are the stored bytes before entropy coding, the
+bound the budget holds, ``artifact_bytes`` and ``file_bytes`` what is on disk, and
+``compression_ratio`` the float ``state_dict`` file's bytes (``baseline.file_bytes``, as
+safetensors) over ``file_bytes``; with sparsity, ``nonzero_macs_theoretical`` the MACs a
+sparse kernel could at best run, beside the dense ``macs`` the MACs budget counts),
+``latency`` (both models timed interleaved on the search's runtime: medians,
 ratio, ``spread``, a warning when too noisy), ``latency_check`` (with a latency budget:
 the table's estimate and the fresh measurement against it,
 :mod:`~autoshrink.agent.search.latency_check`), whether every budget was met
@@ -104,7 +109,7 @@ def build_result(
     data: Any,
 ) -> dict[str, Any]:
     """The data of ``result.json``: test accuracy, costs and timings of both models."""
-    from autoshrink.compression.artifact import load_artifact
+    from autoshrink.compression.artifact import load_artifact, state_dict_file_bytes
 
     inner = search_env(env, ("config", "limits", "baseline", "model", "data"))
     cfg = inner.config
@@ -115,9 +120,10 @@ def build_result(
         inner.model, model, data.example_input(1), cfg.runtime, final.latency_repeats
     )
     baseline, compressed = _sides(env, model, data, timed, values)
+    baseline["file_bytes"] = state_dict_file_bytes(inner.model)
     compressed["val_accuracy_search"] = _search_accuracy(search, shipped.episode)
-    compressed["artifact_bytes"] = shipped.artifact.payload_bytes
-    compressed["file_bytes"] = shipped.artifact.file_bytes
+    compressed.update(_sizes(shipped.artifact, baseline))
+    compressed.update(_nonzero_macs(env, shipped.policy))
     met_estimate = all(values[m] <= lim for m, lim in limits.items())
     check = _check(inner, timed, values)
     final_time = time.perf_counter() - shipped.started
@@ -184,6 +190,29 @@ def _check(inner: Any, timed: Any, values: dict[str, float]) -> dict[str, Any] |
     return latency_check(timed, budget, limit, values["latency"], inner.baseline["latency"])
 
 
+def _sizes(artifact: Any, baseline: dict[str, Any]) -> dict[str, Any]:
+    """Bytes on disk, the bound they never exceed, and the ratio to the float file."""
+    return {
+        "artifact_bytes": artifact.payload_bytes,
+        "bound_bytes": artifact.bound,
+        "file_bytes": artifact.file_bytes,
+        "compression_ratio": baseline["file_bytes"] / max(artifact.file_bytes, 1),
+    }
+
+
+def _nonzero_macs(env: gym.Env, policy: Policy) -> dict[str, int]:
+    """Theoretical MACs with zeroed weights skipped, where the policy has any sparsity."""
+    from autoshrink.compression.cost import nonzero_macs
+    from autoshrink.compression.sparsity import layer_sparsity
+
+    inner = search_env(env, ("graph",))
+    sparsity = layer_sparsity(policy, inner.graph)
+    if not sparsity:
+        return {}
+    kept = kept_channels(policy, inner.graph)
+    return {"nonzero_macs_theoretical": nonzero_macs(inner.graph, kept, sparsity)}
+
+
 def baseline_training(env: gym.Env) -> dict[str, Any] | None:
     """How the env's cached baseline trained, and whether it is near chance (or too low).
 
@@ -242,7 +271,7 @@ def realised_costs(env: gym.Env, policy: Policy) -> dict[str, float]:
     inner = search_env(env, ("graph", "units", "clamp"))
     kept = kept_channels(policy, inner.graph)
     channels = [kept[u.name] for u in inner.units]
-    bits = [
-        policy.units[u.name].bits if u.name in policy.units else FLOAT_BITS for u in inner.units
-    ]
-    return dict(inner.clamp.measure(channels, bits))
+    units = [policy.units.get(u.name) for u in inner.units]
+    bits = [FLOAT_BITS if up is None else up.bits for up in units]
+    sparsity = [0.0 if up is None else up.sparsity for up in units]
+    return dict(inner.clamp.measure(channels, bits, sparsity))

@@ -165,7 +165,8 @@ def policy_actions(env: gym.Env, policy: Policy) -> np.ndarray:
         u.kept(min(max(d.keep, cfg.min_keep), 1.0))
         for u, d in zip(inner.units, decisions, strict=True)
     ]
-    return np.asarray(inner.encode(channels, [d.bits for d in decisions]), dtype=np.float32)
+    rows = inner.encode(channels, [d.bits for d in decisions], [d.sparsity for d in decisions])
+    return np.asarray(rows, dtype=np.float32)
 
 
 def _rollout(

@@ -23,9 +23,10 @@ from autoshrink.agent.search.transfer import agent_algorithm, agent_spaces
 from autoshrink.compression.errors import PolicyError
 from autoshrink.compression.metrics import BUDGET_NAMES
 from autoshrink.env.config import EnvConfig
+from autoshrink.env.state import MODE_DIMS
 
 #: Actions per step of each mode's env.
-_ACTIONS = {"prune": (1,), "quant": (1,), "joint": (2,)}
+_ACTIONS = {mode: (len(dims),) for mode, dims in MODE_DIMS.items()}
 
 
 @dataclass(frozen=True)

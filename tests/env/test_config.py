@@ -88,7 +88,7 @@ def test_config_json_round_trip() -> None:
     with pytest.raises(AutoshrinkError, match="malformed"):
         EnvConfig.from_json("{")
     assert cfg.to_dict()["type"] == "autoshrink.EnvConfig"
-    assert cfg.to_dict()["version"] == 2
+    assert cfg.to_dict()["version"] == 3
 
 
 def test_version_1_config_keeps_the_absolute_keep_action() -> None:

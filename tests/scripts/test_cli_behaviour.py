@@ -158,7 +158,10 @@ def test_search_help_states_the_default_budgets(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--flops FLOPS MACs budget" in text
     assert "(default: 0.5 in prune and joint mode, if no budget is given)" in text
-    assert "(default: 0.15 in quant mode, 0.1 in joint mode, if no budget is given)" in text
+    assert (
+        "(default: 0.15 in quant mode, 0.1 in joint mode, 0.05 in deep and sparse mode, "
+        "if no budget is given)"
+    ) in text
     assert "--params PARAMS parameter budget, e.g. 0.3 or 100K (default: none)" in text
 
 

@@ -150,8 +150,17 @@ def test_noise_is_applied_after_warmup_only(tmp_path):
     assert sigmas[2:] == pytest.approx([0.5, 0.5 * 0.95, 0.5 * 0.95**2])
 
 
-def test_registry_lists_the_seven_aliases():
-    assert set(ALGORITHMS) == {"ddpg", "td3", "sac", "ppo", "random", "uniform", "global"}
+def test_registry_lists_the_eight_aliases():
+    assert set(ALGORITHMS) == {
+        "ddpg",
+        "td3",
+        "sac",
+        "ppo",
+        "random",
+        "uniform",
+        "global",
+        "deep-compression",
+    }
     assert [a for a, s in ALGORITHMS.items() if s.learning] == ["ddpg", "td3", "sac", "ppo"]
     assert np.isfinite(0.0)
 
