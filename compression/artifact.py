@@ -24,11 +24,9 @@ factory="mynet.py:build")``, ``--model`` on the CLI), and only if that file's ha
 the recorded one (unless ``allow_changed_factory``). The header is read and fully checked
 (:mod:`autoshrink.compression.artifact_header`) before any payload byte is read.
 
-The pruned architecture is stored implicitly: loading rebuilds the base model from its spec,
-finds its units, removes channels down to the stored counts (which channels does not matter:
-the weights are overwritten), then loads the tensors. The fixed overhead of the format is
-the 8-byte length prefix plus the JSON header (about 100 bytes per tensor plus the policy);
-:class:`ArtifactInfo` reports it.
+The pruned architecture is implicit: loading rebuilds the base model from its spec, prunes
+its units to the stored counts, then loads the tensors. The format's fixed overhead (length
+prefix and JSON header) is in :class:`ArtifactInfo`.
 
 >>> info = save_artifact("m.safetensors", model, spec, (1, 1, 8, 8), policy)  # doctest: +SKIP
 >>> load_artifact(info.path)  # doctest: +SKIP
@@ -401,5 +399,5 @@ def load_base(
     """
     path = Path(path)
     head = read_header(path)
-    spec = _base_spec(path, head, factory, allow_changed_factory)
+    spec = base_spec(path, head, factory, allow_changed_factory)
     return build_model(spec).eval()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from autoshrink.agent.config import AgentConfig
-from autoshrink.agent.scripted import DeepCompressionSearch, EnvView
+from autoshrink.agent.scripted import DeepCompressionSearch
+from autoshrink.agent.scripted_view import EnvView
 from autoshrink.agent.search.config import FinalConfig, SearchConfig
 from autoshrink.agent.search.finish import finish_search
 from autoshrink.agent.search.loop import run_search

@@ -9,7 +9,8 @@ import pytest
 from safetensors import safe_open
 
 from autoshrink.agent.config import AgentConfig
-from autoshrink.agent.scripted import EnvView, UniformSearch
+from autoshrink.agent.scripted import UniformSearch
+from autoshrink.agent.scripted_view import EnvView
 from autoshrink.agent.search.config import FinalConfig
 from autoshrink.agent.search.finish import finish_search
 from autoshrink.agent.search.loop import run_search
