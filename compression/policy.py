@@ -99,6 +99,9 @@ class Policy(JsonFile):
         frozen: The units that stayed at full width although they are not the classifier,
             keyed by leading layer, with the one-line reason (``UnitGraph.frozen``). The
             artifact rebuilds the model with exactly these frozen.
+        steps: Per unit, the channel counts hardware-aware rounding allowed (``Unit.steps``),
+            so that the policy realises the same channels wherever it is applied. Written
+            to JSON only when non-empty.
     """
 
     units: dict[str, UnitPolicy] = field(default_factory=dict)
@@ -106,6 +109,7 @@ class Policy(JsonFile):
     round_to: int = 1
     meta: dict[str, Any] = field(default_factory=dict)
     frozen: dict[str, str] = field(default_factory=dict)
+    steps: dict[str, list[int]] = field(default_factory=dict)
 
     json_what: ClassVar[str] = "autoshrink policy"
     json_error: ClassVar[type[AutoshrinkError]] = PolicyError
@@ -127,6 +131,8 @@ class Policy(JsonFile):
         data = {"units": units, "layers": dict(self.layers), "round_to": self.round_to}
         if self.frozen:  # optional: files without frozen units read as before
             data["frozen"] = dict(self.frozen)
+        if self.steps:  # optional too: only hardware-aware rounding writes it
+            data["steps"] = {name: list(c) for name, c in self.steps.items()}
         return wrap(POLICY_TYPE, POLICY_VERSION, {**data, "meta": self.meta})
 
     @classmethod
@@ -167,9 +173,16 @@ class Policy(JsonFile):
         ):
             problems.append("'frozen' must map unit names to reasons")
             frozen = {}
+        steps = data.get("steps", {})
+        if not isinstance(steps, dict) or not all(
+            isinstance(v, list) and all(type(c) is int and c > 0 for c in v) and v
+            for v in steps.values()
+        ):
+            problems.append("'steps' must map unit names to lists of positive channel counts")
+            steps = {}
         if problems:
             raise PolicyError(_join(problems))
-        return cls(units=units, layers=layers, round_to=round_to, meta=meta, frozen=frozen)
+        return cls(units, layers, round_to, meta, frozen, steps)
 
 
 def _unit_dict(u: UnitPolicy) -> dict[str, Any]:
@@ -301,7 +314,12 @@ def act_bits(policy: Policy, graph: UnitGraph) -> dict[str, int]:
 
 
 def kept_channels(policy: Policy, graph: UnitGraph) -> dict[str, int]:
-    """Realised channel count per unit, through the shared rounding rule ``Unit.kept``."""
+    """Realised channel count per unit, through the shared rounding rule ``Unit.kept``.
+
+    The policy's hardware-aware :attr:`Policy.steps` apply to ``graph`` first.
+    """
+    if policy.steps:
+        graph = graph.with_steps(policy.steps)
     return {
         u.name: u.kept(policy.units[u.name].keep) if u.name in policy.units else u.c_out
         for u in graph.units
@@ -321,4 +339,5 @@ def uniform_policy(
         units={u.name: UnitPolicy(keep=keep, bits=bits, channels=u.c_out) for u in graph.units},
         layers=dict(pinned or {}),
         frozen=dict(graph.frozen),
+        steps=graph.steps,
     )

@@ -8,8 +8,8 @@ from the tracing so that the modules tracing uses can name them without importin
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,10 @@ class Unit:
         channel_groups: Convolution groups the channels are balanced over (1 if none).
         width: Output channels of the leading layer per unit channel: 1, or for the heads
             of an attention block (one unit channel per head) ``3 * head_dim``.
+        steps: The channel counts this unit may keep, ascending and ending with
+            ``c_out``, when hardware-aware rounding chose them (the counts that run faster
+            than every larger one, :mod:`~autoshrink.compression.channel_steps`); empty
+            means every multiple of ``round_to``.
     """
 
     name: str
@@ -72,6 +76,7 @@ class Unit:
     round_to: int = 1
     channel_groups: int = 1
     width: int = 1
+    steps: tuple[int, ...] = ()
 
     @property
     def is_heads(self) -> bool:
@@ -82,11 +87,15 @@ class Unit:
         """The channels kept at ``keep``: THE rounding rule of cost model and pruning alike.
 
         ``keep * N`` rounded (half up) to the nearest of ``r, 2r, ...`` and ``N`` itself,
-        so ``keep=1`` always keeps all N; at least ``r`` (``N`` if ``N < r``).
+        so ``keep=1`` always keeps all N; at least ``r`` (``N`` if ``N < r``). With
+        :attr:`steps`, to the nearest of those counts instead (ties to the larger).
 
         >>> unit = Unit("c", 0, "conv", False, 3, 60, 3, 1, 1, 64, 0, 0, ("c",), round_to=8)
         >>> unit.kept(0.3), unit.kept(0.95), unit.kept(1.0)
         (16, 56, 60)
+        >>> stepped = replace(unit, steps=(16, 32, 48, 60))
+        >>> stepped.kept(0.3), stepped.kept(0.66), stepped.kept(0.95)
+        (16, 48, 60)
 
         Raises:
             PolicyError: If ``keep`` is not a number in (0, 1].
@@ -97,6 +106,8 @@ class Unit:
             raise PolicyError(f"keep-ratio of unit {self.name} must lie in (0, 1], got {keep!r}")
         r, n = self.round_to, self.c_out
         x = keep * n
+        if self.steps:
+            return min(self.steps, key=lambda c: (abs(c - x), -c))
         kept = math.floor(x / r + 0.5) * r
         if kept > n or n - x <= abs(x - kept):
             kept = n
@@ -214,6 +225,28 @@ class UnitGraph:
         """Layer names in execution order."""
         return tuple(layer.name for layer in self.layers)
 
+    @property
+    def steps(self) -> dict[str, list[int]]:
+        """The units' hardware-aware steps, for a policy to carry (empty when none has any)."""
+        return {u.name: list(u.steps) for u in self.units if u.steps}
+
+    def with_steps(self, steps: Mapping[str, Sequence[int]]) -> UnitGraph:
+        """This graph with the named units rounding to ``steps`` (see :attr:`Unit.steps`).
+
+        Units not named keep their plain rounding. The cost model's tables do not depend on
+        the rounding; the copy starts with an empty cache only because it holds the units.
+
+        Raises:
+            PolicyError: On an unknown unit or steps that do not fit it.
+        """
+        for name in steps:
+            self.unit(name)  # raises on an unknown unit
+        units = tuple(
+            replace(u, steps=check_steps(u, steps[u.name])) if u.name in steps else u
+            for u in self.units
+        )
+        return replace(self, units=units, cache={})
+
     def unit(self, name: str) -> Unit:
         """The unit called ``name``.
 
@@ -226,6 +259,28 @@ class UnitGraph:
         if name not in index:
             raise PolicyError(f"unknown unit {name!r}; units are {_preview(index)}")
         return index[name]
+
+
+def check_steps(unit: Unit, steps: object) -> tuple[int, ...]:
+    """``steps`` as a unit's allowed channel counts, if they are valid for ``unit``.
+
+    Valid: ascending distinct integers, each a multiple of the unit's ``round_to`` (or its
+    full width), ending with the unit's ``c_out``.
+
+    Raises:
+        PolicyError: Naming the unit and what is wrong.
+    """
+    ok = isinstance(steps, list | tuple) and bool(steps)
+    counts: tuple[Any, ...] = tuple(steps) if ok else ()  # type: ignore[arg-type]
+    ok = ok and all(isinstance(c, int) and not isinstance(c, bool) for c in counts)
+    ok = ok and list(counts) == sorted(set(counts)) and counts[-1] == unit.c_out
+    ok = ok and all(c > 0 and (c % unit.round_to == 0 or c == unit.c_out) for c in counts)
+    if not ok:
+        raise PolicyError(
+            f"channel steps of unit {unit.name} must be ascending multiples of "
+            f"{unit.round_to} ending with its {unit.c_out} channels, got {steps!r}"
+        )
+    return counts
 
 
 def _preview(names: Iterable[str], most: int = 6) -> str:

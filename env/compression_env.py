@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 from torch import nn
 
+from autoshrink.compression.channel_steps import stepped
 from autoshrink.compression.cost import cost_from_channels, nonzero_macs
 from autoshrink.compression.data import DataSplits, load_dataset
 from autoshrink.compression.device import resolve_device
@@ -64,11 +65,11 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     ``min_keep + a * (1 - min_keep)``. Either way the ratio is rounded to channels by the
     unit's rule. The bits use HAQ's equal-width bins over ``bit_choices``. In ``quant`` and
     ``joint`` mode the first and last layers, and those whose channels no unit decides,
-    are pinned to ``first_last_bits``. With hard
-    budgets (the default) each decision is clamped on realised channels and bits so that
-    the final policy meets every budget whatever the actions: see
-    :mod:`autoshrink.env.budget`. ``info`` of each step holds the proposed and realised
-    values, and whether the clamp changed them.
+    are pinned to ``first_last_bits``. With hard budgets (the default) each decision is
+    clamped on realised channels and bits so that the final policy meets every budget
+    whatever the actions: see :mod:`autoshrink.env.budget`. ``info`` of each step holds
+    the proposed and realised values, and whether the clamp changed them. ``hw_rounding``
+    keeps measured-fast channel counts only (:mod:`autoshrink.compression.channel_steps`).
 
     ## Observation Space
     ``Box(0, 1, (17,), float32)``: the unit about to be decided. Features 0-9 are static
@@ -162,6 +163,8 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         self.baseline_training: TrainResult | None = None
         self.model = (model if model is not None else self._load_model()).eval()
         self.graph = build_units(self.model, self.data.example_input(1), round_to=cfg.round_to)
+        if cfg.hw_rounding:  # measured once and cached: workers read the main process's steps
+            self.graph = stepped(self.model, self.graph, cfg.latency_batch)
         if not self.graph.units:
             raise UnsupportedModelError(f"{cfg.model} has no prunable unit")
         self.units = self.graph.units
@@ -364,7 +367,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
             "mode": cfg.mode,
             "budgets": {result_key(m): limit for m, limit in self.limits.items()},
         }
-        return Policy(units=units, layers=dict(self.pinned), round_to=cfg.round_to, meta=meta)
+        return Policy(units, dict(self.pinned), cfg.round_to, meta, steps=self.graph.steps)
 
     def _finish(self, info: dict[str, Any]) -> float:
         cfg = self.config

@@ -102,6 +102,9 @@ class EnvConfig(JsonFile):
         batch_size: Batch size of every loader the evaluator uses.
         importance: Channel importance criterion for pruning.
         round_to: Channel granularity of every unit.
+        hw_rounding: Hardware-aware rounding: each unit keeps only channel counts that run
+            faster than every larger one, timed on this machine at ``latency_batch``
+            (:mod:`autoshrink.compression.channel_steps`; cached). Costs stay exact.
         latency_batch: Batch size at which the latency table is measured.
         runtime: Where latency is measured (the table, and the final check of a latency
             budget): ``eager``, ``compiled`` (``torch.compile``) or ``onnxruntime``.
@@ -141,6 +144,7 @@ class EnvConfig(JsonFile):
     batch_size: int = 64
     importance: str = "l1"
     round_to: int = 1
+    hw_rounding: bool = False
     latency_batch: int = 1
     runtime: str = DEFAULT_RUNTIME
     seed: int = 0
@@ -242,6 +246,10 @@ def _choice_problems(cfg: EnvConfig) -> list[str]:
             f"soft budgets (hard=False) need reward='penalty', got {cfg.reward!r}",
         ),
         (isinstance(cfg.hard, bool), f"hard must be true or false, got {cfg.hard!r}"),
+        (
+            isinstance(cfg.hw_rounding, bool),
+            f"hw_rounding must be true or false, got {cfg.hw_rounding!r}",
+        ),
         (
             isinstance(cfg.fill_budget, bool),
             f"fill_budget must be true or false, got {cfg.fill_budget!r}",

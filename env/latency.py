@@ -14,7 +14,8 @@ which over-estimates, i.e. errs on the safe side. Weight bit-widths do not enter
 bits this CPU has no kernels, so simulated and packed low-bit weights run in float.
 
 Every entry is measured on the chosen runtime (:mod:`autoshrink.compression.runtime`:
-eager, ``torch.compile`` or onnxruntime) *against the full model, interleaved*
+eager, in the layout measured fastest for the full model, ``torch.compile`` or
+onnxruntime) *against the full model, interleaved*
 (:func:`autoshrink.compression.timing.compare`): a unit's latency at a level is ``base``
 times the median per-round ratio, so a machine that slows down between two entries does not
 bend the table. ``spread`` is the largest spread of those ratios.
@@ -42,7 +43,7 @@ from autoshrink.compression.documents import read_document
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.json_write import write_json
 from autoshrink.compression.names import DEFAULT_RUNTIME
-from autoshrink.compression.runtime import runner, runtime_versions
+from autoshrink.compression.runtime import deployed_layout, runner, runtime_versions
 from autoshrink.compression.timing import compare
 from autoshrink.compression.versioned import unwrap, wrap
 
@@ -151,12 +152,17 @@ def table_key(
 def _interleaved(
     model: nn.Module, example_input: torch.Tensor, runtime: str, rounds: int
 ) -> tuple[float, Callable[[nn.Module], tuple[float, float]]]:
-    """The full model's seconds, and ``ratio_of(variant)``: its median ratio and spread."""
-    base = runner(model, example_input, runtime)
+    """The full model's seconds, and ``ratio_of(variant)``: its median ratio and spread.
+
+    The variants run in the full model's layout (measured once, on eager).
+    """
+    layout = deployed_layout(model, example_input) if runtime == "eager" else "contiguous"
+    base = runner(model, example_input, runtime, layout)
     seconds = compare(base, base, example_input, rounds).reference.median
 
     def ratio_of(variant: nn.Module) -> tuple[float, float]:
-        c = compare(base, runner(variant, example_input, runtime), example_input, rounds)
+        run = runner(variant, example_input, runtime, layout)
+        c = compare(base, run, example_input, rounds)
         return c.ratio, c.spread
 
     return seconds, ratio_of

@@ -54,6 +54,12 @@ def add_parser(subparsers: Any) -> None:
     _add_model_flags(p)
     add_budget_flags(p, mode_defaults())
     add_runtime_flag(p, "latency (the --latency budget's table, its final check, the result)")
+    p.add_argument(
+        "--hw-rounding",
+        action="store_true",
+        help="hardware-aware channel counts: each unit keeps only counts that run faster "
+        "than every larger one, timed once on this machine and cached (default: off)",
+    )
     _add_agent_flags(p)
     _add_final_flags(p)
     add_device_flags(p, workers="--workers", episodes=True)
@@ -246,6 +252,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "final_finalist_spacing": args.finalist_spacing,
         "device": args.device,
         "runtime": args.runtime,
+        "hw_rounding": True if args.hw_rounding else None,
     }
     return {k: v for k, v in given.items() if v is not None}
 

@@ -45,3 +45,29 @@ def test_many_compiled_variants_of_one_class_are_all_compiled() -> None:
         runner(model, x, "compiled")(x)
     assert counters["stats"]["unique_graphs"] - before == 12
     assert torch._dynamo.config.recompile_limit >= RECOMPILE_LIMIT
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "auto"])
+def test_every_eager_layout_computes_the_model(layout: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("resnet20", 10, 3)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    run = runner(model, x, "eager", layout)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.as_tensor(run(x)), model(x), rtol=1e-4, atol=1e-4)
+    assert next(model.parameters()).is_contiguous()  # the model itself is left as it was
+
+
+def test_the_measured_layout_is_one_of_the_two_and_vectors_stay_contiguous() -> None:
+    from autoshrink.compression.runtime import deployed_layout
+
+    model = build_model(ModelSpec("smallcnn", 10, 1)).eval()
+    assert deployed_layout(model, torch.zeros(1, 1, 8, 8)) in ("contiguous", "channels_last")
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    assert deployed_layout(mlp, torch.zeros(1, 4)) == "contiguous"
+    assert runner(mlp, torch.zeros(1, 4), "eager") is mlp
+
+
+def test_an_unknown_layout_is_refused() -> None:
+    with pytest.raises(AutoshrinkError, match="unknown layout 'nhwc'"):
+        runner(torch.nn.Linear(4, 2), torch.zeros(1, 4), "eager", "nhwc")
