@@ -93,6 +93,13 @@ class RayVecEnv(VecEnv):
     def __init__(self, config: EnvConfig, workers: int, threads: int, address: str | None) -> None:
         self.own = init_ray(address)
         ray = import_ray()
+        cpus = float(ray.cluster_resources().get("CPU", 0))
+        if workers * threads > cpus:  # Ray would wait for them forever
+            self.close()
+            raise AutoshrinkError(
+                f"the Ray cluster has {cpus:g} CPUs; {workers} workers of {threads} torch "
+                f"threads need {workers * threads}: use fewer --workers or --threads"
+            )
         gpus = float(ray.cluster_resources().get("GPU", 0))
         use_gpu = gpus > 0 and config.device in ("cuda", "auto")
         share = min(1.0, gpus / workers) if use_gpu else 0.0

@@ -228,3 +228,18 @@ def test_a_resume_keeps_the_workers_of_its_search(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a search on --workers 2; its resume keeps them" in err[0]
     assert (copy / "episodes.jsonl").read_bytes() == before
+
+
+def test_ray_workers_that_need_more_cpus_than_the_cluster_has_fail_at_once(
+    tmp_path: Path,
+    smallcnn_checkpoint: Path,  # noqa: F811
+    local_ray: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+    argv = search_argv(smallcnn_checkpoint, out, "--workers", "2", "--backend", "ray")
+    assert main([*argv, "--threads", "2"]) == 2  # 2 x 2 threads on a 2-CPU Ray: never placed
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the Ray cluster has 2 CPUs" in err[0], err
+    assert "Traceback" not in err[0]
+    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
