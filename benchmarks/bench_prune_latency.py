@@ -1,162 +1,182 @@
-"""Does cutting MACs by pruning cut CPU latency? ResNet-18, real channel removal.
+"""Pruned latency efficiency: does half the MACs run in half the time? ResNet-18, real pruning.
 
-Compares the full model with pruned copies: keep 0.5 in every unit, and two policies at
-about 50 % of the MACs (a uniform keep-ratio found on the cost model, and one that prunes
-only the inside of the residual blocks, leaving the residual widths whole). MACs come from
-the cost model (equal to FlopCounterMode counts); latency is one forward pass of a batch.
+At each MACs target (default 50 % and 25 % of the full model) it builds:
+
+- **autoshrink uniform**: one keep-ratio for every unit, bisected on the exact cost model;
+- **autoshrink uniform, hw rounding**: the same on the graph with measured channel steps
+  (:mod:`autoshrink.compression.channel_steps`, timed at ``--steps-batch``);
+- **Torch-Pruning magnitude**: ``tp.pruner.MagnitudePruner`` (L1 magnitude, the classifier
+  ignored), its ``pruning_ratio`` bisected to the same MACs;
+- any searched policy given with ``--policy run/policy.json`` (its own steps apply).
+
+Every model is then timed on each runtime (eager in the layout measured fastest for it,
+and ``torch.compile``), all models interleaved round by round
+(:func:`autoshrink.compression.timing.time_interleaved`). The latency ratio is the median of
+the per-round ratios to the full model, with their spread (interquartile range over the
+median); **efficiency** is the MACs ratio over the latency ratio (1.0 = latency falls as
+fast as MACs).
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_prune_latency.py [--reps 10] [--warmup 2]
-        [--batch 32] [--size 224] [--threads 2] [--json out.json]
-
-Repetitions are interleaved: each repetition times every model once, in turn, so that slow
-phases of a shared machine hit all models alike. Reported are the median latency per model
-and the median, over repetitions, of each model's latency divided by the baseline's in the
-same repetition.
+    .venv/bin/python benchmarks/bench_prune_latency.py [--batch 32] [--size 224]
+        [--threads 2] [--rounds 10] [--targets 0.5,0.25] [--runtimes eager,compiled]
+        [--policy run/policy.json ...] [--steps-batch 1] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
-import time
-from collections.abc import Mapping
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
-from autoshrink.compression.cost import Cost, cost
-from autoshrink.compression.importance import channel_scores
+from autoshrink.compression.channel_steps import measure_steps
+from autoshrink.compression.cost import cost
+from autoshrink.compression.counting import count_macs
 from autoshrink.compression.models import ModelSpec, build_model
-from autoshrink.compression.prune import prune
+from autoshrink.compression.policy import Policy, kept_channels
+from autoshrink.compression.prune import prune_channels
+from autoshrink.compression.runtime import deployed_layout, runner
+from autoshrink.compression.timing import relative_spread, time_interleaved
 from autoshrink.compression.units import UnitGraph, build_units
 
 
-def uniform_keep_for(graph: UnitGraph, names: list[str], target: float) -> dict[str, float]:
-    """The keep-ratio, the same for ``names``, whose MACs are closest to ``target`` x full."""
-    full = cost(graph).macs
-    lo, hi = 0.01, 1.0
-    for _ in range(40):  # bisection on the exact cost model; MACs grow with keep
+def bisect(value_at: Callable[[float], float], target: float, lo: float, hi: float) -> float:
+    """The x in [lo, hi] whose ``value_at(x)`` (increasing in x) is closest to ``target``."""
+    for _ in range(14):
         mid = (lo + hi) / 2
-        if cost(graph, dict.fromkeys(names, mid)).macs > target * full:
-            hi = mid
-        else:
-            lo = mid
-    best = min(
-        (lo, hi), key=lambda k: abs(cost(graph, dict.fromkeys(names, k)).macs - target * full)
-    )
-    return dict.fromkeys(names, best)
+        lo, hi = (lo, mid) if value_at(mid) > target else (mid, hi)
+    return min((lo, hi), key=lambda x: abs(value_at(x) - target))
 
 
-def time_once(model: nn.Module, x: torch.Tensor) -> float:
-    """Seconds for one forward pass."""
-    start = time.perf_counter()
-    model(x)
-    return time.perf_counter() - start
+def uniform_model(base: nn.Module, graph: UnitGraph, target: float) -> nn.Module:
+    """``base`` pruned with one keep-ratio everywhere, at ``target`` of the MACs."""
+    full = cost(graph).macs
+
+    def macs(k: float) -> float:
+        return cost(graph, dict.fromkeys(graph.unit_names, k)).macs / full
+
+    keep = bisect(macs, target, 0.01, 1.0)
+    kept = {u.name: u.kept(keep) for u in graph.units}
+    return prune_channels(base, graph, kept).eval()
 
 
-def _parse_args() -> argparse.Namespace:
-    """The command-line flags."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=10, help="timed repetitions (10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions (2)")
-    parser.add_argument("--batch", type=int, default=32, help="batch size (32)")
-    parser.add_argument("--size", type=int, default=224, help="image side (224)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (2)")
-    parser.add_argument("--json", default=None, help="also write the results here")
-    return parser.parse_args()
+def tp_model(base: nn.Module, x1: torch.Tensor, target: float) -> nn.Module:
+    """``base`` pruned by Torch-Pruning's MagnitudePruner to ``target`` of the MACs."""
+    full = count_macs(base, x1)
+
+    def pruned(ratio: float) -> nn.Module:
+        model = copy.deepcopy(base)
+        imp = tp.importance.MagnitudeImportance(p=1)
+        pruner = tp.pruner.MagnitudePruner(
+            model, x1, importance=imp, pruning_ratio=ratio, ignored_layers=[model.fc]
+        )
+        pruner.step()
+        return model.eval()
+
+    ratio = bisect(lambda r: -count_macs(pruned(r), x1) / full, -target, 0.0, 0.95)
+    return pruned(ratio)
 
 
-def _policies(graph: UnitGraph) -> Mapping[str, dict[str, float]]:
-    """The compared policies, by name: unit -> keep-ratio (empty for the baseline)."""
-    inner = [u.name for u in graph.units if u.name.endswith(".conv1") and "layer" in u.name]
-    policies: Mapping[str, dict[str, float]] = {
-        "baseline": {},
-        "keep 0.5 in every unit": {u.name: 0.5 for u in graph.units},
-        "uniform keep, ~50 % MACs": uniform_keep_for(graph, list(graph.unit_names), 0.5),
-        "block-inner convs only, ~50 % MACs": uniform_keep_for(graph, inner, 0.5),
-    }
-    return policies
+def _models(args: argparse.Namespace) -> dict[str, nn.Module]:
+    """The compared models by name, the full model first."""
+    torch.manual_seed(0)
+    base = build_model(ModelSpec("resnet18", num_classes=1000)).eval()
+    x1 = torch.zeros(1, 3, args.size, args.size)
+    graph = build_units(base, x1)
+    stepped = graph.with_steps(measure_steps(graph, batch=args.steps_batch))
+    models: dict[str, nn.Module] = {"full": base}
+    for t in args.targets:
+        models[f"autoshrink uniform @{t:g}"] = uniform_model(base, graph, t)
+        models[f"autoshrink uniform, hw rounding @{t:g}"] = uniform_model(base, stepped, t)
+        models[f"Torch-Pruning magnitude @{t:g}"] = tp_model(base, x1, t)
+    for path in args.policy:
+        policy = Policy.load(path)
+        kept = kept_channels(policy, graph)
+        label = f"searched {Path(path).parent.name}" + (", hw rounding" if policy.steps else "")
+        models[label] = prune_channels(base, graph, kept).eval()
+    return models
 
 
-def _measure(
-    models: dict[str, nn.Module], x: torch.Tensor, warmup: int, reps: int
-) -> dict[str, list[float]]:
-    """Seconds per forward pass of each model, over the ``reps`` timed repetitions."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    with torch.inference_mode():
-        for rep in range(warmup + reps):
-            for name, model in models.items():  # interleaved: every model once per repetition
-                seconds = time_once(model, x)
-                if rep >= warmup:
-                    times[name].append(seconds)
-    return times
-
-
-def _rows(
-    graph: UnitGraph,
-    policies: Mapping[str, dict[str, float]],
-    times: dict[str, list[float]],
-    full: Cost,
+def _time(
+    models: dict[str, nn.Module], x: torch.Tensor, runtime: str, rounds: int
 ) -> list[dict[str, Any]]:
-    """Per policy: its cost against ``full`` and its median latency, absolute and relative."""
+    """Per model: latency median, ratio to the full model (median of per-round ratios)."""
+    layouts = {n: deployed_layout(m, x) if runtime == "eager" else "-" for n, m in models.items()}
+    runners = {
+        n: runner(m, x, runtime, layouts[n] if runtime == "eager" else "auto")
+        for n, m in models.items()
+    }
+    samples = time_interleaved(runners, x, rounds)
     rows = []
-    for name, keep in policies.items():
-        c = cost(graph, keep)
-        ratios = [t / b for t, b in zip(times[name], times["baseline"], strict=True)]
+    for name, times in samples.items():
+        ratios = [t / b for t, b in zip(times, samples["full"], strict=True)]
         rows.append(
             {
-                "policy": name,
-                "keep": round(next(iter(keep.values()), 1.0), 4),
-                "macs": c.macs,
-                "macs_ratio": c.macs / full.macs,
-                "params_ratio": c.params / full.params,
-                "latency_ms": 1e3 * statistics.median(times[name]),
+                "runtime": runtime,
+                "model": name,
+                "layout": layouts[name],
+                "latency_ms": 1e3 * statistics.median(times),
                 "latency_ratio": statistics.median(ratios),
+                "spread": relative_spread(ratios),
             }
         )
     return rows
 
 
-def _print_table(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
-    """The setup line and the markdown table."""
-    print(
-        f"resnet18, input {args.batch}x3x{args.size}x{args.size}, {args.threads} threads, "
-        f"{args.reps} interleaved repetitions (medians)\n"
-    )
-    print("| policy | keep | GMACs | MACs ratio | params ratio | latency (ms) | latency ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['policy']} | {r['keep']:.3f} | {r['macs'] / 1e9:.2f} | {r['macs_ratio']:.3f} "
-            f"| {r['params_ratio']:.3f} | {r['latency_ms']:.0f} | {r['latency_ratio']:.3f} |"
-        )
+def _parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=32, help="batch size (32)")
+    p.add_argument("--size", type=int, default=224, help="image side (224)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (2)")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (10)")
+    p.add_argument("--targets", default="0.5,0.25", help="MACs targets (0.5,0.25)")
+    p.add_argument("--runtimes", default="eager,compiled", help="runtimes (eager,compiled)")
+    p.add_argument("--policy", action="append", default=[], help="a searched policy.json")
+    p.add_argument("--steps-batch", type=int, default=1, help="batch of the step timing (1)")
+    p.add_argument("--json", default=None, help="also write the rows here")
+    args = p.parse_args()
+    args.targets = [float(t) for t in args.targets.split(",")]
+    return args
 
 
 def main() -> None:
-    """Run the benchmark and print a markdown table."""
+    """Build the models, time them per runtime, print the table."""
     args = _parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    base = build_model(ModelSpec("resnet18", num_classes=1000))
-    graph = build_units(base, torch.zeros(1, 3, args.size, args.size))
-    scores = channel_scores(graph, base, "l1")
-    policies = _policies(graph)
-    models = {
-        name: prune(base, graph, keep, scores=scores).eval() for name, keep in policies.items()
-    }
-    full = cost(graph)
+    models = _models(args)
+    x1 = torch.zeros(1, 3, args.size, args.size)
+    macs = {n: count_macs(m, x1) for n, m in models.items()}
     x = torch.randn(args.batch, 3, args.size, args.size)
-    times = _measure(models, x, args.warmup, args.reps)
-    rows = _rows(graph, policies, times, full)
-    _print_table(args, rows)
+    rows = []
+    for runtime in args.runtimes.split(","):
+        rows += _time(models, x, runtime, args.rounds)
+    print(
+        f"resnet18, input {args.batch}x3x{args.size}x{args.size}, {args.threads} threads, "
+        f"{args.rounds} interleaved rounds, torch {torch.__version__}\n"
+    )
+    print(
+        "| runtime | model | MACs ratio | layout | latency (ms) | latency ratio (spread) "
+        "| efficiency |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        r["macs_ratio"] = macs[r["model"]] / macs["full"]
+        r["efficiency"] = r["macs_ratio"] / r["latency_ratio"]
+        print(
+            f"| {r['runtime']} | {r['model']} | {r['macs_ratio']:.3f} | {r['layout']} "
+            f"| {r['latency_ms']:.0f} | {r['latency_ratio']:.3f} ({r['spread']:.1%}) "
+            f"| {r['efficiency']:.2f} |"
+        )
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "rows": rows, "times": times}, fh, indent=1)
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ at its real shape. The candidates are interleaved round by round and the median 
 A count is *efficient* when every larger candidate is slower by more than
 :data:`SLOPE_SHARE` of what the straight-line fit of the unit's times predicts for the
 extra channels: a count on a step's flat top is dropped, since the step's last count costs
-the same and keeps more (a unit whose time does not change keeps its full width only). :attr:`~autoshrink.compression.unit_graph.Unit.steps` then holds
-the efficient counts, and ``Unit.kept`` rounds to the nearest of them: one rule, shared by
-the budget clamp, the cost model and the pruner, so costs stay exact.
+the same and keeps more (a unit whose time does not change keeps its full width only).
+:attr:`~autoshrink.compression.unit_graph.Unit.steps` then holds the efficient counts,
+and ``Unit.kept`` rounds to the nearest of them: one rule, shared by the budget clamp,
+the cost model and the pruner, so costs stay exact.
 
 The steps are measured on eager PyTorch (the oneDNN kernels ``torch.compile`` also calls
 for convolutions) at the calling process's threads, and cached per architecture, input
