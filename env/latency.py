@@ -1,17 +1,32 @@
 """A per-unit latency lookup table, measured on this machine and cached.
 
 For each unit the table holds the measured latency of the model with *only that unit*
-pruned to a few channel counts (all other units whole). The estimate for a policy is
-additive, as in HAQ's lookup tables::
+pruned to a few channel counts (all other units whole). Their savings add up, as in HAQ's
+lookup tables::
 
-    latency(policy) = base + sum over units of (latency_u(channels_u) - base)
+    added(policy) = sum over units of (base - latency_u(channels_u))
 
 where ``latency_u`` is piecewise-linear in the channel count between the measured levels
 and made monotone (non-decreasing in channels: a level never counts as slower than a larger
-one, so the whole model stays at ``base``), which keeps the budget clamp's binary search
-valid. Below the lowest measured level the lowest level's value is used,
-which over-estimates, i.e. errs on the safe side. Weight bit-widths do not enter: below 8
-bits this CPU has no kernels, so simulated and packed low-bit weights run in float.
+one). Below the lowest measured level the lowest level's value is used. Weight bit-widths
+do not enter: below 8 bits this CPU has no kernels, so simulated and packed low-bit weights
+run in float.
+
+Savings do not add up on a real machine: a small model at a small input is per-operator
+overhead, and pruning one unit also shrinks the next layer's input, so the sum of the
+one-unit savings over-promises (ResNet-20 at 8×8: the additive table put every unit at an
+eighth of its channels at 0.6 of the full latency; it measured 0.92). So the table is
+*calibrated*: every unit at each measured level together (the uniform policies) is measured
+too, and the estimate maps the added saving through the measured ones::
+
+    latency(policy) = base - calibrated(added(policy))
+
+``calibrated`` is piecewise-linear through ``(0, 0)`` and the uniform policies' (added,
+measured) savings, made non-decreasing from the conservative side (a point never promises
+more than any point beyond it), and flat past the last one, so the estimate is exact at the
+full model and at every measured uniform policy, never promises more than the smallest one
+measured, and stays monotone in every unit's channels, which keeps the budget clamp's binary
+search valid.
 
 Every entry is measured on the chosen runtime (:mod:`autoshrink.compression.runtime`:
 eager, in the layout measured fastest for the full model, ``torch.compile`` or
@@ -31,7 +46,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,9 +68,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TABLE_TYPE = "autoshrink.LatencyTable"
-#: 2: the versioned envelope. 3: interleaved ratios, ``runtime`` and ``spread`` (a table of
-#: an older version in the cache is measured again).
-TABLE_VERSION = 3
+#: 2: the versioned envelope. 3: interleaved ratios, ``runtime`` and ``spread``. 4: the
+#: calibration on uniform policies (a table of an older version in the cache is measured
+#: again).
+TABLE_VERSION = 4
 #: Keep-ratios at which each unit is measured (the full model is measured once).
 LEVELS: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75)
 PruneFn = Callable[[nn.Module, "UnitGraph", Mapping[str, int]], nn.Module]
@@ -63,7 +79,7 @@ PruneFn = Callable[[nn.Module, "UnitGraph", Mapping[str, int]], nn.Module]
 
 @dataclass(frozen=True)
 class LatencyTable:
-    """Measured per-unit latencies (seconds) and the additive, monotone estimate.
+    """Measured per-unit latencies (seconds) and the calibrated, monotone estimate.
 
     Args:
         base: Latency of the uncompressed model.
@@ -72,6 +88,9 @@ class LatencyTable:
         key: What the table was measured for (model, input shape, threads, runtime, versions).
         runtime: The runtime it was measured on.
         spread: The largest spread of the interleaved ratios it was measured from.
+        calib_added: Added one-unit savings (seconds) of the measured uniform policies,
+            ascending; empty means no calibration (savings add up as measured).
+        calib_saved: Their calibrated savings (seconds): measured, made non-decreasing.
     """
 
     base: float
@@ -80,19 +99,29 @@ class LatencyTable:
     key: str = ""
     runtime: str = DEFAULT_RUNTIME
     spread: float = 0.0
+    calib_added: list[float] = field(default_factory=list)
+    calib_saved: list[float] = field(default_factory=list)
 
     def unit_latency(self, name: str, channels: int) -> float:
         """Latency of the model with only unit ``name`` at ``channels`` channels."""
         xs, ys = self.channels[name], self.seconds[name]
         return float(np.interp(channels, xs, ys))  # flat outside the measured range
 
+    def added_saving(self, kept: Mapping[str, int]) -> float:
+        """The sum of the one-unit savings (seconds) of ``kept``, before calibration."""
+        return sum(
+            self.base - self.unit_latency(name, c)
+            for name, c in kept.items()
+            if name in self.channels
+        )
+
     def __call__(self, kept: Mapping[str, int]) -> float:
         """Estimated latency of the model pruned to ``kept`` channels per unit."""
-        total = self.base
-        for name, c in kept.items():
-            if name in self.channels:
-                total += self.unit_latency(name, c) - self.base
-        return max(total, 0.0)
+        added = self.added_saving(kept)
+        if self.calib_added:
+            xs, ys = [0.0, *self.calib_added], [0.0, *self.calib_saved]
+            added = float(np.interp(added, xs, ys))  # flat past the last point
+        return max(self.base - added, 0.0)
 
     def to_dict(self) -> dict[str, object]:
         """The versioned JSON-ready form."""
@@ -111,6 +140,8 @@ class LatencyTable:
             key=str(data.get("key", "")),
             runtime=str(data.get("runtime", DEFAULT_RUNTIME)),
             spread=float(data.get("spread", 0.0)),  # type: ignore[arg-type]
+            calib_added=[float(v) for v in data.get("calib_added", [])],  # type: ignore[attr-defined]
+            calib_saved=[float(v) for v in data.get("calib_saved", [])],  # type: ignore[attr-defined]
         )
 
 
@@ -209,7 +240,35 @@ def measure_table(
         # Monotone: no count may look slower than a larger one (the full model stays base).
         seconds[unit.name] = np.minimum.accumulate(np.asarray(ys)[::-1])[::-1].tolist()
         logger.info("latency table: unit %d/%d (%s) measured", i + 1, len(graph.units), unit.name)
-    return LatencyTable(base, channels, seconds, runtime=runtime, spread=spread)
+    table = LatencyTable(base, channels, seconds, runtime=runtime, spread=spread)
+    points = []
+    for level in levels:  # every unit at one level together: what the sum over-promises
+        kept = {u.name: u.kept(level) for u in graph.units}
+        ratio, s = ratio_of(prune(model, graph, kept))
+        spread = max(spread, s)
+        points.append((table.added_saving(kept), base * (1.0 - ratio)))
+    added, saved = calibration(points)
+    logger.info("latency table: calibrated on %d uniform policies", len(points))
+    return replace(table, spread=spread, calib_added=added, calib_saved=saved)
+
+
+def calibration(points: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """Calibration points from (added, measured) savings: x strictly ascending, y safe.
+
+    A measured saving is capped by every saving measured at a larger added one (and kept
+    at least 0), so the map is non-decreasing and never promises more than a measurement.
+    Points whose added saving is not above the previous one's (or 0) are dropped.
+    """
+    xs: list[float] = []
+    ys: list[float] = []
+    for x, y in sorted(points):
+        if x > (xs[-1] if xs else 0.0):
+            xs.append(x)
+            ys.append(y)
+        elif xs:
+            ys[-1] = min(ys[-1], y)  # the same added saving: the smaller measurement
+    ys = np.minimum.accumulate(np.maximum(ys, 0.0)[::-1])[::-1].tolist() if ys else []
+    return xs, ys
 
 
 def latency_table(

@@ -115,5 +115,42 @@ def test_interleaved_table_has_a_spread_and_is_measured_against_the_full_model()
     assert "spread" in table.to_dict()["data"]
 
 
+def test_calibration_makes_the_estimate_exact_where_savings_do_not_add_up() -> None:
+    """Two units whose widths multiply (a conv between them): one-unit savings over-promise."""
+    graph = SimpleNamespace(units=[_unit("a", 16), _unit("b", 32)])
+
+    def prune(model: nn.Module, g: Any, kept: Mapping[str, int]) -> nn.Module:
+        return _Pruned(kept)
+
+    def cost(kept: Mapping[str, int]) -> float:
+        return 1.0 + 0.001 * kept["a"] * kept["b"]
+
+    def timer(model: nn.Module, x: torch.Tensor) -> float:
+        return cost(model.kept if isinstance(model, _Pruned) else {"a": 16, "b": 32})
+
+    table = measure_table(nn.Identity(), graph, torch.zeros(1), prune, timer=timer)
+    assert table.calib_added and len(table.calib_added) == len(table.calib_saved)
+    for level in lat.LEVELS:  # exact at every measured uniform policy
+        kept = {u.name: u.kept(level) for u in graph.units}
+        assert table(kept) == pytest.approx(cost(kept))
+        assert table.base - table.added_saving(kept) < cost(kept) - 1e-9  # the sum over-promises
+    assert table({"a": 16, "b": 32}) == pytest.approx(table.base)
+    floor = cost({"a": 2, "b": 4})
+    for a, b in itertools.product(range(1, 17), range(1, 33)):
+        est = table({"a": a, "b": b})
+        assert est >= floor - 1e-12  # never below the smallest measured model
+        assert est <= table({"a": min(a + 1, 16), "b": b}) + 1e-12
+        assert est <= table({"a": a, "b": min(b + 1, 32)}) + 1e-12
+    assert LatencyTable.from_dict(table.to_dict()) == table
+
+
+def test_calibration_points_are_ascending_capped_and_never_negative() -> None:
+    xs, ys = lat.calibration([(0.3, 0.25), (0.1, 0.12), (0.2, 0.05), (0.2, 0.08), (0.0, 0.1)])
+    assert xs == [0.1, 0.2, 0.3]
+    assert ys == [0.05, 0.05, 0.25]  # 0.12 capped by the 0.05 measured further out
+    assert lat.calibration([(0.1, -0.2)]) == ([0.1], [0.0])
+    assert lat.calibration([]) == ([], [])
+
+
 def test_time_forward_is_positive() -> None:
     assert lat.time_forward(nn.Linear(4, 4), torch.zeros(1, 4), repeats=3) > 0
