@@ -117,7 +117,11 @@ def build_result(
     limits = dict(inner.limits)
     model = load_artifact(shipped.artifact.path, factory=cfg.model)
     timed = measure_latency(
-        inner.model, model, data.example_input(1), cfg.runtime, final.latency_repeats
+        inner.model,
+        model,
+        data.example_input(cfg.latency_batch),
+        cfg.runtime,
+        final.latency_repeats,
     )
     baseline, compressed = _sides(env, model, data, timed, values)
     baseline["file_bytes"] = state_dict_file_bytes(inner.model)

@@ -50,7 +50,8 @@ def _latency_env(make_env: Any) -> CompressionEnv:
         channels={u.name: [1, u.c_out] for u in plain.units},
         seconds={u.name: [0.005, 0.010] for u in plain.units},
     )
-    return CompressionEnv(plain.config.replace(latency=0.9), model=plain.model, latency=table)
+    config = plain.config.replace(latency=0.9, latency_batch=3)
+    return CompressionEnv(config, model=plain.model, latency=table)
 
 
 @pytest.mark.parametrize(("slowdown", "met"), [(1.5, False), (0.5, True)])
@@ -60,7 +61,12 @@ def test_a_budget_the_fresh_measurement_breaks_is_reported_not_met(
     env = _latency_env(make_env)
     clock = FakeClock()
     # the compressed model runs `slowdown` times the baseline's time, on a fake clock
-    fake = lambda model, x, runtime: clock.model(0.010 if model is env.model else 0.010 * slowdown)  # noqa: E731
+    batches = []
+
+    def fake(model: Any, x: Any, runtime: str) -> Any:
+        batches.append(x.shape[0])
+        return clock.model(0.010 if model is env.model else 0.010 * slowdown)
+
     monkeypatch.setattr(check_module, "runner", fake)
     monkeypatch.setattr(check_module, "CLOCK", clock)
     search = run_search(env, AgentConfig(algorithm="uniform", episodes=1), tmp_path / "run")
@@ -73,3 +79,4 @@ def test_a_budget_the_fresh_measurement_breaks_is_reported_not_met(
     assert on_disk["latency"]["runtime"] == "eager" and "spread" in on_disk["latency"]
     assert on_disk["compressed"]["measured_latency_s"] == pytest.approx(0.010 * slowdown)
     assert report["budgets_met"] is met
+    assert batches == [3, 3]  # checked at the batch the table was measured for
