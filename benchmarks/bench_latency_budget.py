@@ -12,8 +12,8 @@ estimate and the fresh interleaved measurement of the shipped model against the 
 (``result.json``'s ``latency_check``) are printed as the ratio of each to the budget
 (1.0 = exactly at the budget; above 1 = the budget is broken), with the measurement's spread.
 Table and check run at ``--latency-batch`` (default 32): at batch 1 on 8x8 digits, eager
-ResNet-20 is per-operator overhead, and its fewest channels still take 0.82 of the full
-model, so a 0.6 budget is refused; a runtime whose floor is above the budget gets a
+ResNet-20 is per-operator overhead, and the table put its fewest channels at 0.82 of the
+full model, so a 0.6 budget is refused; a runtime whose floor is above the budget gets a
 "not reachable" row naming the floor.
 
 Smoke run: ``--runtimes eager --episodes 2 --final-epochs 0 --rounds 3``.

@@ -238,7 +238,7 @@ def measure_table(
         xs, ys = [*counts, unit.c_out], [*(base * r for r, _ in measured), base]
         channels[unit.name] = xs
         # Monotone: no count may look slower than a larger one (the full model stays base).
-        seconds[unit.name] = np.minimum.accumulate(np.asarray(ys)[::-1])[::-1].tolist()
+        seconds[unit.name] = capped_by_later(ys)
         logger.info("latency table: unit %d/%d (%s) measured", i + 1, len(graph.units), unit.name)
     table = LatencyTable(base, channels, seconds, runtime=runtime, spread=spread)
     points = []
@@ -267,8 +267,12 @@ def calibration(points: Sequence[tuple[float, float]]) -> tuple[list[float], lis
             ys.append(y)
         elif xs:
             ys[-1] = min(ys[-1], y)  # the same added saving: the smaller measurement
-    ys = np.minimum.accumulate(np.maximum(ys, 0.0)[::-1])[::-1].tolist() if ys else []
-    return xs, ys
+    return xs, capped_by_later([max(y, 0.0) for y in ys])
+
+
+def capped_by_later(values: Sequence[float]) -> list[float]:
+    """Each value capped by every value after it: the largest non-decreasing lower bound."""
+    return np.minimum.accumulate(np.asarray(values, dtype=float)[::-1])[::-1].tolist()
 
 
 def latency_table(
