@@ -193,11 +193,12 @@ def finish_of(report: dict[str, Any]) -> tuple[int, float]:
 
 
 def mean_std(values: list[float]) -> str:
-    """``mean ± std`` in percent (std over seeds; 0 for one seed)."""
+    """``mean ± std`` in percent (std over seeds); one seed is its value and ``(1 seed)``."""
     if not values:
         return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
+    if len(values) == 1:  # a spread of 0.00 would claim a precision one seed cannot give
+        return f"{100 * values[0]:.2f} (1 seed)"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
 def _parse_args() -> argparse.Namespace:
