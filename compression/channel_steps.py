@@ -124,8 +124,10 @@ def unit_timer(graph: UnitGraph, unit: Unit, batch: int) -> CountTimer:
     built: dict[int, list[tuple]] = {}
 
     def timer(count: int) -> float:
-        if count not in built:
-            built[count] = _layer_modules(graph, unit, count, batch)
+        if count not in built:  # which counts get built depends on timings: own generator
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(count)
+                built[count] = _layer_modules(graph, unit, count, batch)
         with torch.inference_mode():
             start = time.perf_counter()
             for module, x in built[count]:

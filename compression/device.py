@@ -19,10 +19,12 @@ Everything written to disk is taken from the CPU, so files do not depend on the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from autoshrink.compression.errors import AutoshrinkError
@@ -118,11 +120,95 @@ def on_device(model: nn.Module, device: torch.device) -> nn.Module:
     return copy.deepcopy(model).to(device)
 
 
+#: Where Linux states a cgroup's CPU quota (v2, then v1's quota and period).
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+CGROUP_V1 = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read(256).strip()
+    except (OSError, ValueError):
+        return None
+
+
+def cgroup_cores() -> float | None:
+    """The CPUs this process's cgroup quota allows (``2.5`` = 250 ms a 100 ms period), or None.
+
+    None where no quota is set (``max``) or none can be read: not Linux, no cgroup file.
+    """
+    text = _read(CGROUP_CPU_MAX)
+    parts = text.split() if text else [_read(CGROUP_V1[0]) or "", _read(CGROUP_V1[1]) or ""]
+    try:
+        quota, period = float(parts[0]), float(parts[1])
+    except (ValueError, IndexError):  # "max": no quota
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
 def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity, else the machine's count)."""
+    """The CPU cores this process may use: its affinity, capped by its cgroup's CPU quota.
+
+    Never the load of the moment: results of a computation depend on its thread count, so
+    the threads a run chooses by default must not change with what else is running
+    (:func:`load_warning` says when the machine is busy).
+    """
     if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+        cores = max(1, len(os.sched_getaffinity(0)))
+    else:
+        cores = max(1, os.cpu_count() or 1)
+    quota = cgroup_cores()
+    return cores if quota is None else max(1, min(cores, int(quota)))
+
+
+def machine_load() -> float | None:
+    """The one-minute load average, or None where the system keeps none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def load_warning(threads: int, load: float | None = None) -> str | None:
+    """One line when the machine is busier than its cores, else None.
+
+    ``threads`` are the torch threads about to run. Beside a load above the cores, several
+    threads per process wait on each other (a search ran 13x slower at 2 threads than at
+    1 on a 2-core machine at load 8), so the line suggests ``--threads 1``.
+
+    >>> load_warning(2, load=1e6)[:25]
+    'the machine is busy (load'
+    >>> load_warning(2, load=0.0) is None
+    True
+    """
+    load = machine_load() if load is None else load
+    cores = available_cores()
+    if load is None or load <= cores:
+        return None
+    fewer = "--threads 1" if threads > 1 else "fewer workers"
+    return (
+        f"the machine is busy (load {load:.1f} on {cores} usable cores): {threads} torch "
+        f"thread(s) will wait on each other; {fewer} may run much faster, and timings "
+        "taken now are flagged"
+    )
+
+
+#: The most torch threads a command takes (torch crashes on absurd counts).
+MAX_THREADS = 1024
+
+
+def threads_problem(threads: object, name: str = "threads") -> str | None:
+    """What is wrong with a thread count (None, or an integer from 1 to MAX_THREADS).
+
+    >>> threads_problem(0)
+    'threads must be at least 1 and at most 1024, got 0'
+    """
+    if threads is None or (
+        isinstance(threads, int) and not isinstance(threads, bool) and 1 <= threads <= MAX_THREADS
+    ):
+        return None
+    return f"{name} must be at least 1 and at most {MAX_THREADS}, got {threads!r}"
 
 
 def default_threads(workers: int = 1) -> int:
@@ -132,6 +218,19 @@ def default_threads(workers: int = 1) -> int:
     1
     """
     return max(1, available_cores() // max(1, workers))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block on ``threads`` torch intra-op threads, then restore torch's count."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def set_threads(threads: int | None = None, workers: int = 1) -> int:
@@ -145,8 +244,8 @@ def set_threads(threads: int | None = None, workers: int = 1) -> int:
     """
     import torch
 
-    if threads is not None and (isinstance(threads, bool) or threads < 1):
-        raise AutoshrinkError(f"threads must be at least 1, got {threads!r}")
+    if threads is not None and (problem := threads_problem(threads)) is not None:
+        raise AutoshrinkError(problem)
     chosen = default_threads(workers) if threads is None else int(threads)
     torch.set_num_threads(chosen)
     logger.debug("torch intra-op threads: %d", chosen)

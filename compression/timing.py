@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from autoshrink.compression.device import available_cores, machine_load
+
 Runner = Callable[[Any], Any]
 Clock = Callable[[], float]
 
@@ -80,6 +82,9 @@ class Comparison:
         ratio: Median over rounds of candidate / reference seconds.
         spread: Interquartile range of those per-round ratios over their median.
         rounds: Rounds measured.
+        load: The machine's one-minute load average when the measurement ended (None where
+            unknown, or for a fake clock).
+        cores: The cores this process could use then.
     """
 
     reference: Timing
@@ -87,21 +92,34 @@ class Comparison:
     ratio: float
     spread: float
     rounds: int
+    load: float | None = None
+    cores: int | None = None
 
     @property
     def noisy(self) -> bool:
         """Whether the ratio's spread is above :data:`SPREAD_LIMIT`."""
         return self.spread > SPREAD_LIMIT
 
+    @property
+    def oversubscribed(self) -> bool:
+        """Whether the machine was busier than its cores: even a small spread may mislead."""
+        return self.load is not None and self.cores is not None and self.load > self.cores
+
     def warning(self) -> str | None:
-        """One line when the ratio is too noisy to read, else None."""
-        if not self.noisy:
-            return None
-        return (
-            f"latency ratio {self.ratio:.3f} has a spread of {self.spread:.0%} over "
-            f"{self.rounds} rounds (above {SPREAD_LIMIT:.0%}): too noisy to read; "
-            "measure again on a quiet machine"
-        )
+        """One line when the ratio is too noisy to read or was timed on a busy machine."""
+        if self.noisy:
+            return (
+                f"latency ratio {self.ratio:.3f} has a spread of {self.spread:.0%} over "
+                f"{self.rounds} rounds (above {SPREAD_LIMIT:.0%}): too noisy to read; "
+                "measure again on a quiet machine"
+            )
+        if self.oversubscribed:
+            return (
+                f"latency ratio {self.ratio:.3f} (spread {self.spread:.0%}) was timed while the "
+                f"machine was oversubscribed (load {self.load:.1f} on {self.cores} usable "
+                "cores): measure again on a quiet machine"
+            )
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form: both timings, the ratio, its spread, rounds, warning."""
@@ -111,6 +129,7 @@ class Comparison:
             "ratio": self.ratio,
             "spread": self.spread,
             "rounds": self.rounds,
+            "load": self.load,
             "warning": self.warning(),
         }
 
@@ -148,7 +167,9 @@ def time_interleaved(
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     names = list(runners)
     calls: dict[str, int] = {}
-    with torch.no_grad():
+    # How many calls a round makes depends on the clock: whatever a runner draws from the
+    # global generator is given back, so that no later training sees the machine's load.
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
         for name in names:
             seconds = 0.0
             for _ in range(max(warmup, 1)):
@@ -178,8 +199,15 @@ def compare(
     got = time_interleaved({"ref": reference, "cand": candidate}, x, rounds, warmup, clock)
     ratios = [c / r for r, c in zip(got["ref"], got["cand"], strict=True) if r > 0]
     ratio = statistics.median(ratios) if ratios else math.nan
+    real = clock is time.perf_counter  # a fake clock measures nothing of this machine
     return Comparison(
-        timing(got["ref"]), timing(got["cand"]), ratio, relative_spread(ratios), rounds
+        timing(got["ref"]),
+        timing(got["cand"]),
+        ratio,
+        relative_spread(ratios),
+        rounds,
+        load=machine_load() if real else None,
+        cores=available_cores() if real else None,
     )
 
 

@@ -62,3 +62,38 @@ def test_relative_spread_is_the_interquartile_range_over_the_median() -> None:
     assert relative_spread([0.9, 1.0, 1.1, 1.0, 1.0]) == pytest.approx(0.0)
     assert relative_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0 / 3.0)
     assert relative_spread([5.0]) == 0.0
+
+
+@pytest.mark.parametrize("block_s", [0.001, 0.05])
+def test_timing_gives_back_what_runners_drew_from_the_global_generator(block_s: float) -> None:
+    """However many calls the clock makes a round take, training after it sees one stream.
+
+    Two measurements whose blocks differ in calls (as on a quiet and a busy machine) must
+    leave the global generator as they found it.
+    """
+    import torch
+
+    clock = FakeClock()
+    run = clock.model(0.001)
+
+    def draws(x: object) -> None:
+        torch.rand(3)  # e.g. a runner that builds its input, or a layer's init
+        run(x)
+
+    torch.manual_seed(7)
+    time_interleaved({"a": draws}, None, rounds=3, warmup=1, clock=clock, min_block_s=block_s)
+    after = torch.rand(4)
+    torch.manual_seed(7)
+    assert torch.equal(after, torch.rand(4))
+
+
+def test_a_comparison_timed_on_an_oversubscribed_machine_is_flagged() -> None:
+    from dataclasses import replace
+
+    clock = FakeClock()
+    quiet = compare(clock.model(0.002), clock.model(0.001), None, rounds=5, clock=clock)
+    assert quiet.warning() is None and quiet.load is None  # a fake clock measured nothing
+    busy = replace(quiet, load=9.0, cores=2)
+    assert busy.oversubscribed and "oversubscribed (load 9.0 on 2" in (busy.warning() or "")
+    assert busy.to_dict()["load"] == 9.0
+    assert not replace(quiet, load=1.5, cores=2).oversubscribed
