@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-from autoshrink.compression.device import device_problem
+from autoshrink.compression.device import device_problem, threads_problem
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.names import DEFAULT_BACKEND, DEFAULT_WORKERS, SEARCH_BACKENDS
 from autoshrink.compression.versioned import JsonFile, unwrap, wrap
@@ -98,6 +98,12 @@ class AgentConfig(JsonFile):
             up to whole rounds.
         backend: Where the workers run: ``local`` processes or ``ray`` actors.
         address: The Ray cluster (``auto``, ``ray://host:port``); None starts a local Ray.
+        threads: Torch threads of the search's own process (its episodes when
+            ``workers = 1``, and the finish). None = this machine's usable cores, chosen when
+            the search starts and recorded in ``config.json``: a computation's numbers depend
+            on its threads, so a resume must compute with the threads of the start.
+        worker_threads: Torch threads of each worker when ``workers > 1``. None = the
+            usable cores divided by the workers (at least 1), recorded likewise.
     """
 
     json_what: ClassVar[str] = "agent config"
@@ -122,6 +128,8 @@ class AgentConfig(JsonFile):
     workers: int = DEFAULT_WORKERS
     backend: str = DEFAULT_BACKEND
     address: str | None = None
+    threads: int | None = None
+    worker_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.warmup_episodes is None and _is_int(self.episodes):
@@ -139,6 +147,9 @@ class AgentConfig(JsonFile):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 out.append(f"{name} must be a positive integer, got {value!r}")
+        for name in ("threads", "worker_threads"):
+            if (problem := threads_problem(getattr(self, name), name)) is not None:
+                out.append(problem)
         warmup = self.warmup_episodes
         if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
             out.append(f"warmup_episodes must be >= 0, got {self.warmup_episodes!r}")

@@ -13,7 +13,7 @@ worker. SB3 seeds each copy's resets with ``seed + i`` (the env itself draws not
 The main process keeps its own env: its units, baseline and budgets serve the agent's
 setup, the logs, the scripted searches' candidates and the final fine-tune.
 
->>> vec = make_workers(env, AgentConfig(workers=2), threads=None)  # doctest: +SKIP
+>>> vec = make_workers(env, AgentConfig(workers=2))  # doctest: +SKIP
 >>> vec.num_envs  # doctest: +SKIP
 2
 """
@@ -89,13 +89,14 @@ class WorkerVecEnv(SubprocVecEnv):
             self.closed = True
 
 
-def make_workers(env: gym.Env, agent: AgentConfig, threads: int | None = None) -> VecEnv:
+def make_workers(env: gym.Env, agent: AgentConfig) -> VecEnv:
     """The VecEnv of ``agent.workers`` copies of ``env``, on ``agent.backend``.
 
     Args:
         env: The main process's compression env; its config is the workers' recipe.
-        agent: The agent's settings: ``workers``, ``backend``, ``address``.
-        threads: Torch threads of each worker; None = the cores divided by the workers.
+        agent: The agent's settings: ``workers``, ``backend``, ``address`` and
+            ``worker_threads`` (torch threads of each; None = the cores divided by the
+            workers).
 
     Raises:
         AutoshrinkError: If ``env`` has no EnvConfig to rebuild it from, Ray is missing or
@@ -113,14 +114,16 @@ def make_workers(env: gym.Env, agent: AgentConfig, threads: int | None = None) -
     if agent.backend == "ray":
         from autoshrink.agent.ray_env import RayVecEnv
 
-        each = worker_threads(threads, agent.workers)
+        each = worker_threads(agent.worker_threads, agent.workers)
         vec = RayVecEnv(config, agent.workers, each, agent.address)
     else:
         logger.info("starting %d local workers (%s)", agent.workers, START_METHOD)
         # before the server's first start (later calls change nothing: it is running)
         multiprocessing.get_context(START_METHOD).set_forkserver_preload(PRELOAD)
         try:
-            vec = WorkerVecEnv(env_factories(config, agent.workers, threads), START_METHOD)
+            vec = WorkerVecEnv(
+                env_factories(config, agent.workers, agent.worker_threads), START_METHOD
+            )
         except (EOFError, OSError) as exc:  # the worker died: its traceback is on stderr
             raise AutoshrinkError(f"a search worker could not build its env ({exc})") from exc
     vec.local_env = env  # type: ignore[attr-defined]  # what the scripted searches read

@@ -118,7 +118,7 @@ def add_device_flags(
     share = f"the {cores} usable cores" + (f" divided by {workers}, at least 1" if workers else "")
     if workers and episodes:
         share = f"the {cores} usable cores; each worker's, with {workers} K > 1: the cores "
-        share += "divided by K, at least 1"
+        share += "divided by K, at least 1; recorded in the run folder, and a resume keeps them"
         jobs = f" of the search, and of each of its {workers}"
     parser.add_argument(
         "--threads",

@@ -244,6 +244,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "episodes": args.episodes,
         "warmup": args.warmup,
         "workers": args.workers,
+        "threads": args.threads,
         "backend": args.backend,
         "address": args.address,
         "final_epochs": args.final_epochs,
@@ -260,27 +261,26 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 def _config(args: argparse.Namespace, out: Path) -> Any:
     """The search's config: the saved one on resume, else from the flags."""
     from autoshrink.agent.search.config import SearchConfig
+    from autoshrink.agent.search.resume_rules import check_named_model
 
     saved = out / "config.json"
     if args.resume and saved.exists():  # a resumed search may be extended, or finished anew
         given = _settings(args)
         # the device and the Ray cluster are where it runs, not what it searches: a resume
-        # may move (the workers stay: K envs fill the replay buffer K transitions a row)
-        again = ("episodes", "device", "backend", "address")
+        # may move. Workers and threads are what it computes with: given, the library
+        # refuses them unless they are the search's own (resume_rules).
+        again = ("episodes", "device", "backend", "address", "workers", "threads")
         keep = {k: v for k, v in given.items() if k in again or k.startswith("final_")}
-        config = SearchConfig.load(saved).replace(**keep)
-        if given.get("workers", config.agent.workers) != config.agent.workers:
-            raise AutoshrinkError(
-                f"{out} is a search on --workers {config.agent.workers}; its resume keeps them"
-            )
-        return config
+        config = SearchConfig.load(saved)  # reads, imports nothing
+        check_named_model(out, config.env.model, given.get("model"))
+        return config.replace(**keep)
     return SearchConfig.from_settings(_settings(args))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the search, the final fine-tune, and print the comparison."""
     from autoshrink.agent.search.run import search
-    from autoshrink.compression.device import resolve_device
+    from autoshrink.compression.device import load_warning, resolve_device
     from autoshrink.scripts.train import ensure_baseline
 
     if args.resume and args.out is None:
@@ -307,7 +307,12 @@ def run(args: argparse.Namespace) -> int:
     bars = SearchBars(config, env)
 
     def start() -> None:  # once the run folder is checked: a refusal stays one line
+        import torch
+
         err_console.print(header, highlight=False, soft_wrap=True)
+        busy = load_warning(torch.get_num_threads())  # the search's own, set by now
+        if busy is not None:
+            err_console.print(f"warning: {busy}", highlight=False, soft_wrap=True)
         for name, why in env.graph.frozen.items():
             err_console.print(f"frozen unit {name}: {why}", highlight=False, soft_wrap=True)
         bars.progress.start()
@@ -321,7 +326,6 @@ def run(args: argparse.Namespace) -> int:
             progress=bars.episode,
             on_step=bars.step,
             on_start=start,
-            threads=args.threads,
         )
         bars.done(report["episodes"])
     finally:

@@ -24,6 +24,7 @@ import socket
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +148,9 @@ def _search(job: Job, run_dir: Path) -> dict[str, Any]:
     env = config.make_env()  # the baseline trains once: compression.baselines locks its cache
     # resume=True: a search killed with the batch continues from its last checkpoint.
     # Its workers share the job's threads (its own process mostly waits on them).
-    threads = max(1, job.cpus // config.agent.workers)
-    return search(config, run_dir, resume=True, env=env, threads=threads)
+    each = max(1, job.cpus // config.agent.workers)
+    agent = replace(config.agent, threads=job.cpus, worker_threads=each)
+    return search(replace(config, agent=agent), run_dir, resume=True, env=env)
 
 
 def _apply(job: Job, run_dir: Path) -> dict[str, Any]:

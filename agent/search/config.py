@@ -52,6 +52,7 @@ AGENT_SETTINGS: dict[str, str] = {
     "workers": "workers",
     "backend": "backend",
     "address": "address",
+    "threads": "threads",
 }
 FINAL_PREFIX = "final_"
 

@@ -56,7 +56,7 @@ from autoshrink.agent.search.episodes import EpisodeBook, EpisodeRecord, SearchS
 from autoshrink.agent.search.policy_plot import record_drawer
 from autoshrink.agent.search.run_folder import RunFolder
 from autoshrink.agent.workers import make_workers
-from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.errors import AutoshrinkError, CheckpointError
 from autoshrink.compression.json_write import write_document, write_json
 from autoshrink.compression.locking import hold
 from autoshrink.compression.metrics import by_result_key
@@ -110,7 +110,6 @@ def run_search(
     callbacks: Sequence[BaseCallback] = (),
     final: FinalConfig | None = None,
     on_start: Callable[[], None] | None = None,
-    threads: int | None = None,
 ) -> SearchResult:
     """Search ``env`` with the agent of ``config`` and write the run folder.
 
@@ -124,8 +123,6 @@ def run_search(
         final: The finish to record in ``config.json`` beside the env's and the agent's
             settings (the defaults when None).
         on_start: Called once the agent is built or resumed, before the first episode.
-        threads: Torch threads of each worker when ``config.workers > 1``; None = the
-            cores divided by the workers, at least 1.
 
     Returns:
         The best policy and its metrics, the episodes run and the wall time.
@@ -136,7 +133,7 @@ def run_search(
     """
     folder = RunFolder(Path(out_dir))
     with hold(folder.root, "search"):
-        return _run(env, config, folder, resume, progress, callbacks, final, on_start, threads)
+        return _run(env, config, folder, resume, progress, callbacks, final, on_start)
 
 
 def _run(
@@ -148,7 +145,6 @@ def _run(
     callbacks: Sequence[BaseCallback],
     final: FinalConfig | None,
     on_start: Callable[[], None] | None,
-    threads: int | None,
 ) -> SearchResult:
     """:func:`run_search` in its locked folder."""
     n_units = episode_length(env)
@@ -160,7 +156,7 @@ def _run(
         )
     folder.create()
     # K > 1: the agent steps K copies of the env in workers; this one informs and finishes
-    agent_env = env if config.workers == 1 else make_workers(env, config, threads)
+    agent_env = env if config.workers == 1 else make_workers(env, config)
     try:
         if checkpoint is not None:
             state, agent = _resume(agent_env, config, folder, checkpoint, n_units)
@@ -217,6 +213,12 @@ def _resume(
     """The state and agent of the folder's checkpoint, the log cut back to what it knows."""
     _check_same_algorithm(folder, config)
     ckpt_dir, state = checkpoint
+    folder.check_sealed(ckpt_dir)
+    if state.episodes > config.episodes:  # it would ship a search longer than asked
+        raise CheckpointError(
+            f"{folder.root} holds {state.episodes} episodes already, more than the "
+            f"{config.episodes} asked: resume with --episodes {state.episodes} or more"
+        )
     agent = ALGORITHMS[config.algorithm].load(ckpt_dir / "agent.zip", env, config, n_units)
     if isinstance(agent, OffPolicyAlgorithm):
         assert agent.replay_buffer is not None

@@ -226,7 +226,7 @@ def test_a_resume_keeps_the_workers_of_its_search(
     argv = ["search", "--resume", "--out", str(copy), "--workers", "3"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "is a search on --workers 2; its resume keeps them" in err[0]
+    assert len(err) == 1 and "is a search on --workers 2, not 3: its resume keeps" in err[0]
     assert (copy / "episodes.jsonl").read_bytes() == before
 
 
