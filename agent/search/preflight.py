@@ -17,7 +17,7 @@ from autoshrink.agent.agent_file import read_agent_zip, zip_document
 from autoshrink.agent.algorithms import ALGORITHMS
 from autoshrink.agent.replay_file import read_replay_meta
 from autoshrink.agent.scripted import STATE_FILE, scripted_state
-from autoshrink.agent.search.config import saved_agent
+from autoshrink.agent.search.config import SearchConfig, saved_agent
 from autoshrink.agent.search.run_folder import RunFolder
 from autoshrink.compression.errors import CheckpointError
 
@@ -37,9 +37,14 @@ def check_resume(out_dir: str | Path) -> None:
     checkpoint = folder.latest_checkpoint()
     if checkpoint is None:
         return
+    if not folder.config.is_file():  # the defaults would resume another search
+        raise CheckpointError(
+            f"{folder.config} is missing: the search in {folder.root} cannot be resumed as "
+            "it started; restore it, or start a new search in another folder"
+        )
     ckpt, state = checkpoint
     folder.checkpoint_log(ckpt, state.episodes)
-    spec = ALGORITHMS.get(saved_agent(folder.config).algorithm) if folder.config.exists() else None
+    spec = ALGORITHMS.get(saved_agent(folder.config).algorithm)
     agent = ckpt / "agent.zip"
     if spec is not None and spec.learning:
         read_agent_zip(agent)
@@ -52,3 +57,5 @@ def check_resume(out_dir: str | Path) -> None:
         except (OSError, zipfile.BadZipFile) as exc:
             raise CheckpointError(f"{agent} is not a saved agent: {exc}") from exc
     rng_state.read(ckpt)
+    SearchConfig.load(folder.config)  # the whole config reads (it imports nothing)
+    folder.check_sealed(ckpt)  # last: a malformed file is named by its own reader first

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoshrink.agent.search.checkpoint_seal import check_seal, seal
 from autoshrink.agent.search.episodes import SearchState
 from autoshrink.compression.atomic import write_atomic
 from autoshrink.compression.documents import parse_document, read_document
@@ -44,7 +45,8 @@ from autoshrink.compression.versioned import unwrap
 logger = logging.getLogger(__name__)
 
 POINTER_TYPE = "autoshrink.CheckpointPointer"
-POINTER_VERSION = 1
+#: 2: the pointer seals the checkpoint (:mod:`~autoshrink.agent.search.checkpoint_seal`).
+POINTER_VERSION = 2
 
 
 #: The checkpoint's copy of the episode log.
@@ -161,7 +163,7 @@ class RunFolder:
         lines = self._log_lines(state.episodes)
         write_atomic(folder / LOG_COPY, lambda p: p.write_text("".join(lines)))
         write_json(folder / "state.json", state.to_dict())
-        pointer = {"dir": name, "episodes": state.episodes}
+        pointer = {"dir": name, "episodes": state.episodes, **seal(folder, self.config)}
         write_document(self.checkpoints / "latest.json", POINTER_TYPE, POINTER_VERSION, pointer)
         for old in self.checkpoints.glob("ckpt-*"):
             if old.name != name:
@@ -189,6 +191,23 @@ class RunFolder:
         folder = self.checkpoints / name
         state = SearchState.from_dict(read_json(folder / "state.json", "search state"))
         return folder, state
+
+    def check_sealed(self, checkpoint: Path) -> None:
+        """Refuse ``checkpoint`` unless its files and ``config.json`` are as it was sealed.
+
+        Called once the files have been read (so a malformed one is named by its reader),
+        before a resume trusts them. A pointer of version 1 has no seal: only links are
+        refused then.
+
+        Raises:
+            CheckpointError: On a link, or a file missing, added or changed.
+        """
+        obj = read_json(self.checkpoints / "latest.json", "checkpoint pointer")
+        data = unwrap(obj, POINTER_TYPE, POINTER_VERSION, "checkpoint pointer", CheckpointError)
+        if "files" in data:  # sealed (pointer v2): every file as it was saved
+            check_seal(checkpoint, self.config, data)
+        elif checkpoint.is_symlink() or self.checkpoints.is_symlink():
+            raise CheckpointError(f"{checkpoint} is a link: a resume reads only its own files")
 
     def restore_log(self, checkpoint: Path, episodes: int) -> int:
         """Make the episode log the checkpoint's: its ``episodes`` lines, nothing after.
