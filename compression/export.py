@@ -45,7 +45,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,18 +100,37 @@ class ExportInfo:
     file_bytes: int
 
 
-def check_output_path(out: str | Path) -> Path:
-    """Return ``out`` if a file can be written there: its folder exists, it is no folder.
+def check_output_path(out: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
+    """Return ``out`` if a file can be written there, and it is none of ``inputs``.
+
+    Its folder must exist, it must be no folder, and a command never writes over what it
+    reads.
 
     Raises:
         AutoshrinkError: Otherwise, before anything is loaded or written.
     """
     out = Path(out)
+    for source in inputs:
+        if same_file(out, Path(source)):
+            raise AutoshrinkError(
+                f"output {out} is the input {source}: writing it would destroy what it is "
+                "made from; name another --out"
+            )
     if out.is_dir():
         raise AutoshrinkError(f"output {out} is a folder; name a file such as {out / 'model'}")
     if not out.parent.is_dir():
         raise AutoshrinkError(f"output folder {out.parent} does not exist")
     return out
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (links and relative spellings resolved)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.expanduser().resolve() == b.expanduser().resolve()
+    except (OSError, RuntimeError):  # a link loop, an unreadable folder: not provably one
+        return False
 
 
 def _source(

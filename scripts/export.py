@@ -98,7 +98,8 @@ def check_flags(args: argparse.Namespace) -> Path:
     check_dataset_flag(args.dataset)
     check_model_flag(args.model)
     out = Path(args.out) if args.out is not None else path.with_suffix(SUFFIXES[args.format])
-    return check_output_path(out)
+    inputs = [path] + ([Path(args.model.rpartition(":")[0])] if args.model else [])
+    return check_output_path(out, inputs)
 
 
 def _dense_from_sparse(artifact: Path, out: Path, fmt: str) -> bool:
