@@ -3,9 +3,12 @@
 Torch-Pruning maps channel indices through concats, splits and reshapes once per
 ``build_dependency`` and again on every ``get_pruning_group``; one node it fails on stops
 every call, and some graphs make a single group take minutes. These helpers map node by
-node (freezing what fails), skip the redundant re-mapping, and bound a group's time.
-Nothing of Torch-Pruning is copied or changed on disk: its mapping function is swapped
-only inside the ``with`` block.
+node (freezing what fails), skip the redundant re-mapping, and bound a group's size.
+Nothing of Torch-Pruning is copied or changed on disk: its mapping function and its
+group's ``add_dep`` are swapped only inside the ``with`` block.
+
+The bound is a count, never a time: the same model gives the same groups on a quiet
+machine and on a busy one, so an artifact's units do not depend on where it was made.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from torch import nn
 from torch_pruning import ops
 from torch_pruning.dependency import index_mapping
+from torch_pruning.dependency.group import Group
 
 from autoshrink.compression._ops import grad_fn_name
 
@@ -104,9 +108,36 @@ def tolerant_index_mapping(again: bool = True) -> Iterator[None]:
         index_mapping.update_index_mapping = original
 
 
-#: Seconds one Torch-Pruning group may take; dense dual-path concats (DPN) can take minutes.
-GROUP_TIME_LIMIT = 15.0
+#: Dependencies one Torch-Pruning group may collect while it follows a root's channels.
+#: Ordinary groups collect tens to a few hundred; DPN's dense dual-path concats collect
+#: about 26,000 in one group (timm's dpn68: a minute on one core). Past the bound the walk
+#: stops and the group is frozen: a count, so the outcome never depends on the clock.
+GROUP_STEP_LIMIT = 50_000
 
 
-class GroupTimeout(Exception):
-    pass
+class GroupTooLarge(Exception):
+    """A Torch-Pruning group collected more than its bound of dependencies."""
+
+
+@contextlib.contextmanager
+def bounded_group(limit: int) -> Iterator[None]:
+    """Within: building a Torch-Pruning group raises :class:`GroupTooLarge` past ``limit``.
+
+    Torch-Pruning adds every (dependency, indices) pair it reaches to the group it builds
+    (``Group.add_dep``), and once more when it merges them; counting those additions bounds
+    the walk by what the graph is. Enter it once per ``get_pruning_group`` call.
+    """
+    original = Group.add_dep
+    added = [0]
+
+    def add_dep(group: Any, dep: Any, idxs: Any) -> None:
+        added[0] += 1
+        if added[0] > limit:
+            raise GroupTooLarge(f"over {limit} dependencies")
+        original(group, dep, idxs)
+
+    Group.add_dep = add_dep
+    try:
+        yield
+    finally:
+        Group.add_dep = original
