@@ -23,6 +23,7 @@ from torch_pruning import ops
 
 from autoshrink.compression._assemble import assemble, norm_channels
 from autoshrink.compression._ops import grad_fn_name, nearest_layer, norm_tensor_ptrs, op_problem
+from autoshrink.compression._pristine import untouched
 from autoshrink.compression._tp_compat import (
     GROUP_STEP_LIMIT,
     GroupTooLarge,
@@ -366,9 +367,11 @@ def analyse(
     names = {m: n for n, m in modules.items()}
     parts: dict[str, Any] = {**dict(model.named_parameters()), **modules}
     norm_ptrs = norm_tensor_ptrs(model)
-    probe = _probe(model, x, names)
+    with untouched(model):  # each pass starts from the model as the user gave it
+        probe = _probe(model, x, names)
     heads = find_heads(model, set(probe.order))
-    dg, broken = _trace(model, x, norm_ptrs)
+    with untouched(model):
+        dg, broken = _trace(model, x, norm_ptrs)
     found = _Found()
     start = last = time.monotonic()  # for the log only: what is found never depends on it
     for i, root in enumerate(probe.order):

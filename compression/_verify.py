@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoshrink.compression._pristine import untouched
 from autoshrink.compression.cost import cost_from_channels, removed_channels
 from autoshrink.compression.counting import count_bytes, count_params, run_counted
 from autoshrink.compression.unit_graph import Unit, UnitGraph
@@ -103,7 +104,7 @@ def failing_units(model: nn.Module, graph: UnitGraph, x: torch.Tensor) -> dict[s
     names = [u.name for u in graph.units if _target(u) < u.c_out]
     if not names:
         return {}
-    with torch.no_grad():
+    with torch.no_grad(), untouched(model):  # pruning copies the model: leave no cache
         shape = getattr(model(x), "shape", None)
     found = _failing(model, graph, x, names, shape)
     for name, why in found.items():
