@@ -39,7 +39,7 @@ from autoshrink.compression.attention import (
     module_flops,
 )
 from autoshrink.compression.counting import run_counted
-from autoshrink.compression.errors import UnsupportedModelError
+from autoshrink.compression.errors import UnsupportedModelError, first_line
 from autoshrink.compression.unit_graph import (
     CONV_TYPES,
     LAYER_TYPES,
@@ -336,7 +336,7 @@ def _add_group(
         return
     except Exception as exc:  # torch-pruning's index mapping fails on this group
         found.visited.add(root)
-        found.frozen[root] = f"torch-pruning cannot group its channels ({type(exc).__name__})"
+        found.frozen[root] = f"torch-pruning cannot group its channels ({first_line(exc)})"
         return
     items, reaches_output, problem = _items(group, dg, names, norm_ptrs, broken)
     owned = [it.module for it in items if it.dim in ("out", "dw", "c")]

@@ -192,7 +192,12 @@ class _InputMix(nn.Module):
 def test_a_unit_whose_pruned_model_breaks_is_frozen_by_the_check() -> None:
     graph = build_units(_InputMix(), X32)
     assert graph.unit_names == ("conv",)
-    assert "breaks the forward pass" in graph.frozen["stem"]
+    # The reason quotes the error's own first line, so the user has something to act on.
+    assert re.fullmatch(
+        r"pruning it breaks the forward pass \(RuntimeError: The size of tensor a \(\d+\) "
+        r"must match the size of tensor b \(3\).*\)",
+        graph.frozen["stem"],
+    ), graph.frozen["stem"]
     assert "the model input" not in graph.frozen["stem"]
     unchecked = build_units(_InputMix(), X32, verify=False)  # what the trace alone believes
     assert unchecked.unit_names == ("stem", "conv")
