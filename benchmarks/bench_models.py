@@ -146,7 +146,8 @@ def _round_trip(model: torch.nn.Module, spec: ModelSpec, graph: UnitGraph, x: to
     bits = layer_bits(policy, graph)
     pruned = prune(model, graph, policy.keep(), importance="l1").eval()
     with tempfile.TemporaryDirectory() as tmp:
-        info = save_artifact(Path(tmp) / "m.safetensors", pruned, spec, tuple(x.shape), policy)
+        path, shape = Path(tmp) / "m.safetensors", tuple(x.shape)
+        info = save_artifact(path, pruned, spec, shape, policy, graph=graph)
         loaded = load_artifact(info.path)
     simulated = quantize_weights_(copy.deepcopy(pruned), bits)
     with torch.no_grad():

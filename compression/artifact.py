@@ -225,6 +225,7 @@ def save_artifact(
     input_shape: Sequence[int],
     policy: Policy | Mapping[str, int],
     metadata: Mapping[str, Any] | None = None,
+    graph: Any = None,
 ) -> ArtifactInfo:
     """Write ``model`` (pruned from ``build_model(spec)``) as a packed artifact.
 
@@ -237,6 +238,9 @@ def save_artifact(
         input_shape: Shape of an example input batch, e.g. ``(1, 3, 32, 32)``.
         policy: The policy, or a plain ``{layer: bits}`` mapping.
         metadata: Extra JSON-ready information to store.
+        graph: The units of ``build_model(spec)`` on ``input_shape``, as the caller found
+            them (with the policy's frozen units ignored); None: found here. Some models
+            take minutes to trace.
 
     Returns:
         The path, the payload size and the file size.
@@ -250,7 +254,10 @@ def save_artifact(
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         model = bake_(copy.deepcopy(model))
     frozen = list(policy.frozen) if isinstance(policy, Policy) else []
-    graph = find_units(build_model(spec), input_shape, frozen)
+    if graph is None:
+        graph = find_units(build_model(spec), input_shape, frozen)
+    elif tuple(graph.input_shape[1:]) != tuple(input_shape)[1:] or set(frozen) - set(graph.frozen):
+        raise CheckpointError("the unit graph given is not the one of this model and policy")
     kept, bits, policy_json = _kept_and_bits(model, spec, graph, policy)
     sparsity = layer_sparsity(policy, graph) if isinstance(policy, Policy) else {}
     try:

@@ -115,3 +115,17 @@ def test_a_cut_the_weights_do_not_fit_is_refused(tmp_path: Path) -> None:
     edit_field(path, "cuts", cuts)
     with pytest.raises(CheckpointError, match="does not match its rebuilt architecture"):
         load_artifact(path)
+
+
+def test_saving_with_the_callers_graph_writes_the_same_file_untraced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, small = _saved(tmp_path)
+    torch.manual_seed(0)
+    graph = build_units(build_model(SPEC), torch.zeros(SHAPE))
+    policy = uniform_policy(graph, keep=0.5, bits=8)
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", None)  # no tracing here
+    again = save_artifact(tmp_path / "b.safetensors", small, SPEC, SHAPE, policy, graph=graph)
+    assert again.path.read_bytes() == path.read_bytes()
+    with pytest.raises(CheckpointError, match="unit graph given is not the one"):
+        save_artifact(tmp_path / "c.safetensors", small, SPEC, (1, 1, 16, 16), policy, graph=graph)
