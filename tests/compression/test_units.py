@@ -262,3 +262,14 @@ def test_build_leaves_a_caching_model_uncached_and_deep_copyable() -> None:
     with torch.no_grad():
         model(X32)  # the model's own cache still works, with a tensor of its own
     assert set(model.cache) == {"cpu"}
+
+
+def test_counting_macs_leaves_a_caching_model_deep_copyable() -> None:
+    import copy
+
+    from autoshrink.compression.counting import count_macs
+
+    model = _Cached().eval()
+    assert count_macs(model, X32) > 0
+    assert model.cache == {}
+    copy.deepcopy(model)
