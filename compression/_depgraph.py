@@ -25,7 +25,7 @@ from autoshrink.compression._assemble import assemble, norm_channels
 from autoshrink.compression._ops import grad_fn_name, nearest_layer, norm_tensor_ptrs, op_problem
 from autoshrink.compression._pristine import untouched
 from autoshrink.compression._tp_compat import (
-    GROUP_STEP_LIMIT,
+    GROUP_LIMITS,
     GroupTooLarge,
     bounded_group,
     map_indices_per_node,
@@ -328,7 +328,7 @@ def _add_group(
     pruner = dg.get_pruner_of_module(module)
     n = int(pruner.get_out_channels(module))
     try:
-        with tolerant_index_mapping(again=False), bounded_group(GROUP_STEP_LIMIT):
+        with tolerant_index_mapping(again=False), bounded_group(GROUP_LIMITS):
             group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
     except GroupTooLarge as exc:  # its other members would be as large as roots: skip them
         found.visited.update(_members(dg, module, pruner.prune_out_channels, names))

@@ -108,32 +108,41 @@ def tolerant_index_mapping(again: bool = True) -> Iterator[None]:
         index_mapping.update_index_mapping = original
 
 
-#: Dependencies one Torch-Pruning group may collect while it follows a root's channels.
-#: Ordinary groups collect tens to a few hundred; DPN's dense dual-path concats collect
-#: about 26,000 in one group (timm's dpn68: a minute on one core). Past the bound the walk
-#: stops and the group is frozen: a count, so the outcome never depends on the clock.
-GROUP_STEP_LIMIT = 50_000
+#: How much one Torch-Pruning group may collect while it follows a root's channels:
+#: (dependencies, channel indices over all of them). Ordinary groups collect tens to a
+#: few hundred dependencies and under 100,000 indices; the largest seen that ends by
+#: itself, timm's resnest14d's last split attention, 450 and 2.8 million (10 s, 1 GB).
+#: DPN's dense dual-path concats make one group of timm's dpn68 collect 25,811
+#: dependencies (one to two minutes on one core); an expand in timm's coatnet_nano_rw_224
+#: at 224x224 makes one collect over 35 million indices in 66 dependencies (past 20 GB of
+#: memory). Past either bound the walk stops and the group is frozen: counts, so the
+#: outcome never depends on the clock or the load.
+GROUP_LIMITS = (5_000, 8_000_000)
 
 
 class GroupTooLarge(Exception):
-    """A Torch-Pruning group collected more than its bound of dependencies."""
+    """A Torch-Pruning group collected more than its bounds allow."""
 
 
 @contextlib.contextmanager
-def bounded_group(limit: int) -> Iterator[None]:
-    """Within: building a Torch-Pruning group raises :class:`GroupTooLarge` past ``limit``.
+def bounded_group(limits: tuple[int, int]) -> Iterator[None]:
+    """Within: building a Torch-Pruning group raises :class:`GroupTooLarge` past ``limits``.
 
     Torch-Pruning adds every (dependency, indices) pair it reaches to the group it builds
-    (``Group.add_dep``), and once more when it merges them; counting those additions bounds
-    the walk by what the graph is. Enter it once per ``get_pruning_group`` call.
+    (``Group.add_dep``), and once more when it merges them; counting those additions and
+    their indices bounds the walk's time and memory by what the graph is. Enter it once
+    per ``get_pruning_group`` call.
     """
     original = Group.add_dep
-    added = [0]
+    added = [0, 0]
 
     def add_dep(group: Any, dep: Any, idxs: Any) -> None:
         added[0] += 1
-        if added[0] > limit:
-            raise GroupTooLarge(f"over {limit} dependencies")
+        added[1] += len(idxs)
+        if added[0] > limits[0]:
+            raise GroupTooLarge(f"over {limits[0]} dependencies")
+        if added[1] > limits[1]:
+            raise GroupTooLarge(f"over {limits[1]} channel indices")
         original(group, dep, idxs)
 
     Group.add_dep = add_dep

@@ -130,8 +130,11 @@ def test_a_group_too_large_to_follow_is_frozen_by_its_size_not_its_time(
 ) -> None:
     from autoshrink.compression import _depgraph
 
-    monkeypatch.setattr(_depgraph, "GROUP_STEP_LIMIT", 1)
+    monkeypatch.setattr(_depgraph, "GROUP_LIMITS", (1, 10**6))
     with pytest.raises(UnsupportedModelError, match=r"no prunable unit left.*over 1 dep"):
+        build_units(build_model(ModelSpec("smallcnn")), X)
+    monkeypatch.setattr(_depgraph, "GROUP_LIMITS", (10**6, 10))
+    with pytest.raises(UnsupportedModelError, match=r"through over 10 channel indices"):
         build_units(build_model(ModelSpec("smallcnn")), X)
 
 
