@@ -273,3 +273,17 @@ def test_counting_macs_leaves_a_caching_model_deep_copyable() -> None:
     assert count_macs(model, X32) > 0
     assert model.cache == {}
     copy.deepcopy(model)
+
+
+def test_pruning_a_caching_model_leaves_it_deep_copyable() -> None:
+    import copy
+
+    from autoshrink.compression.prune import prune
+
+    model = _Cached().eval()
+    graph = build_units(model, X32)
+    small = prune(model, graph, {u.name: 0.5 for u in graph.units})  # scores trace it
+    assert model.cache == {} and small.cache == {}
+    copy.deepcopy(model)
+    with torch.no_grad():
+        assert small(X32).shape == (1, 4)
