@@ -65,7 +65,7 @@ HIDDEN = [
         "efficientformer_l1 levit_128s vit_tiny_patch16_224 darknet17 selecsls42b "
         "hardcorenas_a inception_v4 nfnet_l0 regnetx_002 cs3darknet_s gernet_s fbnetc_100 "
         "resnetv2_50 efficientvit_b0 repghostnet_050 vovnet39a starnet_s1 fasternet_t0 "
-        "swin_tiny_patch4_window7_224"
+        "swin_tiny_patch4_window7_224 efficientformerv2_s0 tiny_vit_5m_224 coatnet_nano_rw_224"
     ).split()
 ]
 PRESETS = {"issue": MODELS, "hidden": HIDDEN}
