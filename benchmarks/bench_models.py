@@ -94,6 +94,18 @@ NOTES = (
     "- **Input size.** timm models built for one fixed input size (ViT, DeiT, Swin, LeViT) "
     "are built for the input here (`ModelSpec.image_size`), as a search builds them for its "
     "dataset.",
+    "- **Cached attention biases.** timm's LeViT, EfficientFormer, EfficientFormerV2 and "
+    "TinyViT keep their attention biases in a cache on their first eval forward. Every pass "
+    "autoshrink runs on a model (tracing, the check on a really pruned copy, `count_macs`, "
+    "the channel scores) puts the model back as it was afterwards, cache included, so the "
+    "model stays deep-copyable and prunable; these four are exact with the units above.",
+    "- **Group bounds.** Torch-Pruning's walk through one group is bounded by what it "
+    "collects (5,000 dependencies, 8 million channel indices), never by time, so a model "
+    "gets the same units on a busy machine as on a quiet one, and its artifact loads on "
+    "either. coatnet_nano_rw_224's largest group passes the index bound (over 35 million "
+    "indices at 224x224, past 20 GB, when it was let run); dpn68's largest, which freezes by "
+    "itself, collects 25,811 dependencies and is cut off by the bound. A model whose "
+    "grouping takes long logs its progress every 10 s.",
 )
 
 
