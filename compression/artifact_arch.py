@@ -173,9 +173,9 @@ def rebuild(path: Path, spec: ModelSpec, head: ArtifactHeader) -> nn.Module:
         raise CheckpointError(
             f"cannot rebuild the base model {spec.name!r} of {path}: {one_line(exc)}"
         ) from None
-    units = () if graph is None else graph.unit_names
-    problems = [f"unit {n!r}" for n in head.kept if graph is not None and n not in units]
     layers = quantizable_layers(base)
+    units = layers if graph is None else graph.unit_names  # untraced: a unit leads a layer
+    problems = [f"unit {n!r}" for n in head.kept if n not in units]
     problems += [f"weight_bits layer {n!r}" for n in head.weight_bits if n not in layers]
     problems += [f"act_quant layer {n!r}" for n in head.act_quant if n not in layers]
     if problems:
@@ -186,9 +186,24 @@ def rebuild(path: Path, spec: ModelSpec, head: ArtifactHeader) -> nn.Module:
         )
     try:
         if graph is None:
-            return cut_architecture(base, head.cuts or (), head.heads)
+            return _check_kept(cut_architecture(base, head.cuts or (), head.heads), head)
         from autoshrink.compression.prune import prune_channels
 
         return prune_channels(base, graph, head.kept)
     except Exception as exc:  # out-of-range counts, cuts the model cannot take
         raise CheckpointError(f"{path} cannot be pruned as it says: {one_line(exc)}") from None
+
+
+def _check_kept(model: nn.Module, head: ArtifactHeader) -> nn.Module:
+    """``model``, once the kept count of every unit matches its leading layer's width.
+
+    Raises:
+        CheckpointError: If a unit keeps another number of channels than the cuts leave.
+    """
+    widths = {h.qkv: 3 * h.head_dim for h in head.heads}  # a head unit's channel: a head
+    for name, n in head.kept.items():
+        weight = model.get_submodule(name).weight
+        have = int(weight.shape[0]) if isinstance(weight, torch.Tensor) else -1
+        if have != n * widths.get(name, 1):
+            raise CheckpointError(f"unit {name!r} keeps {n} channels, the cuts leave {have}")
+    return model

@@ -111,9 +111,15 @@ def test_a_forged_cut_is_one_line(tmp_path: Path, cuts: object, match: str) -> N
 def test_a_cut_the_weights_do_not_fit_is_refused(tmp_path: Path) -> None:
     path, _ = _saved(tmp_path)
     cuts = json.loads(json.dumps(read_header(path).cuts))
-    cuts[0][2] -= 1  # one channel fewer cut than the stored tensors have
+    inputs = next(c for c in cuts if c[1] == "in")
+    inputs[2] -= 1  # one input channel fewer cut than the stored weight has
     edit_field(path, "cuts", cuts)
     with pytest.raises(CheckpointError, match="does not match its rebuilt architecture"):
+        load_artifact(path)
+    outputs = next(c for c in cuts if c[0] == "conv1" and c[1] == "out")
+    outputs[2] -= 1  # and a unit's leading layer left wider than the unit keeps
+    edit_field(path, "cuts", cuts)
+    with pytest.raises(CheckpointError, match=r"unit 'conv1' keeps 8 channels, the cuts leave 9"):
         load_artifact(path)
 
 
