@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -22,9 +23,11 @@ from torch_pruning import ops
 
 from autoshrink.compression._assemble import assemble, norm_channels
 from autoshrink.compression._ops import grad_fn_name, nearest_layer, norm_tensor_ptrs, op_problem
+from autoshrink.compression._pristine import untouched
 from autoshrink.compression._tp_compat import (
-    GROUP_TIME_LIMIT,
-    GroupTimeout,
+    GROUP_LIMITS,
+    GroupTooLarge,
+    bounded_group,
     map_indices_per_node,
     tolerant_index_mapping,
 )
@@ -36,8 +39,7 @@ from autoshrink.compression.attention import (
     module_flops,
 )
 from autoshrink.compression.counting import run_counted
-from autoshrink.compression.deadline import deadline
-from autoshrink.compression.errors import UnsupportedModelError
+from autoshrink.compression.errors import UnsupportedModelError, first_line
 from autoshrink.compression.unit_graph import (
     CONV_TYPES,
     LAYER_TYPES,
@@ -46,6 +48,8 @@ from autoshrink.compression.unit_graph import (
 )
 
 logger = logging.getLogger(__name__)
+#: Seconds between progress lines while grouping a large model's channels.
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclass
@@ -324,16 +328,15 @@ def _add_group(
     pruner = dg.get_pruner_of_module(module)
     n = int(pruner.get_out_channels(module))
     try:
-        with tolerant_index_mapping(again=False), deadline(GROUP_TIME_LIMIT, GroupTimeout):
+        with tolerant_index_mapping(again=False), bounded_group(GROUP_LIMITS):
             group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
-    except GroupTimeout:  # its other members would time out again as roots: skip them
+    except GroupTooLarge as exc:  # its other members would be as large as roots: skip them
         found.visited.update(_members(dg, module, pruner.prune_out_channels, names))
-        limit = f"{GROUP_TIME_LIMIT:g} s"
-        found.frozen[root] = f"torch-pruning takes over {limit} to group its channels"
+        found.frozen[root] = f"torch-pruning follows its channels through {exc}"
         return
     except Exception as exc:  # torch-pruning's index mapping fails on this group
         found.visited.add(root)
-        found.frozen[root] = f"torch-pruning cannot group its channels ({type(exc).__name__})"
+        found.frozen[root] = f"torch-pruning cannot group its channels ({first_line(exc)})"
         return
     items, reaches_output, problem = _items(group, dg, names, norm_ptrs, broken)
     owned = [it.module for it in items if it.dim in ("out", "dw", "c")]
@@ -364,17 +367,24 @@ def analyse(
     names = {m: n for n, m in modules.items()}
     parts: dict[str, Any] = {**dict(model.named_parameters()), **modules}
     norm_ptrs = norm_tensor_ptrs(model)
-    probe = _probe(model, x, names)
+    with untouched(model):  # each pass starts from the model as the user gave it
+        probe = _probe(model, x, names)
     heads = find_heads(model, set(probe.order))
-    dg, broken = _trace(model, x, norm_ptrs)
+    with untouched(model):
+        dg, broken = _trace(model, x, norm_ptrs)
     found = _Found()
-    for root in probe.order:
+    start = last = time.monotonic()  # for the log only: what is found never depends on it
+    for i, root in enumerate(probe.order):
         if root in found.visited or modules[root] not in dg.module2node:
             continue
         if root in heads:
             _add_heads(found, heads[root], parts, probe, ignored.get(root))
         else:
             _add_group(found, dg, root, (parts, names, ignored, (norm_ptrs, broken)))
+        if time.monotonic() - last >= PROGRESS_EVERY_S:
+            last = time.monotonic()
+            n, spent = len(probe.order), last - start
+            logger.info("grouping channels: %d of %d layers done in %.0f s", i + 1, n, spent)
     shape = tuple(int(s) for s in x.shape)
     graph = assemble(model, parts, probe, found.units, round_to, shape, found.head_macs)
     return replace(graph, frozen=found.frozen, heads=tuple(found.heads))

@@ -3,9 +3,12 @@
 Torch-Pruning maps channel indices through concats, splits and reshapes once per
 ``build_dependency`` and again on every ``get_pruning_group``; one node it fails on stops
 every call, and some graphs make a single group take minutes. These helpers map node by
-node (freezing what fails), skip the redundant re-mapping, and bound a group's time.
-Nothing of Torch-Pruning is copied or changed on disk: its mapping function is swapped
-only inside the ``with`` block.
+node (freezing what fails), skip the redundant re-mapping, and bound a group's size.
+Nothing of Torch-Pruning is copied or changed on disk: its mapping function and its
+group's ``add_dep`` are swapped only inside the ``with`` block.
+
+The bound is a count, never a time: the same model gives the same groups on a quiet
+machine and on a busy one, so an artifact's units do not depend on where it was made.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from torch import nn
 from torch_pruning import ops
 from torch_pruning.dependency import index_mapping
+from torch_pruning.dependency.group import Group
 
 from autoshrink.compression._ops import grad_fn_name
 
@@ -104,9 +108,45 @@ def tolerant_index_mapping(again: bool = True) -> Iterator[None]:
         index_mapping.update_index_mapping = original
 
 
-#: Seconds one Torch-Pruning group may take; dense dual-path concats (DPN) can take minutes.
-GROUP_TIME_LIMIT = 15.0
+#: How much one Torch-Pruning group may collect while it follows a root's channels:
+#: (dependencies, channel indices over all of them). Ordinary groups collect tens to a
+#: few hundred dependencies and under 100,000 indices; the largest seen that ends by
+#: itself, timm's resnest14d's last split attention, 450 and 2.8 million (10 s, 1 GB).
+#: DPN's dense dual-path concats make one group of timm's dpn68 collect 25,811
+#: dependencies (one to two minutes on one core); an expand in timm's coatnet_nano_rw_224
+#: at 224x224 makes one collect over 35 million indices in 66 dependencies (past 20 GB of
+#: memory). Past either bound the walk stops and the group is frozen: counts, so the
+#: outcome never depends on the clock or the load.
+GROUP_LIMITS = (5_000, 8_000_000)
 
 
-class GroupTimeout(Exception):
-    pass
+class GroupTooLarge(Exception):
+    """A Torch-Pruning group collected more than its bounds allow."""
+
+
+@contextlib.contextmanager
+def bounded_group(limits: tuple[int, int]) -> Iterator[None]:
+    """Within: building a Torch-Pruning group raises :class:`GroupTooLarge` past ``limits``.
+
+    Torch-Pruning adds every (dependency, indices) pair it reaches to the group it builds
+    (``Group.add_dep``), and once more when it merges them; counting those additions and
+    their indices bounds the walk's time and memory by what the graph is. Enter it once
+    per ``get_pruning_group`` call.
+    """
+    original = Group.add_dep
+    added = [0, 0]
+
+    def add_dep(group: Any, dep: Any, idxs: Any) -> None:
+        added[0] += 1
+        added[1] += len(idxs)
+        if added[0] > limits[0]:
+            raise GroupTooLarge(f"over {limits[0]} dependencies")
+        if added[1] > limits[1]:
+            raise GroupTooLarge(f"over {limits[1]} channel indices")
+        original(group, dep, idxs)
+
+    Group.add_dep = add_dep
+    try:
+        yield
+    finally:
+        Group.add_dep = original

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoshrink.compression._pristine import untouched
 from autoshrink.compression.cost import cost_from_channels, removed_channels
 from autoshrink.compression.counting import count_bytes, count_params, run_counted
+from autoshrink.compression.errors import first_line
 from autoshrink.compression.unit_graph import Unit, UnitGraph
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ def _mismatch(
         pruned = prune_channels(model, graph, kept, scores=scores).eval()
         out, counter = run_counted(pruned, x)
     except Exception as exc:  # whatever breaks is the finding, reported in one line
-        return f"pruning it breaks the forward pass ({type(exc).__name__})"
+        return f"pruning it breaks the forward pass ({first_line(exc)})"
     want = cost_from_channels(graph, kept)
     got = (int(counter.get_total_flops()) // 2, count_params(pruned), count_bytes(pruned))
     if got != (want.macs, want.params, want.bytes):
@@ -103,7 +105,7 @@ def failing_units(model: nn.Module, graph: UnitGraph, x: torch.Tensor) -> dict[s
     names = [u.name for u in graph.units if _target(u) < u.c_out]
     if not names:
         return {}
-    with torch.no_grad():
+    with torch.no_grad(), untouched(model):  # pruning copies the model: leave no cache
         shape = getattr(model(x), "shape", None)
     found = _failing(model, graph, x, names, shape)
     for name, why in found.items():

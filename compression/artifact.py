@@ -16,7 +16,9 @@ What the file holds:
   version, the base :class:`ModelSpec`, the example input shape, the kept channel count per
   unit, the weight bits per layer, any calibrated activation quantizers, the policy, the
   user's metadata, for a user-factory model the factory's file path, name and the SHA-256
-  of the file's bytes, and a SHA-256 over tensors and metadata.
+  of the file's bytes, the frozen units, the pruned architecture (format 4: the channels
+  each module dimension lost, and the attention blocks whose head count follows), and a
+  SHA-256 over tensors and metadata.
 
 Loading never runs code named by the file. A built-in model is rebuilt from its name; a
 user-factory model only from a factory the caller names (``load_artifact(path,
@@ -24,8 +26,10 @@ factory="mynet.py:build")``, ``--model`` on the CLI), and only if that file's ha
 the recorded one (unless ``allow_changed_factory``). The header is read and fully checked
 (:mod:`autoshrink.compression.artifact_header`) before any payload byte is read.
 
-The pruned architecture is implicit: loading rebuilds the base model from its spec, prunes
-its units to the stored counts, then loads the tensors. The format's fixed overhead (length
+Loading rebuilds the base model from its spec, cuts it as the header records
+(:mod:`autoshrink.compression.artifact_arch`; the model is not traced, so the units are
+not decided again), then loads the tensors. An artifact before format 4 has its units found
+again, with its recorded frozen units kept frozen. The format's fixed overhead (length
 prefix and JSON header) is in :class:`ArtifactInfo`.
 
 >>> info = save_artifact("m.safetensors", model, spec, (1, 1, 8, 8), policy)  # doctest: +SKIP
@@ -48,6 +52,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from autoshrink.compression.artifact_arch import (
+    find_units,
+    one_line,
+    rebuild,
+    record_cuts,
+    record_heads,
+)
 from autoshrink.compression.artifact_header import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -76,7 +87,6 @@ from autoshrink.compression.quantize import (
     activation_quant_state,
     bake_,
     check_layer_bits,
-    quantizable_layers,
     set_activation_quant_,
 )
 from autoshrink.compression.sparsity import layer_sparsity
@@ -127,12 +137,6 @@ class ArtifactInfo:
     def overhead_ratio(self) -> float:
         """Overhead as a fraction of the payload."""
         return self.overhead_bytes / max(self.payload_bytes, 1)
-
-
-def _graph(model: nn.Module, input_shape: Sequence[int], frozen: Sequence[str] = ()) -> Any:
-    from autoshrink.compression.units import build_units
-
-    return build_units(model, torch.zeros(tuple(input_shape)), ignored_layers=frozen)
 
 
 def _out_channels(module: nn.Module) -> int:
@@ -197,7 +201,7 @@ def _fields(
     kept: Mapping[str, int],
     bits: Mapping[str, int],
     metadata: Mapping[str, Any] | None,
-    frozen: Mapping[str, str],
+    graph: Any,
 ) -> dict[str, Any]:
     """The header's fields but the policy, the sparse layers and the coded streams."""
     return {
@@ -208,7 +212,9 @@ def _fields(
         "act_quant": activation_quant_state(model),
         "metadata": dict(metadata or {}),
         "factory": asdict(factory_source(spec.name)) if is_factory_ref(spec.name) else None,
-        "frozen": dict(frozen),
+        "frozen": dict(graph.frozen),
+        "cuts": [list(cut) for cut in record_cuts(graph, kept)],
+        "heads": record_heads(graph),
     }
 
 
@@ -219,6 +225,7 @@ def save_artifact(
     input_shape: Sequence[int],
     policy: Policy | Mapping[str, int],
     metadata: Mapping[str, Any] | None = None,
+    graph: Any = None,
 ) -> ArtifactInfo:
     """Write ``model`` (pruned from ``build_model(spec)``) as a packed artifact.
 
@@ -231,6 +238,9 @@ def save_artifact(
         input_shape: Shape of an example input batch, e.g. ``(1, 3, 32, 32)``.
         policy: The policy, or a plain ``{layer: bits}`` mapping.
         metadata: Extra JSON-ready information to store.
+        graph: The units of ``build_model(spec)`` on ``input_shape``, as the caller found
+            them (with the policy's frozen units ignored); None: found here. Some models
+            take minutes to trace.
 
     Returns:
         The path, the payload size and the file size.
@@ -244,7 +254,10 @@ def save_artifact(
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         model = bake_(copy.deepcopy(model))
     frozen = list(policy.frozen) if isinstance(policy, Policy) else []
-    graph = _graph(build_model(spec), input_shape, frozen)
+    if graph is None:
+        graph = find_units(build_model(spec), input_shape, frozen)
+    elif tuple(graph.input_shape[1:]) != tuple(input_shape)[1:] or set(frozen) - set(graph.frozen):
+        raise CheckpointError("the unit graph given is not the one of this model and policy")
     kept, bits, policy_json = _kept_and_bits(model, spec, graph, policy)
     sparsity = layer_sparsity(policy, graph) if isinstance(policy, Policy) else {}
     try:
@@ -252,7 +265,7 @@ def save_artifact(
     except ValueError as exc:
         raise CheckpointError(f"the model does not have its policy's sparsity: {exc}") from None
     tensors, coded = entropy_code(raw, sparse)
-    meta = _fields(model, spec, input_shape, kept, bits, metadata, graph.frozen)
+    meta = _fields(model, spec, input_shape, kept, bits, metadata, graph)
     meta |= {"sparse": sparse, "coded": coded}
     meta = _header_strings(meta, policy_json)
     meta["sha256"] = _digest(tensors, meta)
@@ -293,15 +306,11 @@ def _read(path: Path) -> tuple[ArtifactHeader, dict[str, torch.Tensor]]:
     except OSError as exc:
         raise CheckpointError(f"cannot read artifact {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"{path} is corrupt: {_one_line(exc)}") from None
+        raise CheckpointError(f"{path} is corrupt: {one_line(exc)}") from None
     meta = {k: v for k, v in raw.meta.items() if k != "sha256"}
     if stored != _digest(tensors, meta):
         raise CheckpointError(f"{path} failed its checksum: the file was modified or corrupted")
     return head, tensors
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
 
 
 def read_header(path: str | Path) -> ArtifactHeader:
@@ -316,33 +325,6 @@ def read_header(path: str | Path) -> ArtifactHeader:
     """
     head, _ = _read(Path(path))
     return head
-
-
-def _rebuild(path: Path, spec: ModelSpec, head: ArtifactHeader) -> nn.Module:
-    """Build and prune the base model; every name in the header must exist in it."""
-    try:
-        from autoshrink.compression.prune import prune_channels
-
-        base = build_model(spec)
-        graph = _graph(base, head.input_shape, list(head.frozen))
-    except Exception as exc:  # unknown spec, changed zoo, failed trace: all one message
-        raise CheckpointError(
-            f"cannot rebuild the base model {spec.name!r} of {path}: {_one_line(exc)}"
-        ) from None
-    problems = [f"unit {n!r}" for n in head.kept if n not in graph.unit_names]
-    layers = quantizable_layers(base)
-    problems += [f"weight_bits layer {n!r}" for n in head.weight_bits if n not in layers]
-    problems += [f"act_quant layer {n!r}" for n in head.act_quant if n not in layers]
-    if problems:
-        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise CheckpointError(
-            f"{path} names what its base model {spec.name!r} does not have: "
-            f"{', '.join(problems[:3])}{more}"[:300]
-        )
-    try:
-        return prune_channels(base, graph, head.kept)
-    except Exception as exc:  # out-of-range counts
-        raise CheckpointError(f"{path} cannot be pruned as it says: {_one_line(exc)}") from None
 
 
 def load_artifact(
@@ -369,7 +351,7 @@ def load_artifact(
     """
     path = Path(path)
     head, tensors = _read(path)
-    model = _rebuild(path, base_spec(path, head, factory, allow_changed_factory), head)
+    model = rebuild(path, base_spec(path, head, factory, allow_changed_factory), head)
     expected = expected_keys(model, head.weight_bits, head.sparse)
     if set(tensors) != expected:
         odd = sorted(set(tensors) ^ expected)
@@ -384,7 +366,7 @@ def load_artifact(
         set_activation_quant_(model, head.act_quant)
     except (KeyError, ValueError, RuntimeError, AutoshrinkError) as exc:
         raise CheckpointError(
-            f"{path} does not match its rebuilt architecture: {_one_line(exc)}"
+            f"{path} does not match its rebuilt architecture: {one_line(exc)}"
         ) from None
     return model.eval()
 

@@ -12,7 +12,9 @@ read whole to find out.
 Format versions: 1 had no record of a user factory's code; 2 adds ``factory``
 (``{"path", "function", "sha256"}`` of the ``.py`` file, or null); 3 adds ``sparse``
 (per layer stored sparse: ``[survivors, "mask" or "rel", index width]``) and ``coded``
-(per entropy-coded tensor: ``[codec, raw length]``). All three are read.
+(per entropy-coded tensor: ``[codec, raw length]``); 4 adds ``cuts`` and ``heads``, the
+pruned architecture itself (:mod:`autoshrink.compression.artifact_arch`), so that loading
+does not trace the model. All four are read.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
+from autoshrink.compression.artifact_arch import Cut, decode_cuts, decode_heads
+from autoshrink.compression.attention import Heads
 from autoshrink.compression.documents import MAX_BYTES, field, mapping, parse_document, sequence
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
 from autoshrink.compression.models import (
@@ -39,7 +43,8 @@ FORMAT_NAME = "autoshrink.artifact"
 #: 2: the user factory's recorded source, the frozen units, and the fields packed into one
 #: metadata entry (``PACKED_KEY``), so the same model is the same bytes.
 #: 3: sparse layers (positions and survivors) and entropy-coded streams.
-FORMAT_VERSION = 3
+#: 4: the cuts and attention blocks of the pruned architecture (loading does not trace).
+FORMAT_VERSION = 4
 #: Largest raw length a coded stream may claim (a decompression-bomb guard).
 MAX_CODED_BYTES = 1 << 31
 PACKED_KEY = "autoshrink"
@@ -56,7 +61,8 @@ class ArtifactHeader:
     """The decoded metadata of an artifact (see ``artifact.read_header``).
 
     ``factory`` is the recorded source of a user-factory base model (None for built-in
-    models and for format-1 artifacts).
+    models and for format-1 artifacts). ``cuts`` is None before format 4: the units must
+    be found again to load.
     """
 
     spec: ModelSpec
@@ -71,6 +77,8 @@ class ArtifactHeader:
     frozen: dict[str, str] = dataclass_field(default_factory=dict)
     sparse: dict[str, list[int | str]] = dataclass_field(default_factory=dict)
     coded: dict[str, list[int | str]] = dataclass_field(default_factory=dict)
+    cuts: tuple[Cut, ...] | None = None
+    heads: tuple[Heads, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,6 +176,7 @@ def decode_header(path: Path, meta: dict[str, str]) -> ArtifactHeader:
     version = int(meta["format_version"])
     names = (*FIELDS, "factory") if version >= 2 else FIELDS
     names = (*names, "sparse", "coded") if version >= 3 else names
+    names = (*names, "cuts", "heads") if version >= 4 else names
     fields = {}
     for name in names:
         if name not in meta:
@@ -189,6 +198,8 @@ def decode_header(path: Path, meta: dict[str, str]) -> ArtifactHeader:
         frozen=_frozen(meta.get("frozen"), f"{where} 'frozen'"),
         sparse=_sparse(fields.get("sparse", {}), f"{where} 'sparse'"),
         coded=_coded(fields.get("coded", {}), f"{where} 'coded'"),
+        cuts=decode_cuts(fields["cuts"], f"{where} 'cuts'") if version >= 4 else None,
+        heads=decode_heads(fields.get("heads", []), f"{where} 'heads'"),
     )
 
 

@@ -49,8 +49,15 @@ def stored_buffers(model: nn.Module) -> list[torch.Tensor]:
 
 
 def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass: ``FlopCounterMode`` flops // 2."""
-    return int(run_counted(model, example_input)[1].get_total_flops()) // 2
+    """Multiply-accumulates of one forward pass: ``FlopCounterMode`` flops // 2.
+
+    The pass runs with gradients on; whatever the model caches in it (timm's LeViT keeps
+    its attention biases) is put back as it was, so the model stays deep-copyable.
+    """
+    from autoshrink.compression._pristine import untouched
+
+    with untouched(model):
+        return int(run_counted(model, example_input)[1].get_total_flops()) // 2
 
 
 def count_params(model: nn.Module) -> int:

@@ -1,7 +1,8 @@
 """A time limit on a block of code, by SIGALRM, that nests inside a caller's own limit.
 
-A batch job runs under its timeout, and inside it the unit tracing limits each
-Torch-Pruning group; both are this one mechanism. An outer timer due first is left alone;
+A batch job runs under its timeout (and a benchmark under its own). Finding a model's
+units has no time limit: what they are must not depend on the machine's load (see
+``_tp_compat.GROUP_LIMITS``). An outer timer due first is left alone;
 otherwise the outer timer and handler are put back, less the time spent, when the block
 ends. Off the main thread, or where there is no ``setitimer``, the block runs unlimited.
 

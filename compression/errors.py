@@ -34,3 +34,17 @@ class CheckpointError(AutoshrinkError):
 
 class DocumentError(AutoshrinkError):
     """A JSON or TOML document is unreadable, too large, too deep or of the wrong shape."""
+
+
+def first_line(exc: BaseException, most: int = 160) -> str:
+    r"""``exc``'s type and the first line of its message, at most ``most`` characters.
+
+    What a one-line refusal quotes of the error behind it, so that the user has its own
+    words to act on.
+
+    >>> first_line(RuntimeError("shape mismatch\nat layer 3"))
+    'RuntimeError: shape mismatch'
+    """
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+    return text if len(text) <= most else text[: most - 3] + "..."

@@ -36,6 +36,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from autoshrink.compression._pristine import untouched
 from autoshrink.compression._tp_compat import tolerant_index_mapping
 from autoshrink.compression.attention import head_scores
 from autoshrink.compression.errors import PolicyError, UnsupportedModelError
@@ -160,7 +161,8 @@ def channel_scores(
     """One score per channel of every unit of ``graph``; higher means keep.
 
     The model is traced once (DepGraph) and left as it was: weights, gradients, training
-    mode. Gradients for ``taylor``/``hessian`` come from ``batch`` in eval mode.
+    mode, and whatever its forward caches (timm's LeViT keeps its attention biases).
+    Gradients for ``taylor``/``hessian`` come from ``batch`` in eval mode.
 
     Args:
         graph: The units of ``model`` (from :func:`build_units` on the same architecture).
@@ -188,7 +190,7 @@ def channel_scores(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     example = torch.zeros(graph.input_shape, device=device)
     scores: dict[str, Tensor] = {}
-    with _scratch_grads(model):
+    with untouched(model), _scratch_grads(model):  # a cache the trace fills goes, too
         if batch is not None and importance in NEEDS_BATCH:
             _fill_grads(model, importance, batch, loss_fn or nn.functional.cross_entropy)
         dg = _dependency_graph(model, example)

@@ -156,6 +156,23 @@ def _pruned_copy(
     return pruned
 
 
+def cut_channels(
+    model: nn.Module, cuts: list[tuple[str, str, list[int]]], heads: tuple[Heads, ...] = ()
+) -> nn.Module:
+    """A copy of ``model`` without the given channels: the pruned architecture alone.
+
+    Args:
+        model: The model; it is not modified.
+        cuts: ``(module or parameter name, plan dim, channel indices)`` to remove, each
+            name and dimension once.
+        heads: The attention blocks whose head count then follows their ``qkv``.
+
+    Raises:
+        UnsupportedModelError: If a module has no pruning function for the dimension.
+    """
+    return _pruned_copy(model, dict(model.named_modules()), cuts, heads)
+
+
 def keep_mask(
     graph: UnitGraph, kept: Mapping[str, int], scores: Mapping[str, Tensor]
 ) -> np.ndarray:

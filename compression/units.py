@@ -64,16 +64,22 @@ def build_units(
 ) -> UnitGraph:
     """Find the prunable units of ``model`` with Torch-Pruning's DepGraph.
 
-    The model is traced once on ``example_input`` (on the CPU; its training mode is
-    restored). The layer producing the model output, and every group coupled to it, is
-    fixed. A group that holds an ``ignored_layers`` entry, or one that cannot be pruned
-    exactly (a channel shuffle, an unknown module with parameters, a split concatenated
-    back), is frozen: it stays at full width and :attr:`UnitGraph.frozen` says why. With
+    The model is traced once on ``example_input`` (on the CPU). It is left as it was
+    found: its training mode, and whatever its forward caches (timm's LeViT keeps its
+    attention biases), are put back after every pass, so it stays deep-copyable. The units
+    depend on the model alone, never on how long tracing takes: a large model is slow, and
+    logs its progress, but gets the units it would get on a quiet machine.
+
+    The layer producing the model output, and every group coupled to it, is fixed. A group
+    that holds an ``ignored_layers`` entry, or one that cannot be pruned exactly (a channel
+    shuffle, an unknown module with parameters, a split concatenated back, a group too
+    large for Torch-Pruning to follow), is frozen: it stays at full width and
+    :attr:`UnitGraph.frozen` says why. With
     ``verify``, the units are then pruned once for real and every unit whose pruned model
     disagrees with the cost model is frozen too.
 
     Args:
-        model: The model; it is not modified.
+        model: The model; it is not modified, caches included.
         example_input: A CPU input batch; MACs are counted for exactly this shape.
         round_to: Channel granularity of every unit (e.g. 8 for SIMD-friendly widths).
         ignored_layers: Modules, or their names, whose output channels stay fixed.
@@ -87,20 +93,17 @@ def build_units(
             (naming a frozen unit's leading layer and why).
     """
     from autoshrink.compression._depgraph import analyse
+    from autoshrink.compression._pristine import untouched
     from autoshrink.compression._verify import failing_units
 
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise UnsupportedModelError(f"round_to must be a positive integer, got {round_to!r}")
     ignored = _ignored(model, ignored_layers)
-    modes = [(m, m.training) for m in model.modules()]  # tracing switches to eval mode
-    try:
+    with untouched(model):  # tracing switches to eval mode, and may fill a model's caches
         graph = analyse(model, example_input, round_to, ignored)
         while verify and (bad := failing_units(model, graph, example_input)):
             ignored.update(bad)
             graph = analyse(model, example_input, round_to, ignored)
-    finally:
-        for m, training in modes:
-            m.training = training
     if not graph.units and graph.frozen:
         root, why = next(iter(graph.frozen.items()))
         raise UnsupportedModelError(

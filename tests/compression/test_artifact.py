@@ -265,7 +265,7 @@ def test_user_artifact_records_its_factory_file_and_hash(user_artifact) -> None:
 
     path, factory, _ = user_artifact
     head = read_header(path)  # reading a header never needs (or imports) the factory
-    assert head.factory is not None and head.format_version == FORMAT_VERSION == 3
+    assert head.factory is not None and head.format_version == FORMAT_VERSION == 4
     assert head.factory.path == str(factory.resolve()) and head.factory.function == "build"
     assert head.factory.sha256 == hashlib.sha256(factory.read_bytes()).hexdigest()
 

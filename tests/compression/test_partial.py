@@ -21,6 +21,7 @@ from autoshrink.compression.prune import prune
 from autoshrink.compression.quantize import quantize_weights_
 from autoshrink.compression.units import build_units
 from tests.compression.artifact_files import split, unpacked
+from tests.compression.busy import make_busy
 from tests.compression.exact import assert_exact
 
 REX = textwrap.dedent(
@@ -124,28 +125,39 @@ def test_a_version_1_artifact_without_frozen_units_still_loads(tmp_path: Path) -
     assert read_header(old).frozen == {}
 
 
-def test_a_group_that_takes_too_long_is_frozen_not_waited_for(
+def test_a_group_too_large_to_follow_is_frozen_by_its_size_not_its_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from autoshrink.compression import _depgraph
 
-    monkeypatch.setattr(_depgraph, "GROUP_TIME_LIMIT", 1e-6)
-    with pytest.raises(UnsupportedModelError, match=r"no prunable unit left.*takes over 1e-06 s"):
+    monkeypatch.setattr(_depgraph, "GROUP_LIMITS", (1, 10**6))
+    with pytest.raises(UnsupportedModelError, match=r"no prunable unit left.*over 1 dep"):
+        build_units(build_model(ModelSpec("smallcnn")), X)
+    monkeypatch.setattr(_depgraph, "GROUP_LIMITS", (10**6, 10))
+    with pytest.raises(UnsupportedModelError, match=r"through over 10 channel indices"):
         build_units(build_model(ModelSpec("smallcnn")), X)
 
 
-def test_the_group_time_limit_keeps_a_callers_own_timer() -> None:
+def test_a_slow_grouping_gives_the_units_of_a_fast_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = build_model(ModelSpec("resnet20"))
+    fast = build_units(model, X)
+    make_busy(monkeypatch, lambda m: m is model.conv1 or m is model.layer2[0].conv1)
+    slow = build_units(model, X)
+    assert slow.unit_names == fast.unit_names and slow.frozen == fast.frozen == {}
+    assert [u.layers for u in slow.units] == [u.layers for u in fast.units]
+
+
+def test_a_deadline_keeps_a_callers_own_timer() -> None:
     import signal
     import time
 
-    from autoshrink.compression._tp_compat import GroupTimeout
     from autoshrink.compression.deadline import deadline
 
     fired: list[int] = []
     previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(1))
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.5)  # e.g. a batch job's timeout
-        with deadline(10.0, GroupTimeout):
+        with deadline(10.0, TimeoutError):
             pass
         assert signal.getitimer(signal.ITIMER_REAL)[0] > 0  # still armed
         time.sleep(0.8)

@@ -192,7 +192,12 @@ class _InputMix(nn.Module):
 def test_a_unit_whose_pruned_model_breaks_is_frozen_by_the_check() -> None:
     graph = build_units(_InputMix(), X32)
     assert graph.unit_names == ("conv",)
-    assert "breaks the forward pass" in graph.frozen["stem"]
+    # The reason quotes the error's own first line, so the user has something to act on.
+    assert re.fullmatch(
+        r"pruning it breaks the forward pass \(RuntimeError: The size of tensor a \(\d+\) "
+        r"must match the size of tensor b \(3\).*\)",
+        graph.frozen["stem"],
+    ), graph.frozen["stem"]
     assert "the model input" not in graph.frozen["stem"]
     unchecked = build_units(_InputMix(), X32, verify=False)  # what the trace alone believes
     assert unchecked.unit_names == ("stem", "conv")
@@ -222,3 +227,63 @@ def test_round_to_larger_than_a_unit_keeps_it_whole() -> None:
     g = _graph("smallcnn", round_to=64)
     first = g.unit("features.0.0")  # 32 channels < 64
     assert first.kept(0.1) == 32 and g.unit("features.3.0").kept(0.1) == 64
+
+
+class _Cached(nn.Module):
+    """Caches a tensor made from a parameter on its first eval forward, as timm's LeViT,
+    EfficientFormer(V2) and TinyViT cache their attention biases (in a plain dict)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.scale = nn.Parameter(torch.ones(8))
+        self.cache: dict[str, torch.Tensor] = {}
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            scale = self.scale * 2
+        else:
+            if str(x.device) not in self.cache:
+                self.cache[str(x.device)] = self.scale * 2
+            scale = self.cache[str(x.device)]
+        y = self.conv2(torch.relu(self.conv(x))) * scale.view(1, -1, 1, 1)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_build_leaves_a_caching_model_uncached_and_deep_copyable() -> None:
+    import copy
+
+    model = _Cached().eval()
+    graph = build_units(model, X32)
+    assert model.cache == {}  # the forward passes of tracing left nothing behind
+    copy.deepcopy(model)  # a cached tensor tied to the trace's graph would refuse this
+    assert "conv" in graph.unit_names and not model.training
+    with torch.no_grad():
+        model(X32)  # the model's own cache still works, with a tensor of its own
+    assert set(model.cache) == {"cpu"}
+
+
+def test_counting_macs_leaves_a_caching_model_deep_copyable() -> None:
+    import copy
+
+    from autoshrink.compression.counting import count_macs
+
+    model = _Cached().eval()
+    assert count_macs(model, X32) > 0
+    assert model.cache == {}
+    copy.deepcopy(model)
+
+
+def test_pruning_a_caching_model_leaves_it_deep_copyable() -> None:
+    import copy
+
+    from autoshrink.compression.prune import prune
+
+    model = _Cached().eval()
+    graph = build_units(model, X32)
+    small = prune(model, graph, {u.name: 0.5 for u in graph.units})  # scores trace it
+    assert model.cache == {} and small.cache == {}
+    copy.deepcopy(model)
+    with torch.no_grad():
+        assert small(X32).shape == (1, 4)
