@@ -146,7 +146,9 @@ def _finish(
     spec = ModelSpec.for_data(inner.config.model, data)
     example = data.example_input(1)
     meta = {"agent": search.algorithm, "seed": seed, "episode": chosen.episode}
-    info = save_artifact(folder.artifact, model, spec, tuple(example.shape), policy, meta)
+    # the env's own units: a slow model's are not traced a second time
+    shape = tuple(example.shape)
+    info = save_artifact(folder.artifact, model, spec, shape, policy, meta, graph=inner.graph)
     shipped = Shipped(policy, info, chosen.episode, scored, start)
     result = build_result(env, search, shipped, final, seed, data)
     write_result(folder.result, result)
