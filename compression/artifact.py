@@ -48,6 +48,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from autoshrink.compression.artifact_checks import restore
 from autoshrink.compression.artifact_header import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -57,18 +58,9 @@ from autoshrink.compression.artifact_header import (
     decode_header,
     read_raw_header,
 )
-from autoshrink.compression.artifact_payload import (
-    SCALE_SUFFIX,
-    decode_into,
-    encode,
-    entropy_code,
-    entropy_decode,
-    expected_keys,
-    sparse_plan,
-    stream_sizes,
-)
+from autoshrink.compression.artifact_payload import SCALE_SUFFIX, encode, entropy_code, sparse_plan
 from autoshrink.compression.atomic import write_atomic
-from autoshrink.compression.errors import AutoshrinkError, CheckpointError
+from autoshrink.compression.errors import CheckpointError
 from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.models import ModelSpec, build_model, factory_source, is_factory_ref
 from autoshrink.compression.policy import Policy, kept_channels, layer_bits
@@ -77,7 +69,6 @@ from autoshrink.compression.quantize import (
     bake_,
     check_layer_bits,
     quantizable_layers,
-    set_activation_quant_,
 )
 from autoshrink.compression.sparsity import layer_sparsity
 
@@ -370,22 +361,7 @@ def load_artifact(
     path = Path(path)
     head, tensors = _read(path)
     model = _rebuild(path, base_spec(path, head, factory, allow_changed_factory), head)
-    expected = expected_keys(model, head.weight_bits, head.sparse)
-    if set(tensors) != expected:
-        odd = sorted(set(tensors) ^ expected)
-        raise CheckpointError(
-            f"{path} does not match its rebuilt architecture: {len(odd)} tensor(s) missing "
-            f"or unexpected (e.g. {odd[0]!r})"[:300]
-        )
-    try:
-        sizes = stream_sizes(model, head.weight_bits, head.sparse)
-        tensors = entropy_decode(tensors, head.coded, sizes)
-        decode_into(model, tensors, head.weight_bits, head.sparse)
-        set_activation_quant_(model, head.act_quant)
-    except (KeyError, ValueError, RuntimeError, AutoshrinkError) as exc:
-        raise CheckpointError(
-            f"{path} does not match its rebuilt architecture: {_one_line(exc)}"
-        ) from None
+    restore(path, model, tensors, head)
     return model.eval()
 
 
