@@ -59,6 +59,7 @@ from autoshrink.compression.artifact_arch import (
     record_cuts,
     record_heads,
 )
+from autoshrink.compression.artifact_checks import restore
 from autoshrink.compression.artifact_header import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -68,18 +69,9 @@ from autoshrink.compression.artifact_header import (
     decode_header,
     read_raw_header,
 )
-from autoshrink.compression.artifact_payload import (
-    SCALE_SUFFIX,
-    decode_into,
-    encode,
-    entropy_code,
-    entropy_decode,
-    expected_keys,
-    sparse_plan,
-    stream_sizes,
-)
+from autoshrink.compression.artifact_payload import SCALE_SUFFIX, encode, entropy_code, sparse_plan
 from autoshrink.compression.atomic import write_atomic
-from autoshrink.compression.errors import AutoshrinkError, CheckpointError
+from autoshrink.compression.errors import CheckpointError
 from autoshrink.compression.metrics import FLOAT_BITS
 from autoshrink.compression.models import ModelSpec, build_model, factory_source, is_factory_ref
 from autoshrink.compression.policy import Policy, kept_channels, layer_bits
@@ -87,7 +79,6 @@ from autoshrink.compression.quantize import (
     activation_quant_state,
     bake_,
     check_layer_bits,
-    set_activation_quant_,
 )
 from autoshrink.compression.sparsity import layer_sparsity
 
@@ -352,22 +343,7 @@ def load_artifact(
     path = Path(path)
     head, tensors = _read(path)
     model = rebuild(path, base_spec(path, head, factory, allow_changed_factory), head)
-    expected = expected_keys(model, head.weight_bits, head.sparse)
-    if set(tensors) != expected:
-        odd = sorted(set(tensors) ^ expected)
-        raise CheckpointError(
-            f"{path} does not match its rebuilt architecture: {len(odd)} tensor(s) missing "
-            f"or unexpected (e.g. {odd[0]!r})"[:300]
-        )
-    try:
-        sizes = stream_sizes(model, head.weight_bits, head.sparse)
-        tensors = entropy_decode(tensors, head.coded, sizes)
-        decode_into(model, tensors, head.weight_bits, head.sparse)
-        set_activation_quant_(model, head.act_quant)
-    except (KeyError, ValueError, RuntimeError, AutoshrinkError) as exc:
-        raise CheckpointError(
-            f"{path} does not match its rebuilt architecture: {one_line(exc)}"
-        ) from None
+    restore(path, model, tensors, head)
     return model.eval()
 
 

@@ -53,6 +53,7 @@ PACKED_KEY = "autoshrink"
 MAX_HEADER_BYTES = MAX_BYTES
 FIELDS = ("spec", "input_shape", "kept", "weight_bits", "act_quant", "policy", "metadata")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_VERSION = re.compile(r"[0-9]{1,6}")
 logger = logging.getLogger(__name__)
 
 
@@ -140,7 +141,8 @@ def read_raw_header(path: Path) -> RawHeader:
 
 
 def _check_version(path: Path, version: str) -> None:
-    if not version.isdigit() or len(version) > 6 or int(version) < 1:
+    # ASCII digits only: str.isdigit() and int() also take "¹" and "١" (Arabic-Indic one).
+    if not _VERSION.fullmatch(version) or int(version) < 1:
         raise CheckpointError(f"{path} has an invalid format version {version[:20]!r}")
     if int(version) > FORMAT_VERSION:
         raise CheckpointError(
@@ -214,11 +216,12 @@ def _sparse(obj: object, where: str) -> dict[str, list[int | str]]:
 
 
 def _coded(obj: object, where: str) -> dict[str, list[int | str]]:
-    from autoshrink.compression.entropy import CODECS
+    from autoshrink.compression.entropy import ARTIFACT_CODEC
 
     out: dict[str, list[int | str]] = {}
     for name, entry in mapping(obj, list, where=where, error=CheckpointError).items():
-        ok = len(entry) == 2 and entry[0] in CODECS and _count(entry[1])
+        # Only the codec artifacts are written with: the others are for benchmarks.
+        ok = len(entry) == 2 and entry[0] == ARTIFACT_CODEC and _count(entry[1])
         if not ok or entry[1] > MAX_CODED_BYTES:
             raise CheckpointError(f"{where} entry {name!r} is not [codec, raw length]"[:200])
         out[name] = list(entry)

@@ -52,6 +52,11 @@ def _float_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, s
     return own, alias
 
 
+def float_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict's floating-point entries that are stored, each once, by name."""
+    return _float_state(model)[0]
+
+
 def sparse_plan(
     model: nn.Module, bits: Mapping[str, int], sparsity: Mapping[str, float]
 ) -> dict[str, int]:

@@ -38,6 +38,7 @@ from torch.utils.data import (
 
 from autoshrink.compression.data_sources import (
     Arrays,
+    check_data_dir,
     read_cifar,
     read_digits,
     read_fake,
@@ -45,6 +46,7 @@ from autoshrink.compression.data_sources import (
 )
 from autoshrink.compression.device import pins_memory
 from autoshrink.compression.errors import DataError
+from autoshrink.compression.image_folder import check_image_folder, load_rgb
 from autoshrink.compression.names import DATASETS
 
 logger = logging.getLogger(__name__)
@@ -187,6 +189,7 @@ def load_dataset(
     if train_subset is not None and train_subset < 1:
         raise DataError(f"train_subset must be a positive count, got {train_subset}")
     root = Path(data_dir).expanduser() if data_dir is not None else None
+    check_data_dir(root)
     key = name.strip().lower()
     variant = split_variant(val_fraction, train_subset)
     if key.startswith("imagefolder:"):
@@ -279,6 +282,7 @@ def _imagefolder(
     path = Path(path_str).expanduser()
     if not path.is_dir():
         raise DataError(f"image folder not found: {path}")
+    check_image_folder(path)
     mean, std = STATS["imagefolder"]
     transform = transforms.Compose(
         [
@@ -289,8 +293,8 @@ def _imagefolder(
     )
     try:
         # The default loader converts every image to RGB, so there are always 3 channels.
-        folder = datasets.ImageFolder(str(path), transform=transform)
-    except (FileNotFoundError, RuntimeError) as exc:
+        folder = datasets.ImageFolder(str(path), transform=transform, loader=load_rgb)
+    except (OSError, RuntimeError) as exc:
         raise DataError(f"cannot read image folder {path}: {exc}") from exc
     labels = np.asarray(folder.targets)
     pool, test = _split(labels, TEST_FRACTION, TEST_SPLIT_SEED)

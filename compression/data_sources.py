@@ -1,9 +1,10 @@
 """Where each dataset's images come from: in memory, on disk, or downloaded.
 
 * ``digits`` is scikit-learn's, offline; ``fake`` is a small learnable random set.
-* ``fashion-mnist`` and ``mnist`` are read from bare IDX files (``--data-dir``, or Debian's
-  ``/usr/share/datasets/fashion-mnist``), which are decompressed once into the cache in
-  torchvision's layout, or from an earlier torchvision download, or downloaded.
+* ``fashion-mnist`` and ``mnist`` are read from bare IDX files, raw or gzipped
+  (``--data-dir``, or else Debian's ``/usr/share/datasets/fashion-mnist``), or from an
+  earlier torchvision download, or downloaded; every file is checked as it is read
+  (:mod:`autoshrink.compression.idx_files`).
 * ``cifar10`` and ``cifar100`` are read or downloaded by torchvision.
 
 A download runs under a socket timeout, and any failure ends in one
@@ -14,10 +15,7 @@ for. Splitting into train, val and test is :mod:`autoshrink.compression.data`'s 
 from __future__ import annotations
 
 import contextlib
-import gzip
-import hashlib
 import logging
-import shutil
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,20 +24,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from autoshrink.compression.atomic import write_atomic
 from autoshrink.compression.cache import cache_dir
 from autoshrink.compression.errors import DataError
+from autoshrink.compression.idx_files import IDX_FILES, NUM_CLASSES, idx_path, read_idx_pair
 
 logger = logging.getLogger(__name__)
 
 #: Folders where system packages install datasets (Debian's ``dataset-fashion-mnist``).
 SYSTEM_DIRS: dict[str, Path] = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
-_IDX_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 _DOWNLOAD_TIMEOUT_S = 30.0
 
 
@@ -102,67 +94,68 @@ def _download(name: str, looked: Sequence[Path], fetch: Callable[[], Arrays]) ->
         ) from exc
 
 
-def _has_idx_files(folder: Path) -> bool:
-    return all((folder / f).is_file() or (folder / f"{f}.gz").is_file() for f in _IDX_FILES)
+def _idx_set(folder: Path) -> list[Path] | None:
+    """The four IDX files in ``folder`` (raw or gzipped), or None if any is missing."""
+    found = [idx_path(folder, f) for f in IDX_FILES]
+    return None if any(p is None for p in found) else [p for p in found if p is not None]
 
 
-def _stage_idx_files(src: Path, raw: Path) -> None:
-    """Put (decompressed) IDX files where torchvision's MNIST readers expect them."""
-    raw.mkdir(parents=True, exist_ok=True)
-    for f in _IDX_FILES:
-        source = src / f if (src / f).is_file() else src / f"{f}.gz"
-        dst = raw / f
-        if dst.is_file() and dst.stat().st_mtime >= source.stat().st_mtime:
-            continue
-        # Atomic: a concurrent reader never sees half a file.
-        write_atomic(dst, lambda tmp, source=source: _copy(source, tmp))
+def _read_idx_set(name: str, files: Sequence[Path]) -> Arrays:
+    logger.info("reading %s from %s", name, files[0].parent)
+    train_x, train_y = read_idx_pair(files[0], files[1])
+    test_x, test_y = read_idx_pair(files[2], files[3])
+
+    def images(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x.copy()).unsqueeze(1).float() / 255.0
+
+    def labels(y: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(y.astype(np.int64))
+
+    return Arrays(images(train_x), labels(train_y), images(test_x), labels(test_y), NUM_CLASSES)
 
 
-def _copy(source: Path, dst: Path) -> None:
-    """Copy ``source`` to ``dst``, decompressing a ``.gz``."""
-    if source.suffix == ".gz":
-        with gzip.open(source, "rb") as fin, dst.open("wb") as fout:
-            shutil.copyfileobj(fin, fout)
-    else:
-        shutil.copyfile(source, dst)
+def check_data_dir(data_dir: Path | None) -> None:
+    """A given data folder must be a folder (or not exist yet: a download creates it).
+
+    Raises:
+        DataError: If ``data_dir`` exists and is not a folder.
+    """
+    if data_dir is not None and data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"data folder {data_dir} is not a folder")
 
 
 def read_mnist_like(name: str, data_dir: Path | None) -> Arrays:
     """``fashion-mnist`` or ``mnist``: IDX files, an earlier download, or a download.
 
+    A given ``data_dir`` is the only place looked in (and downloaded to): a folder without
+    the dataset's files never falls back to another copy. Without one, Debian's folder
+    (``fashion-mnist`` only) and then the cache are looked in.
+
     Raises:
-        DataError: If the files are nowhere and the download fails.
+        DataError: If the files are unreadable, or nowhere and the download fails.
     """
     from torchvision import datasets
 
     cls = datasets.FashionMNIST if name == "fashion-mnist" else datasets.MNIST
-
-    def read(root: Path, download: bool = False) -> Arrays:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
-        return Arrays(
-            train.data.unsqueeze(1).float() / 255.0,
-            train.targets.long(),
-            test.data.unsqueeze(1).float() / 255.0,
-            test.targets.long(),
-            len(cls.classes),
-        )
-
+    check_data_dir(data_dir)
     download_root = data_dir or _default_root()
-    looked = [p for p in (data_dir, SYSTEM_DIRS.get(name)) if p is not None]
-    for folder in dict.fromkeys([*looked, download_root]):
-        # torchvision's own layout (ROOT/FashionMNIST/raw/...), e.g. an earlier download.
-        if (folder / cls.__name__ / "raw").is_dir():
-            with contextlib.suppress(RuntimeError):
-                return read(folder)
-        if folder in looked and _has_idx_files(folder):  # bare IDX files, as Debian has them
-            logger.info("reading %s from %s", name, folder)
-            # Decompressed copies go to the cache, one folder per source folder.
-            source_key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
-            staged = _default_root() / "staged" / f"{name}-{source_key}"
-            _stage_idx_files(folder, staged / cls.__name__ / "raw")
-            return read(staged)
-    return _download(name, looked or [download_root], lambda: read(download_root, True))
+    system = SYSTEM_DIRS.get(name)
+    looked = [data_dir] if data_dir is not None else [p for p in (system, download_root) if p]
+    for folder in looked:
+        # Bare IDX files (as Debian has them), or torchvision's layout (ROOT/MNIST/raw/...).
+        for where in (folder, folder / cls.__name__ / "raw"):
+            files = _idx_set(where)
+            if files is not None:
+                return _read_idx_set(name, files)
+
+    def fetch() -> Arrays:
+        cls(str(download_root), train=True, download=True)  # fetches all four files
+        files = _idx_set(download_root / cls.__name__ / "raw")
+        if files is None:
+            raise RuntimeError("the download left no IDX files")
+        return _read_idx_set(name, files)
+
+    return _download(name, looked, fetch)
 
 
 def _hwc_to_chw(images: np.ndarray) -> torch.Tensor:

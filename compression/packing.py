@@ -29,6 +29,14 @@ def packed_nbytes(numel: int, bits: int) -> int:
     return (numel * bits + 7) // 8
 
 
+def padding_bits_set(data: np.ndarray | bytes, used_bits: int) -> bool:
+    """Whether any bit after the first ``used_bits`` (LSB first) of ``data`` is set."""
+    raw = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
+    full, rest = divmod(used_bits, 8)
+    tail = raw[full + (1 if rest else 0) :]
+    return bool(tail.any()) or bool(rest and full < len(raw) and raw[full] >> rest)
+
+
 def _check(bits: int) -> None:
     if not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"can only pack {MIN_BITS}..{MAX_BITS} bits, got {bits}")
@@ -74,16 +82,20 @@ def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
         A 1-D int8 tensor of ``numel`` values; reshape it to the original shape.
 
     Raises:
-        ValueError: If ``packed`` does not have exactly ``packed_nbytes(numel, bits)`` bytes.
+        ValueError: If ``packed`` is not 1-D uint8 of exactly ``packed_nbytes(numel, bits)``
+            bytes, or the padding bits of its last byte are not zero (:func:`pack` writes
+            zeros there, so anything else is not its output).
     """
     _check(bits)
     expected = packed_nbytes(numel, bits)
-    if packed.dtype != torch.uint8 or packed.numel() != expected:
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != expected:
         raise ValueError(
-            f"packed data has {packed.numel()} {packed.dtype} values, "
+            f"packed data has shape {tuple(packed.shape)} of {packed.dtype}, "
             f"want {expected} uint8 for {numel} values at {bits} bits"
         )
-    raw = packed.detach().reshape(-1).cpu().numpy()
+    raw = packed.detach().cpu().numpy()
+    if padding_bits_set(raw, numel * bits):
+        raise ValueError("packed data has non-zero padding bits")
     if bits == 8:
         return torch.from_numpy(raw.view(np.int8).copy())
     stream = np.unpackbits(raw, count=numel * bits, bitorder="little").reshape(numel, bits)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from autoshrink.compression.packing import pack, unpack
+from autoshrink.compression.packing import pack, padding_bits_set, unpack
 from autoshrink.compression.sparsity import (
     BITMASK,
     RELATIVE,
@@ -89,9 +89,16 @@ def _relative(positions: np.ndarray, numel: int, width: int) -> bytes:
 
 
 def _positions_from_relative(data: bytes, numel: int, n: int, width: int) -> np.ndarray:
+    """The positions of a gap code; every field after the ``n``-th entry must be zero."""
     span = (1 << width) - 1
-    fields = unpack_fields(data, width, int(relative_fields(numel, n, width)))
+    total = int(relative_fields(numel, n, width))
+    if padding_bits_set(data, total * width):
+        raise ValueError("position stream has non-zero padding bits")
+    fields = unpack_fields(data, width, total)
     entry = fields < span
+    ends = np.flatnonzero(entry)
+    if len(ends) >= n and fields[int(ends[n - 1]) + 1 if n else 0 :].any():
+        raise ValueError("position stream has data after its last survivor")
     step = np.where(entry, fields + 1, span)
     return (np.cumsum(step) - 1)[entry][:n]
 
@@ -118,7 +125,8 @@ def decode_sparse(layer: SparseLayer, numel: int, bits: int) -> torch.Tensor:
     """The flat int8 weight of ``numel`` values that :func:`encode_sparse` encoded.
 
     Raises:
-        ValueError: If a stream has the wrong length or names a position out of range.
+        ValueError: If a stream has the wrong length, names a position out of range, or
+            has stray bits in its padding (so it is not what :func:`encode_sparse` wrote).
     """
     want = int(position_bytes(numel, layer.n))
     if len(layer.positions) != want:
@@ -126,6 +134,8 @@ def decode_sparse(layer: SparseLayer, numel: int, bits: int) -> torch.Tensor:
     if layer.encoding == RELATIVE:
         positions = _positions_from_relative(layer.positions, numel, layer.n, layer.width)
     else:
+        if padding_bits_set(layer.positions, numel):
+            raise ValueError("position bitmask has bits set past its last weight")
         mask = np.unpackbits(
             np.frombuffer(layer.positions, np.uint8), count=numel, bitorder="little"
         )

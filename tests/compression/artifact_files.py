@@ -70,3 +70,15 @@ def edit_field(path: Path, name: str, value: Any, resign: bool = True) -> Path:
         meta[name] = value if isinstance(value, str) else json.dumps(value)
 
     return edit_meta(path, change, resign)
+
+
+def edit_tensors(path: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+    """Apply ``change`` to the payload tensors, keep the header's metadata, and re-sign."""
+    from safetensors.torch import load_file, save_file
+
+    header, _ = split(path)
+    tensors = load_file(str(path))
+    change(tensors)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(path), metadata=header["__metadata__"])
+    return edit_meta(path, lambda meta: None)
