@@ -7,7 +7,8 @@ checkpoint folder replaced by a link to another run's. Each would resume *anothe
 search, silently.
 
 So every checkpoint is sealed when it becomes current: ``latest.json`` records the SHA-256
-of every file in the checkpoint folder and of ``config.json``. A resume recomputes them
+of every file in the checkpoint folder and of ``config.json`` (less where the search runs:
+a resume may move to another device or cluster). A resume recomputes them
 and refuses, in one line naming the file, anything missing, added, linked or changed.
 A pointer written before seals (version 1) carries none and is trusted as before.
 
@@ -18,6 +19,7 @@ forger who rewrites the pointer too (the readers still check every field they re
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from autoshrink.compression.errors import CheckpointError
@@ -35,13 +37,35 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: Settings of ``config.json`` that say where a search runs, not what it searches: a
+#: resume may move (another device, another Ray cluster), so the seal leaves them out.
+WHERE_IT_RUNS = {"env": ("device",), "agent": ("device", "backend", "address")}
+
+
+def config_digest(config: Path) -> str:
+    """SHA-256 of what ``config.json`` says the search is, where it runs left out.
+
+    A file that is no search config document is hashed as its bytes.
+    """
+    raw = config.read_bytes()
+    try:
+        doc = json.loads(raw)
+        parts = doc["data"]
+        for part, names in WHERE_IT_RUNS.items():
+            for name in names:
+                parts[part]["data"].pop(name, None)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return hashlib.sha256(raw).hexdigest()
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
 def seal(checkpoint: Path, config: Path) -> dict[str, object]:
     """The seal of a complete checkpoint folder: ``{"files": {name: sha}, "config": sha}``.
 
     ``config`` is the run folder's ``config.json`` (None in the seal where there is none).
     """
     files = {p.name: file_sha256(p) for p in sorted(checkpoint.iterdir()) if p.is_file()}
-    return {"files": files, "config": file_sha256(config) if config.is_file() else None}
+    return {"files": files, "config": config_digest(config) if config.is_file() else None}
 
 
 def check_seal(checkpoint: Path, config: Path, sealed: dict[str, object]) -> None:
@@ -67,7 +91,7 @@ def check_seal(checkpoint: Path, config: Path, sealed: dict[str, object]) -> Non
     for name in sorted(present | set(files)):
         _check_file(checkpoint / name, files.get(name))
     expected = sealed.get("config")
-    if expected is not None and (not config.is_file() or file_sha256(config) != expected):
+    if expected is not None and (not config.is_file() or config_digest(config) != expected):
         what = "changed" if config.is_file() else "missing"
         raise CheckpointError(
             f"{config} is {what} since the search started: a resume would search something "

@@ -213,7 +213,6 @@ def _resume(
     """The state and agent of the folder's checkpoint, the log cut back to what it knows."""
     _check_same_algorithm(folder, config)
     ckpt_dir, state = checkpoint
-    folder.check_sealed(ckpt_dir)
     if state.episodes > config.episodes:  # it would ship a search longer than asked
         raise CheckpointError(
             f"{folder.root} holds {state.episodes} episodes already, more than the "
@@ -225,6 +224,9 @@ def _resume(
         load_replay_buffer(agent.replay_buffer, ckpt_dir)
     if not rng_state.load(agent, ckpt_dir):  # a checkpoint of autoshrink 0.1
         set_random_seed(config.seed + state.episodes)
+    # after the checked readers (a malformed file is named by its own reader; none runs
+    # code), before anything is written or learnt from the files
+    folder.check_sealed(ckpt_dir)
     dropped = folder.restore_log(ckpt_dir, state.episodes)
     logger.info(
         "resuming %s at episode %d (%d unlogged lines dropped)",
