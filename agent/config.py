@@ -17,7 +17,12 @@ from typing import Any, ClassVar
 
 from autoshrink.compression.device import device_problem
 from autoshrink.compression.errors import AutoshrinkError
-from autoshrink.compression.names import DEFAULT_BACKEND, DEFAULT_WORKERS, SEARCH_BACKENDS
+from autoshrink.compression.names import (
+    DEFAULT_BACKEND,
+    DEFAULT_WORKERS,
+    MAX_WORKERS,
+    SEARCH_BACKENDS,
+)
 from autoshrink.compression.versioned import JsonFile, unwrap, wrap
 
 CONFIG_TYPE = "autoshrink.AgentConfig"
@@ -139,6 +144,8 @@ class AgentConfig(JsonFile):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 out.append(f"{name} must be a positive integer, got {value!r}")
+        if _is_int(self.workers) and self.workers > MAX_WORKERS:
+            out.append(f"workers must be at most {MAX_WORKERS}, got {self.workers}")
         warmup = self.warmup_episodes
         if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
             out.append(f"warmup_episodes must be >= 0, got {self.warmup_episodes!r}")

@@ -141,12 +141,16 @@ def set_threads(threads: int | None = None, workers: int = 1) -> int:
         The threads set.
 
     Raises:
-        AutoshrinkError: If ``threads`` is given and below 1.
+        AutoshrinkError: If ``threads`` is given and not between 1 and ``MAX_THREADS``.
     """
     import torch
 
-    if threads is not None and (isinstance(threads, bool) or threads < 1):
-        raise AutoshrinkError(f"threads must be at least 1, got {threads!r}")
+    from autoshrink.compression.names import MAX_THREADS
+
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS
+    ):
+        raise AutoshrinkError(f"threads must be between 1 and {MAX_THREADS:,}, got {threads!r}")
     chosen = default_threads(workers) if threads is None else int(threads)
     torch.set_num_threads(chosen)
     logger.debug("torch intra-op threads: %d", chosen)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -17,7 +18,12 @@ from rich.progress import TextColumn
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import check_free, hold
 from autoshrink.scripts.console import console, err_console, make_progress
-from autoshrink.scripts.options import add_device_flags, check_out_folder, device_line
+from autoshrink.scripts.options import (
+    add_device_flags,
+    bounded_int,
+    check_out_folder,
+    device_line,
+)
 
 #: The one line ``autoshrink --help`` shows.
 HELP = "run many searches from a TOML spec on a process pool or a Ray cluster"
@@ -42,7 +48,12 @@ def add_parser(subparsers: Any) -> None:
         metavar="DIR",
         help="batch folder: results, summary, plot, runs/ (required unless --example)",
     )
-    p.add_argument("--workers", type=int, metavar="N", help="jobs at once (default: the cores)")
+    p.add_argument(
+        "--workers",
+        type=bounded_int("MAX_WORKERS"),
+        metavar="N",
+        help="jobs at once (default: the cores)",
+    )
     p.add_argument(
         "--backend",
         choices=("local", "ray"),
@@ -54,7 +65,9 @@ def add_parser(subparsers: Any) -> None:
         metavar="ADDR",
         help="Ray cluster: auto or ray://host:port (default: a local Ray)",
     )
-    p.add_argument("--job-timeout", type=float, metavar="S", help="seconds per job (default: none)")
+    p.add_argument(
+        "--job-timeout", type=_seconds, metavar="S", help="seconds per job (default: none)"
+    )
     p.add_argument(
         "--retry-failed", action="store_true", help="run failed jobs again (default: off)"
     )
@@ -63,6 +76,17 @@ def add_parser(subparsers: Any) -> None:
         "--example", action="store_true", help="print an example spec and exit (default: off)"
     )
     p.set_defaults(func=run)
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (``nan`` and ``inf`` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
 
 
 #: What marks a batch folder, which a rerun resumes.
