@@ -312,7 +312,7 @@ def run_user_code(call: Callable[[], _T], what: str) -> _T:
         raise UnsupportedModelError(f"{what} {verb} {detail}") from exc
 
 
-def _one_line(exc: BaseException) -> str:
+def load_problem(exc: BaseException) -> str:
     """Torch's ``weights_only`` refusal is ten lines with ANSI codes: keep what it found."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
@@ -352,7 +352,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {_one_line(exc)}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {load_problem(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
