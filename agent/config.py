@@ -20,6 +20,7 @@ from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.names import (
     DEFAULT_BACKEND,
     DEFAULT_WORKERS,
+    MAX_SEED,
     MAX_WORKERS,
     SEARCH_BACKENDS,
 )
@@ -153,8 +154,8 @@ class AgentConfig(JsonFile):
             out.append(f"buffer_size must be a positive integer or null, got {self.buffer_size!r}")
         if not isinstance(self.episode_reward, bool):
             out.append(f"episode_reward must be true or false, got {self.episode_reward!r}")
-        if not _is_int(self.seed):
-            out.append(f"seed must be an integer, got {self.seed!r}")
+        if not (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
+            out.append(f"seed must be an integer in [0, {MAX_SEED}], got {self.seed!r}")
         checks = {
             "noise_sigma": (0.0, math.inf, True),
             "noise_decay": (0.0, 1.0, False),
@@ -170,6 +171,12 @@ class AgentConfig(JsonFile):
                 out.append(f"{name} must lie in {'[' if lo_ok else '('}{lo}, {hi}], got {value!r}")
         if self.policy_kwargs is not None and not isinstance(self.policy_kwargs, dict):
             out.append("policy_kwargs must be an object or null")
+        for key, value in (self.policy_kwargs or {}).items():
+            if str(key).endswith(("_fn", "_class")) and not callable(value):
+                out.append(
+                    f"policy_kwargs.{key} must be a class, given in Python; a file cannot name "
+                    f"one (got {value!r})"
+                )
         if not isinstance(self.algorithm_kwargs, dict):
             out.append("algorithm_kwargs must be an object")
         if (problem := device_problem(self.device)) is not None:

@@ -72,3 +72,5 @@ MAX_THREADS = 1024
 #: Where a search's workers run: ``local`` processes (SB3's SubprocVecEnv) or Ray actors.
 SEARCH_BACKENDS: tuple[str, ...] = ("local", "ray")
 DEFAULT_BACKEND = "local"
+#: Seeds lie in [0, MAX_SEED]: numpy refuses any other (a seed of 2**64 failed job by job).
+MAX_SEED = 2**32 - 1

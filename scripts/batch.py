@@ -95,6 +95,7 @@ OWN = ("spec.toml", "results.jsonl")
 
 def run(args: argparse.Namespace) -> int:
     """Validate the spec, run the batch with a progress bar, and say where the results are."""
+    from autoshrink.agent.batch.preflight import check_jobs
     from autoshrink.agent.batch.runner import check_devices
     from autoshrink.agent.batch.spec import EXAMPLE_SPEC, load_spec
 
@@ -104,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.spec is None or args.out is None:
         raise AutoshrinkError("give a spec and --out DIR (or --example for a spec to start from)")
     spec = load_spec(args.spec)
+    check_jobs(spec)  # what each job names (models, files) is checked before any job runs
     check_free(Path(args.out), "batch")  # a running batch's folder: refused as in use
     # a batch folder: its spec.toml is written first, results.jsonl as jobs end
     check_out_folder(Path(args.out), reuse=lambda f: any((f / n).exists() for n in OWN))
