@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
+import torch
 from stable_baselines3 import TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import BasePolicy
@@ -30,6 +31,7 @@ from autoshrink.agent.noise import TruncatedNormalActionNoise, bind_noise
 from autoshrink.compression.documents import MAX_BYTES, parse_document
 from autoshrink.compression.errors import CheckpointError
 from autoshrink.compression.json_write import to_jsonable
+from autoshrink.compression.models import load_problem
 
 if TYPE_CHECKING:
     from autoshrink.agent.algorithms import Agent
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 #: Attribute that carries our JSON state (noise, episode-info buffers) into the zip's data.
 AGENT_STATE_KEY = "autoshrink_state"
 AGENT_STATE_VERSION = 1
+#: The largest weight file of an agent zip read (an AMC agent's are a few hundred KB).
+MAX_WEIGHT_BYTES = 256 * 2**20
 #: Names of the weight files SB3 writes: policy.pth, actor.optimizer.pth, ...
 _PTH_NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*(\.[a-z][a-z0-9]*(_[a-z0-9]+)*)*\.pth")
 
@@ -142,7 +146,42 @@ def read_agent_zip(path: Path) -> tuple[bytes, dict[str, Any]]:
     odd = [n for n in names if n.endswith(".pth") and not _PTH_NAME.fullmatch(n)]
     if odd:
         raise CheckpointError(f"{path} holds unexpected weight files {odd}")
+    _check_weights(raw, names, Path(path))
     return raw, data
+
+
+def _check_weights(raw: bytes, names: list[str], path: Path) -> None:
+    """Every ``.pth`` member is a dict that ``torch.load(weights_only=True)`` reads.
+
+    Read here, before SB3 reads them again, so that a pickle payload, garbage or a missing
+    ``policy.pth`` is one line naming the member, not torch's ten-line refusal; nothing is
+    unpickled either way.
+
+    Raises:
+        CheckpointError: If ``policy.pth`` is missing, or a member is too large, unreadable
+            or not a dict of weights.
+    """
+    if "policy.pth" not in names:
+        raise CheckpointError(f"{path} is not a saved agent: it has no 'policy.pth'")
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        for name in (n for n in names if n.endswith(".pth")):
+            info = zf.getinfo(name)
+            if info.file_size > MAX_WEIGHT_BYTES:
+                raise CheckpointError(
+                    f"{path}: its {name!r} is {info.file_size:,} bytes, too large"
+                )
+            try:
+                loaded = torch.load(
+                    io.BytesIO(zf.read(info)), map_location="cpu", weights_only=True
+                )
+            except Exception as exc:  # torch's refusal of a pickle payload, garbage, ...
+                raise CheckpointError(
+                    f"{path}: its {name!r} cannot be read: {load_problem(exc)}"
+                ) from None
+            if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
+                raise CheckpointError(
+                    f"{path}: its {name!r} holds {type(loaded).__name__}, not named weights"
+                )
 
 
 def _check_space(path: Path, data: dict[str, Any], key: str, space: gym.Space[Any]) -> None:
@@ -272,7 +311,14 @@ def sb3_loader(
         # SB3 replaces every entry named in custom_objects instead of unpickling it, and reads
         # the weights with torch.load(weights_only=True). The bytes read above are loaded, so
         # the file cannot change between the check and the load.
-        model = cls.load(io.BytesIO(raw), env=env, device=config.device, custom_objects=custom)
+        try:
+            model = cls.load(io.BytesIO(raw), env=env, device=config.device, custom_objects=custom)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            # weights of another shape or other names: load_state_dict's many-line report
+            first = " ".join(str(exc).split())[:300]
+            raise CheckpointError(
+                f"the weights in {path} do not fit this agent: {type(exc).__name__}: {first}"
+            ) from exc
         model.__dict__.pop(AGENT_STATE_KEY, None)
         if isinstance(model, TD3):  # DDPG is a TD3: rebuild the noise and restore its state
             noise = make_noise(config, env)

@@ -17,7 +17,13 @@ from typing import Any, ClassVar
 
 from autoshrink.compression.device import device_problem, threads_problem
 from autoshrink.compression.errors import AutoshrinkError
-from autoshrink.compression.names import DEFAULT_BACKEND, DEFAULT_WORKERS, SEARCH_BACKENDS
+from autoshrink.compression.names import (
+    DEFAULT_BACKEND,
+    DEFAULT_WORKERS,
+    MAX_SEED,
+    MAX_WORKERS,
+    SEARCH_BACKENDS,
+)
 from autoshrink.compression.versioned import JsonFile, unwrap, wrap
 
 CONFIG_TYPE = "autoshrink.AgentConfig"
@@ -150,6 +156,8 @@ class AgentConfig(JsonFile):
         for name in ("threads", "worker_threads"):
             if (problem := threads_problem(getattr(self, name), name)) is not None:
                 out.append(problem)
+        if _is_int(self.workers) and self.workers > MAX_WORKERS:
+            out.append(f"workers must be at most {MAX_WORKERS}, got {self.workers}")
         warmup = self.warmup_episodes
         if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
             out.append(f"warmup_episodes must be >= 0, got {self.warmup_episodes!r}")
@@ -157,8 +165,8 @@ class AgentConfig(JsonFile):
             out.append(f"buffer_size must be a positive integer or null, got {self.buffer_size!r}")
         if not isinstance(self.episode_reward, bool):
             out.append(f"episode_reward must be true or false, got {self.episode_reward!r}")
-        if not _is_int(self.seed):
-            out.append(f"seed must be an integer, got {self.seed!r}")
+        if not (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
+            out.append(f"seed must be an integer in [0, {MAX_SEED}], got {self.seed!r}")
         checks = {
             "noise_sigma": (0.0, math.inf, True),
             "noise_decay": (0.0, 1.0, False),
@@ -174,6 +182,12 @@ class AgentConfig(JsonFile):
                 out.append(f"{name} must lie in {'[' if lo_ok else '('}{lo}, {hi}], got {value!r}")
         if self.policy_kwargs is not None and not isinstance(self.policy_kwargs, dict):
             out.append("policy_kwargs must be an object or null")
+        for key, value in (self.policy_kwargs or {}).items():
+            if str(key).endswith(("_fn", "_class")) and not callable(value):
+                out.append(
+                    f"policy_kwargs.{key} must be a class, given in Python; a file cannot name "
+                    f"one (got {value!r})"
+                )
         if not isinstance(self.algorithm_kwargs, dict):
             out.append("algorithm_kwargs must be an object")
         if (problem := device_problem(self.device)) is not None:

@@ -60,7 +60,8 @@ def restore(agent: Any, state: dict[str, Any]) -> None:
         space = getattr(agent, "action_space", None)
         if "action_space" in state and space is not None:
             space.np_random.bit_generator.state = state["action_space"]
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        # OverflowError: an integer too large for a C word, e.g. one of 90 digits
         raise CheckpointError(f"the checkpoint's random state is malformed: {exc}") from exc
 
 

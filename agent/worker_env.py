@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import gymnasium as gym
 import numpy as np
 
-from autoshrink.compression.device import default_threads
+from autoshrink.compression.device import default_threads, threads_problem
 from autoshrink.compression.errors import AutoshrinkError
 
 if TYPE_CHECKING:
@@ -79,8 +79,8 @@ def worker_devices(device: str, workers: int) -> list[str]:
 
 def worker_threads(threads: int | None, workers: int) -> int:
     """Torch threads of each worker: ``threads``, else the cores divided by the workers."""
-    if threads is not None and (isinstance(threads, bool) or threads < 1):
-        raise AutoshrinkError(f"threads must be at least 1, got {threads!r}")
+    if (problem := threads_problem(threads)) is not None:
+        raise AutoshrinkError(problem)
     return default_threads(workers) if threads is None else int(threads)
 
 

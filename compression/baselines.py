@@ -38,6 +38,7 @@ from autoshrink.compression.documents import read_document
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError, DataError
 from autoshrink.compression.evaluate import TrainResult, train_model
 from autoshrink.compression.json_write import write_document
+from autoshrink.compression.model_check import check_classifier
 from autoshrink.compression.models import (
     TIMM_PREFIX,
     ZOO_MODELS,
@@ -299,7 +300,9 @@ def _train(
     splits = splits.for_device(torch.device(device))  # pinned batches feed CUDA faster
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(spec).to(device)  # initialised on the CPU: the same on any device
+        model = build_model(spec)  # initialised on the CPU: the same on any device
+    check_classifier(model, splits.example_input(2), spec.num_classes, spec.name)
+    model = model.to(device)
     logger.info("training %s on %s for %d epochs on %s", spec.name, dataset, epochs, device)
     on_epoch, on_step = progress
     result = train_model(

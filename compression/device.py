@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from autoshrink.compression.errors import AutoshrinkError
+from autoshrink.compression.names import MAX_THREADS
 
 if TYPE_CHECKING:  # torch is imported where used: ``--help`` builds the flags without it
     import torch
@@ -194,12 +195,10 @@ def load_warning(threads: int, load: float | None = None) -> str | None:
     )
 
 
-#: The most torch threads a command takes (torch crashes on absurd counts).
-MAX_THREADS = 1024
-
-
 def threads_problem(threads: object, name: str = "threads") -> str | None:
     """What is wrong with a thread count (None, or an integer from 1 to MAX_THREADS).
+
+    Torch crashes on absurd counts (``--threads 100000000`` segfaulted).
 
     >>> threads_problem(0)
     'threads must be at least 1 and at most 1024, got 0'
@@ -240,7 +239,7 @@ def set_threads(threads: int | None = None, workers: int = 1) -> int:
         The threads set.
 
     Raises:
-        AutoshrinkError: If ``threads`` is given and below 1.
+        AutoshrinkError: If ``threads`` is given and not between 1 and ``MAX_THREADS``.
     """
     import torch
 

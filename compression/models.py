@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ from autoshrink.compression.names import CIFAR_RESNET_DEPTHS, ZOO_MODELS
 from autoshrink.compression.timm_models import TIMM_PREFIX, _build_timm, _hub_reachable
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class BasicBlock(nn.Module):
@@ -226,10 +228,8 @@ def _load_user_factory(ref: str) -> Callable[..., nn.Module]:
         raise UnsupportedModelError(f"cannot import model file {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # user code: report whatever it raised, in one line
-        raise UnsupportedModelError(f"importing {path} failed: {exc!r}") from exc
+    loader = spec.loader
+    run_user_code(lambda: loader.exec_module(module), f"importing {path}")
     factory = getattr(module, fn_name, None)
     if not callable(factory):
         raise UnsupportedModelError(f"{path} has no callable named {fn_name!r}")
@@ -268,7 +268,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
             for k, v in (("num_classes", spec.num_classes), ("in_channels", spec.in_channels))
             if k in params
         }
-        model = factory(**kwargs)
+        model = run_user_code(lambda: factory(**kwargs), f"your factory {spec.name}")
         if not isinstance(model, nn.Module):
             raise UnsupportedModelError(
                 f"{spec.name} returned {type(model).__name__}, not a Module"
@@ -288,7 +288,31 @@ def build_model(spec: ModelSpec) -> nn.Module:
     return model.eval()
 
 
-def _one_line(exc: BaseException) -> str:
+def run_user_code(call: Callable[[], _T], what: str) -> _T:
+    """``call()``, user code: whatever it raises or exits with becomes one refusal line.
+
+    An exception, a ``BaseException`` of its own, a ``MemoryError``, a ``RecursionError``
+    or a ``sys.exit(0)`` all become :class:`UnsupportedModelError` ("your factory
+    mynet.py:make raised RuntimeError: ..."), with the original as its cause (shown under
+    ``-v``). Only Ctrl-C goes through.
+
+    Raises:
+        UnsupportedModelError: If ``call`` raised or exited.
+    """
+    try:
+        return call()
+    except KeyboardInterrupt:
+        raise
+    except SystemExit as exc:
+        raise UnsupportedModelError(f"{what} called sys.exit({exc.code!r})") from exc
+    except BaseException as exc:  # user code: report whatever it raised, in one line
+        said = str(exc)
+        detail = f"{type(exc).__name__}: {said[:300]}" if said else type(exc).__name__
+        verb = "failed with" if what.startswith("importing") else "raised"
+        raise UnsupportedModelError(f"{what} {verb} {detail}") from exc
+
+
+def load_problem(exc: BaseException) -> str:
     """Torch's ``weights_only`` refusal is ten lines with ANSI codes: keep what it found."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
@@ -328,7 +352,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {_one_line(exc)}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {load_problem(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -64,6 +64,13 @@ def default_epochs(dataset: str) -> int:
 
 #: Episodes a search evaluates at once, each in its own worker process (``--workers``).
 DEFAULT_WORKERS = 1
+#: The most workers (a search's episode workers, a batch's jobs at once) a run may ask for:
+#: each is a process with its own pipes, and 100,000 of them run out of file handles.
+MAX_WORKERS = 256
+#: The most torch threads a run may ask for: a hundred million make torch crash (SIGSEGV).
+MAX_THREADS = 1024
 #: Where a search's workers run: ``local`` processes (SB3's SubprocVecEnv) or Ray actors.
 SEARCH_BACKENDS: tuple[str, ...] = ("local", "ray")
 DEFAULT_BACKEND = "local"
+#: Seeds lie in [0, MAX_SEED]: numpy refuses any other (a seed of 2**64 failed job by job).
+MAX_SEED = 2**32 - 1

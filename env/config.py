@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal, TypeAlias
 from autoshrink.compression.device import DEFAULT_DEVICE, device_problem
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.metrics import BUDGET_NAMES
-from autoshrink.compression.names import DEFAULT_RUNTIME, RUNTIMES
+from autoshrink.compression.names import DEFAULT_RUNTIME, MAX_SEED, RUNTIMES
 from autoshrink.compression.policy import MAX_SPARSITY
 from autoshrink.compression.versioned import JsonFile, unwrap, wrap
 from autoshrink.env.budget_text import Budget, format_amount, parse_budget
@@ -306,6 +306,6 @@ def _number_problems(cfg: EnvConfig) -> list[str]:
     floor = cfg.min_baseline_accuracy
     if not (floor is None or (_is_num(floor) and 0 <= floor <= 1)):
         out.append(f"min_baseline_accuracy must be None or in [0, 1], got {floor!r}")
-    if not _is_int(cfg.seed):
-        out.append(f"seed must be an integer, got {cfg.seed!r}")
+    if not (_is_int(cfg.seed) and 0 <= cfg.seed <= MAX_SEED):
+        out.append(f"seed must be an integer in [0, {MAX_SEED}], got {cfg.seed!r}")
     return out

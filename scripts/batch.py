@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -17,7 +18,12 @@ from rich.progress import TextColumn
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import check_free, hold
 from autoshrink.scripts.console import console, err_console, make_progress
-from autoshrink.scripts.options import add_device_flags, check_out_folder, device_line
+from autoshrink.scripts.options import (
+    add_device_flags,
+    bounded_int,
+    check_out_folder,
+    device_line,
+)
 
 #: The one line ``autoshrink --help`` shows.
 HELP = "run many searches from a TOML spec on a process pool or a Ray cluster"
@@ -42,7 +48,12 @@ def add_parser(subparsers: Any) -> None:
         metavar="DIR",
         help="batch folder: results, summary, plot, runs/ (required unless --example)",
     )
-    p.add_argument("--workers", type=int, metavar="N", help="jobs at once (default: the cores)")
+    p.add_argument(
+        "--workers",
+        type=bounded_int("MAX_WORKERS"),
+        metavar="N",
+        help="jobs at once (default: the cores)",
+    )
     p.add_argument(
         "--backend",
         choices=("local", "ray"),
@@ -54,7 +65,9 @@ def add_parser(subparsers: Any) -> None:
         metavar="ADDR",
         help="Ray cluster: auto or ray://host:port (default: a local Ray)",
     )
-    p.add_argument("--job-timeout", type=float, metavar="S", help="seconds per job (default: none)")
+    p.add_argument(
+        "--job-timeout", type=_seconds, metavar="S", help="seconds per job (default: none)"
+    )
     p.add_argument(
         "--retry-failed", action="store_true", help="run failed jobs again (default: off)"
     )
@@ -65,12 +78,24 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (``nan`` and ``inf`` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 #: What marks a batch folder, which a rerun resumes.
 OWN = ("spec.toml", "results.jsonl")
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate the spec, run the batch with a progress bar, and say where the results are."""
+    from autoshrink.agent.batch.preflight import check_jobs
     from autoshrink.agent.batch.runner import check_devices
     from autoshrink.agent.batch.spec import EXAMPLE_SPEC, load_spec
 
@@ -80,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.spec is None or args.out is None:
         raise AutoshrinkError("give a spec and --out DIR (or --example for a spec to start from)")
     spec = load_spec(args.spec)
+    check_jobs(spec)  # what each job names (models, files) is checked before any job runs
     check_free(Path(args.out), "batch")  # a running batch's folder: refused as in use
     # a batch folder: its spec.toml is written first, results.jsonl as jobs end
     check_out_folder(Path(args.out), reuse=lambda f: any((f / n).exists() for n in OWN))

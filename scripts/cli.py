@@ -6,6 +6,8 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
+import warnings
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn
@@ -13,7 +15,7 @@ from typing import NoReturn
 from rich.markup import escape
 
 from autoshrink.compression.errors import AutoshrinkError
-from autoshrink.scripts.console import err_console
+from autoshrink.scripts.console import err_console, one_line
 
 # One module per subcommand; each defines ``add_parser(subparsers)`` and ``run(args) -> int``.
 SUBCOMMANDS: tuple[str, ...] = (
@@ -39,8 +41,8 @@ class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line (the usage stays in ``--help``)."""
 
     def error(self, message: str) -> NoReturn:
-        """Print ``message`` as one line and exit with status 2."""
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        """Print ``message`` as one ``error:`` line and exit with status 2."""
+        self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -134,20 +136,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    caught: list[warnings.WarningMessage] = []
+    refused: AutoshrinkError | None = None
     try:
-        return int(args.func(args))
-    except AutoshrinkError as exc:
-        # escape: messages quote things like autoshrink[ray] that rich would read as markup
+        with warnings.catch_warnings(record=True) as caught:  # the filters stay as they are
+            code, refused = _run_command(args, verbose)
+    finally:  # a refusal stays one line; -v shows all
+        for item in caught if refused is None or verbose > 0 else ():
+            text = f"{item.category.__name__}: {item.message}"
+            err_console.print(
+                f"[yellow]warning:[/] {escape(one_line(text))}", highlight=False, soft_wrap=True
+            )
+    if refused is not None:
         err_console.print(
-            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            f"[bold red]error:[/] {escape(one_line(str(refused)))}",
+            highlight=False,
+            soft_wrap=True,
         )
-        return 2
+    return code
+
+
+def _run_command(args: argparse.Namespace, verbose: int) -> tuple[int, AutoshrinkError | None]:
+    """Run the subcommand: its exit status, and the user error that refused it, if one did.
+
+    Its warnings are caught by the caller, so that a refusal stays one line; with ``-v``
+    the refusal's traceback is printed here.
+    """
+    try:
+        return int(args.func(args)), None
+    except AutoshrinkError as exc:
+        if verbose > 0:
+            err_console.print(escape("".join(traceback.format_exception(exc))), highlight=False)
+        return 2, exc
     except KeyboardInterrupt:
         hint = getattr(args, "on_interrupt", None)
         line = hint() if callable(hint) else None
         tail = escape(f"; {line}" if line else "")
         err_console.print(f"[yellow]interrupted[/]{tail}", highlight=False, soft_wrap=True)
-        return 130
+        return 130, None
 
 
 if __name__ == "__main__":

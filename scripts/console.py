@@ -29,6 +29,20 @@ console = Console()
 err_console = Console(stderr=True)
 
 _FIELD = re.compile(r"task\.fields\[(\w+)\]")
+#: Characters that would break a line or move the cursor: C0, DEL, C1, and Unicode's breaks.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    r"""``text`` with every control character escaped, so that it prints as one line.
+
+    A file name or JSON key that holds a newline is quoted as Python would (``\n``), not
+    echoed raw.
+
+    >>> one_line("bad\nname\x1b[2J")
+    'bad\\nname\\x1b[2J'
+    """
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class LineProgress:

@@ -122,11 +122,34 @@ def add_device_flags(
         jobs = f" of the search, and of each of its {workers}"
     parser.add_argument(
         "--threads",
-        type=int,
+        type=bounded_int("MAX_THREADS"),
         default=None,
         metavar="N",
         help=f"torch's intra-op CPU threads{jobs.replace('none', 'no cpus')} (default: {share})",
     )
+
+
+def bounded_int(limit: str) -> Callable[[str], int]:
+    """An argparse ``type``: an integer from 1 to the constant ``limit`` of ``names``.
+
+    Checked as the flags are parsed, so that a count no machine has (``--threads
+    100000000`` crashes torch, ``--workers 100000`` runs out of file handles) is refused in
+    one line before any work.
+    """
+    from autoshrink.compression import names
+
+    most: int = getattr(names, limit)
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if not 1 <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be between 1 and {most:,}, got {text}")
+        return value
+
+    return parse
 
 
 def setup_device(args: argparse.Namespace, workers: int = 1) -> Any:

@@ -25,6 +25,7 @@ from autoshrink.scripts.options import (
     add_budget_flags,
     add_device_flags,
     add_runtime_flag,
+    bounded_int,
     check_out_folder,
     device_line,
     mode_defaults,
@@ -168,7 +169,7 @@ def _add_worker_flags(p: argparse.ArgumentParser) -> None:
 
     p.add_argument(
         "--workers",
-        type=int,
+        type=bounded_int("MAX_WORKERS"),
         default=None,
         metavar="K",
         help="episodes evaluated at once, each by its own copy of the env in its own process "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,12 +129,21 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_out(out: Path) -> None:
-    """Refuse an ``--out`` that is a folder, or lies below a file."""
+    """Refuse an ``--out`` that is a folder, lies below a file, or cannot be written."""
     if out.is_dir():
         raise AutoshrinkError(f"--out {out} is a folder; name a file such as {out / 'model.pt'}")
-    parent = next((p for p in out.parents if p.exists()), None)
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise AutoshrinkError(f"--out {out} lies below {parent}, which is a file")
+    if parent is not None:  # a file made and removed: os.access says yes to root on /proc
+        try:
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+        except OSError as exc:
+            raise AutoshrinkError(
+                f"--out {out} cannot be written: no file can be made in {parent} "
+                f"({exc.strerror or exc})"
+            ) from None
 
 
 def _positive_float(text: str) -> float:
@@ -157,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     """Train or load the baseline, copy it to ``--out`` and print a summary."""
     from autoshrink.compression.baselines import baseline, baseline_path, default_epochs
     from autoshrink.compression.data import load_dataset
+    from autoshrink.compression.model_check import check_classifier
     from autoshrink.compression.models import ModelSpec, build_model
 
     device = setup_device(args)  # a device this machine lacks is refused before any work
@@ -166,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
         args.dataset, data_dir=args.data_dir, seed=args.seed, train_subset=args.train_subset
     )
     spec = ModelSpec.for_data(args.model, splits)
-    build_model(spec)  # an unknown model fails here, in one line, before any progress bar
+    # an unknown model, or one that cannot classify this data, fails here, in one line
+    check_classifier(build_model(spec), splits.example_input(2), spec.num_classes, args.model)
     epochs = args.epochs if args.epochs is not None else default_epochs(args.dataset)
     options: dict[str, Any] = {
         "lr": args.lr,
@@ -250,13 +262,16 @@ def ensure_baseline(cfg: Any, data: Any = None) -> Any:
     )
     from autoshrink.compression.data import load_dataset
     from autoshrink.compression.device import resolve_device
-    from autoshrink.compression.models import ModelSpec
+    from autoshrink.compression.model_check import check_classifier
+    from autoshrink.compression.models import ModelSpec, build_model
 
     data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
     spec = ModelSpec.for_data(cfg.model, data)
     epochs = cfg.baseline_epochs if cfg.baseline_epochs is not None else default_epochs(cfg.dataset)
     if baseline_path(spec, cfg.dataset, epochs, cfg.seed, variant=data.variant).is_file():
         return data
+    # an unknown model, or one that cannot classify this data, is refused before the notice
+    check_classifier(build_model(spec), data.example_input(2), spec.num_classes, cfg.model)
     err_console.print(
         f"no cached {cfg.model} baseline on {cfg.dataset}: training it first, {epochs} epochs "
         f"over {len(data.train):,} images (once; later runs load it; --baseline-epochs N "

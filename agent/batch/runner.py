@@ -21,6 +21,7 @@ most the jobs in flight and never runs a finished job twice.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -59,6 +60,7 @@ from autoshrink.compression.device import (
 )
 from autoshrink.compression.errors import AutoshrinkError
 from autoshrink.compression.locking import hold
+from autoshrink.compression.names import MAX_THREADS, MAX_WORKERS
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +96,23 @@ class BatchOptions:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise AutoshrinkError(f"unknown backend {self.backend!r}: use one of {BACKENDS}")
-        if self.workers is not None and self.workers < 1:
-            raise AutoshrinkError(f"workers must be at least 1, got {self.workers}")
-        if self.job_timeout_s is not None and self.job_timeout_s <= 0:
-            raise AutoshrinkError(f"the job timeout must be positive, got {self.job_timeout_s}")
+        for name, most in (("workers", MAX_WORKERS), ("threads", MAX_THREADS)):
+            value = getattr(self, name)
+            if value is not None and not (_is_int(value) and 1 <= value <= most):
+                raise AutoshrinkError(f"{name} must be between 1 and {most:,}, got {value!r}")
+        timeout = self.job_timeout_s
+        if timeout is not None and not (
+            isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0
+        ):
+            raise AutoshrinkError(f"the job timeout must be a positive number, got {timeout}")
         if self.address is not None and self.backend != "ray":
             raise AutoshrinkError("an address is for the ray backend (--backend ray)")
-        if self.threads is not None and self.threads < 1:
-            raise AutoshrinkError(f"threads must be at least 1, got {self.threads}")
         if self.device is not None:
             check_device(self.device)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

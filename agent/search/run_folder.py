@@ -223,7 +223,7 @@ class RunFolder:
             CheckpointError: If the log cannot be made whole.
         """
         lines = self.checkpoint_log(checkpoint, episodes)
-        current = self.episodes.read_text() if self.episodes.exists() else ""
+        current = read_log(self.episodes)
         had = current.splitlines(keepends=True)
         if had[:episodes] != lines:
             logger.warning("repaired %s from the checkpoint (%d episodes)", self.episodes, episodes)
@@ -235,12 +235,14 @@ class RunFolder:
         """The log lines a resume from ``checkpoint`` restores (nothing is written).
 
         Raises:
-            CheckpointError: If neither the checkpoint's copy nor the log holds them.
+            CheckpointError: If neither the checkpoint's copy nor the log holds them, or
+                either is a folder (the log could not be written back).
         """
         copy = checkpoint / LOG_COPY
-        if not copy.is_file():
+        read_log(self.episodes)  # a folder in the log's place is refused before any work
+        if not copy.exists():
             return self._log_lines(episodes)
-        lines = copy.read_text(errors="replace").splitlines(keepends=True)
+        lines = read_log(copy).splitlines(keepends=True)
         if len(lines) != episodes or not _numbered(lines):
             raise CheckpointError(f"{copy} does not hold episodes 0..{episodes - 1}")
         return lines
@@ -251,7 +253,7 @@ class RunFolder:
         Raises:
             CheckpointError: If the log has fewer, or a line is torn or out of place.
         """
-        text = self.episodes.read_text() if self.episodes.exists() else ""
+        text = read_log(self.episodes)
         lines = [line if line.endswith("\n") else line + "\n" for line in text.splitlines()]
         lines = lines[:episodes]
         if len(lines) < episodes or not _numbered(lines):
@@ -264,10 +266,8 @@ class RunFolder:
     # --- the episode log -----------------------------------------------------------------
     def read_episodes(self) -> list[dict[str, Any]]:
         """Every line of ``episodes.jsonl`` (a torn last line is skipped)."""
-        if not self.episodes.exists():
-            return []
         rows = []
-        for line in self.episodes.read_text(errors="replace").splitlines():
+        for line in read_log(self.episodes).splitlines():
             try:
                 row = parse_record(line, f"a line of {self.episodes}")
             except CheckpointError:
@@ -289,3 +289,22 @@ class RunFolder:
         text = "".join(json.dumps(r) + "\n" for r in kept)
         write_atomic(self.episodes, lambda p: p.write_text(text))
         return dropped
+
+
+def read_log(path: Path) -> str:
+    """The text of an episode log, "" if there is none.
+
+    Bytes that are not UTF-8 read as U+FFFD, so that their line reads as garbled (and is
+    repaired from the checkpoint's copy, or refused), not as a traceback.
+
+    Raises:
+        CheckpointError: If ``path`` is a folder or another non-file, or cannot be read.
+    """
+    if not path.exists():
+        return ""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file: move it away to resume the search")
+    try:
+        return path.read_text(errors="replace")
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None

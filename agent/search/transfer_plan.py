@@ -18,6 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
+
+from autoshrink.agent.algorithms import ALGORITHMS
+from autoshrink.agent.config import AgentConfig
 from autoshrink.agent.search.config import SearchConfig
 from autoshrink.agent.search.transfer import agent_algorithm, agent_spaces
 from autoshrink.compression.errors import PolicyError
@@ -75,8 +80,32 @@ def plan_transfer(agent: str | Path, settings: Mapping[str, Any]) -> TransferPla
         base = base.replace(**dict.fromkeys(BUDGET_NAMES))
     # The device is where this run goes, not the search's: the default unless given.
     config = base.replace(checkpoint=None, device=EnvConfig.device).replace(**given)
-    _, act = agent_spaces(path)
+    obs, act = agent_spaces(path)
     if act != _ACTIONS.get(config.mode):
         raise PolicyError(f"{path} acts on {act} actions, not {config.mode} mode's")
+    check_agent_loads(path, algorithm, obs, act)
     source = {"agent": str(path), "algorithm": algorithm, "transferred_from": base.model}
     return TransferPlan(path, algorithm, config, source)
+
+
+class _Spaces(gym.Env[np.ndarray, np.ndarray]):
+    """An env of nothing but the spaces a saved agent acts in: enough to load it."""
+
+    def __init__(self, obs: tuple[int, ...], act: tuple[int, ...]) -> None:
+        self.observation_space = gym.spaces.Box(0.0, 1.0, obs, np.float32)
+        self.action_space = gym.spaces.Box(0.0, 1.0, act, np.float32)
+
+
+def check_agent_loads(
+    path: Path, algorithm: str, obs: tuple[int, ...], act: tuple[int, ...]
+) -> None:
+    """Load the agent once into an env of its spaces, before any model is built.
+
+    Its weights are read and put in place as the transfer will (never unpickled), so that
+    weights of another shape, or unreadable ones, are refused in one line before a line of
+    progress, not after the target env took minutes to build.
+
+    Raises:
+        CheckpointError: If the agent's weights cannot be read or do not fit it.
+    """
+    ALGORITHMS[algorithm].load(path, _Spaces(obs, act), AgentConfig(algorithm=algorithm), 1)

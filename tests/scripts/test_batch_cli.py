@@ -37,9 +37,11 @@ def test_the_ray_backend_without_ray_names_the_extra(tmp_path, capsys, monkeypat
 
 def test_a_batch_records_failures_and_timeouts_and_skips_them_next_time(tmp_path, capsys):
     spec = tmp_path / "spec.toml"
+    # an unknown model is refused before any job runs; a factory that raises fails its job
+    (tmp_path / "net.py").write_text("def build(**kw):\n    raise RuntimeError('no_such_net')\n")
     spec.write_text(
         "[defaults]\nbaseline_epochs = 2\nfinal_epochs = 0\n"
-        '[[jobs]]\nmodel = "no_such_net"\ntimeout = 300\n'  # its own limit wins
+        '[[jobs]]\nmodel = "net.py:build"\nname = "no_such_net"\ntimeout = 300\n'  # own limit
         '[[jobs]]\nmodel = "smallcnn"\nepisodes = 5000\n'
     )  # the second job would run for an hour
     out = tmp_path / "out"
@@ -49,8 +51,8 @@ def test_a_batch_records_failures_and_timeouts_and_skips_them_next_time(tmp_path
     assert "0 ok, 2 failed of 2 jobs" in captured.out
     assert "failed no_such_net" in captured.err and "timeout smallcnn" in captured.err
     with open(out / "summary.csv") as fh:
-        rows = {row["model"]: row for row in csv.DictReader(fh)}
-    bad, slow = rows["no_such_net"], rows["smallcnn"]
+        rows = {row["status"]: row for row in csv.DictReader(fh)}
+    bad, slow = rows["failed"], rows["timeout"]
     assert bad["status"] == "failed" and "no_such_net" in bad["error"]
     assert slow["status"] == "timeout" and "6 s" in slow["error"]
     assert main(argv) == 1
