@@ -201,13 +201,13 @@ def threads_problem(threads: object, name: str = "threads") -> str | None:
     Torch crashes on absurd counts (``--threads 100000000`` segfaulted).
 
     >>> threads_problem(0)
-    'threads must be at least 1 and at most 1024, got 0'
+    'threads must be between 1 and 1,024, got 0'
     """
     if threads is None or (
         isinstance(threads, int) and not isinstance(threads, bool) and 1 <= threads <= MAX_THREADS
     ):
         return None
-    return f"{name} must be at least 1 and at most {MAX_THREADS}, got {threads!r}"
+    return f"{name} must be between 1 and {MAX_THREADS:,}, got {threads!r}"
 
 
 def default_threads(workers: int = 1) -> int:

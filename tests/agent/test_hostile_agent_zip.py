@@ -96,6 +96,24 @@ def copy_of(killed: Path, tmp_path: Path, change: Callable[[Path], None]) -> Pat
     return run
 
 
+def reseal(run: Path) -> None:
+    """Seal the changed checkpoint anew, as a forger who rewrote latest.json would.
+
+    The seal alone refuses any changed file (tests/agent/test_hostile_resume.py); resealed,
+    each file must still be refused by its own checked reader.
+    """
+    from autoshrink.agent.search.checkpoint_seal import seal
+    from autoshrink.agent.search.run_folder import POINTER_TYPE, POINTER_VERSION, RunFolder
+    from autoshrink.compression.json_write import write_document
+
+    folder = RunFolder(run)
+    found = folder.latest_checkpoint()
+    assert found is not None
+    ckpt, state = found
+    pointer = {"dir": ckpt.name, "episodes": state.episodes, **seal(ckpt, folder.config)}
+    write_document(folder.checkpoints / "latest.json", POINTER_TYPE, POINTER_VERSION, pointer)
+
+
 @pytest.mark.parametrize("case", sorted(ZIP))
 def test_hostile_weights_in_a_resumed_agent_zip_are_one_line(
     tmp_path: Path,
@@ -105,6 +123,7 @@ def test_hostile_weights_in_a_resumed_agent_zip_are_one_line(
 ) -> None:
     change, needle = ZIP[case]
     run = copy_of(killed, tmp_path, change)
+    reseal(run)
     before = snapshot(run)
     capsys.readouterr()
     code = main(["search", "--resume", "--out", str(run)])

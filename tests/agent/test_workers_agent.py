@@ -81,7 +81,7 @@ def test_workers_devices_and_threads() -> None:
     assert worker_devices("cuda:1", 3) == ["cuda:1"] * 3
     assert worker_threads(3, 2) == 3
     assert worker_threads(None, 10_000) == 1
-    with pytest.raises(AutoshrinkError, match="threads must be at least 1"):
+    with pytest.raises(AutoshrinkError, match="threads must be between 1 and 1,024, got 0"):
         worker_threads(0, 2)
 
 

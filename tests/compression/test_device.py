@@ -66,7 +66,7 @@ def test_set_threads_sets_torch_and_refuses_below_one(monkeypatch):
     assert dev.set_threads(None, workers=3) == 2 and torch.get_num_threads() == 2
     assert dev.set_threads(1) == 1 and torch.get_num_threads() == 1
     for bad in (0, -2, True):
-        with pytest.raises(AutoshrinkError, match="threads must be at least 1"):
+        with pytest.raises(AutoshrinkError, match="threads must be between 1 and 1,024"):
             dev.set_threads(bad)
 
 

@@ -45,8 +45,11 @@ def test_a_bad_device_is_one_error_line_and_exit_2_before_any_work(
 
 @pytest.mark.parametrize("command", ["train", "search", "apply", "evaluate"])
 def test_threads_below_one_are_refused(command, tmp_path, capsys):
-    assert main([*_argv(command, tmp_path), "--threads", "0"]) == 2
-    assert capsys.readouterr().err.startswith("error: threads must be at least 1")
+    with pytest.raises(SystemExit) as exit_info:  # by the parser, before any work
+        main([*_argv(command, tmp_path), "--threads", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: argument --threads: must be between 1 and")
 
 
 def test_a_batch_spec_device_is_checked_before_any_job(tmp_path, capsys):
@@ -137,12 +140,16 @@ def test_resume_and_apply_run_where_they_are_asked_not_where_the_search_ran(
 
 def test_a_batch_says_its_device_and_each_record_what_its_job_ran_with(tmp_path, capsys):
     spec = tmp_path / "spec.toml"
-    spec.write_text('[[jobs]]\nmodel = "no_such_net"\n[[jobs]]\nmodel = "no_such_net2"\ncpus = 2\n')
+    # factories that raise: the jobs run (and fail) rather than being refused up front
+    for name in ("bad1", "bad2"):
+        (tmp_path / f"{name}.py").write_text("def make(**kw):\n    raise RuntimeError('no')\n")
+    one, two = (f"{tmp_path / name}.py:make" for name in ("bad1", "bad2"))
+    spec.write_text(f'[[jobs]]\nmodel = "{one}"\n[[jobs]]\nmodel = "{two}"\ncpus = 2\n')
     out = tmp_path / "out"
     assert main(["batch", str(spec), "--out", str(out), "--device", "cpu", "--threads", "1"]) == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "on local, device cpu unless a job sets its own ->" in err
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     ran = {r["settings"]["model"]: r["settings"] for r in records}
-    assert ran["no_such_net"]["device"] == "cpu" and ran["no_such_net"]["cpus"] == 1
-    assert ran["no_such_net2"]["cpus"] == 2  # the spec's own
+    assert ran[one]["device"] == "cpu" and ran[one]["cpus"] == 1
+    assert ran[two]["cpus"] == 2  # the spec's own

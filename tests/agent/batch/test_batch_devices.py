@@ -40,7 +40,7 @@ def test_jobs_take_the_batchs_device_and_threads_where_their_spec_gives_none(mon
 def test_bad_batch_options_are_refused():
     with pytest.raises(DeviceError, match="device must be"):
         BatchOptions(device="tpu")
-    with pytest.raises(AutoshrinkError, match="threads must be at least 1"):
+    with pytest.raises(AutoshrinkError, match="threads must be between 1 and 1,024, got 0"):
         BatchOptions(threads=0)
 
 

@@ -92,5 +92,5 @@ def test_a_python_resume_with_another_worker_count_is_refused(tmp_path: Path) ->
 
 @pytest.mark.parametrize("bad", [0, -1, True, 1025, 10**8, 1.5])
 def test_thread_counts_out_of_range_are_refused(bad: object) -> None:
-    with pytest.raises(AutoshrinkError, match="threads must be at least 1 and at most 1024"):
+    with pytest.raises(AutoshrinkError, match="threads must be between 1 and 1,024"):
         AgentConfig(threads=bad)  # type: ignore[arg-type]
