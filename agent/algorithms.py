@@ -21,6 +21,8 @@ alias       agent
 ``global``  Torch-Pruning-style global channel ranking down to the budget
 ``deep-     Deep Compression: global magnitude sparsity and one bit-width, bisected
 compression`` to the budget (``deep`` and ``sparse`` modes)
+``solver``  a sensitivity table of each unit alone, an exact MILP (HiGHS) under every
+            budget, then SPDY-style perturbations scored by the evaluator
 ==========  =====================================================================
 
 SB3 gives one learning rate to all optimizers of a policy. The actor's own rate (AMC uses
@@ -149,19 +151,27 @@ def _build_ppo(env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
     return PPO("MlpPolicy", env, **_ppo_kwargs(config, n_units))
 
 
+def _scripted_class(name: str) -> type[ScriptedSearch]:
+    if name == "solver":  # SciPy's MILP: imported only when the solver searches
+        from autoshrink.agent.solver_search import SolverSearch
+
+        return SolverSearch
+    from autoshrink.agent import scripted
+
+    return scripted.SCRIPTED[name]
+
+
 def _scripted(name: str) -> Callable[..., Agent]:
     def build(env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
-        from autoshrink.agent import scripted
-
-        return scripted.SCRIPTED[name](env, config, n_units)
+        return _scripted_class(name)(env, config, n_units)
 
     return build
 
 
 def _load_scripted(path: Path, env: gym.Env, config: AgentConfig, n_units: int) -> Agent:
-    from autoshrink.agent import scripted
-
-    return scripted.load_scripted(path, env, config, n_units)
+    agent = _scripted_class(config.algorithm)(env, config, n_units)
+    agent.load_state(path)
+    return agent
 
 
 @dataclass(frozen=True)
@@ -227,6 +237,9 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             False,
             False,
             AGENTS["deep-compression"],
+        ),
+        AlgorithmSpec(
+            "solver", _scripted("solver"), _load_scripted, False, False, AGENTS["solver"]
         ),
     )
 }

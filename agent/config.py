@@ -45,6 +45,7 @@ AGENTS: dict[str, str] = {
     "uniform": "one keep-ratio for every unit, bisected to the budget",
     "global": "global ranking of channels",
     "deep-compression": "global magnitude sparsity and one bit-width (deep/sparse mode)",
+    "solver": "sensitivity table, exact MILP under the budgets, SPDY-style polish",
 }
 
 

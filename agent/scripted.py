@@ -82,11 +82,30 @@ class ScriptedSearch:
         self._last_obs: Any = None
         self.logger = Logger(folder=None, output_formats=[])
         self.rng = np.random.default_rng(config.seed)
+        #: The run folder, where the search loop gives one (a search may keep files there).
+        self.run_dir: Path | None = None
 
     # --- what subclasses define ----------------------------------------------------------
     def episode_actions(self, episode: int) -> np.ndarray:
         """The actions of episode ``episode``, one row per step."""
         raise NotImplementedError
+
+    def episode_done(self, first: int, rewards: np.ndarray) -> None:
+        """Episodes ``first, first + 1, ...`` ended with ``rewards`` (adaptive searches)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """What a subclass saves besides the counters and the generator (JSON values)."""
+        return {}
+
+    def restore_extra(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    def local_env(self) -> gym.Env:
+        """The env in this process (the main one where the envs run in workers)."""
+        inner = getattr(self.env, "local_env", None)
+        if inner is None:
+            inner = self.env.envs[0] if isinstance(self.env, DummyVecEnv) else self.env
+        return inner  # type: ignore[return-value]
 
     # --- SB3's BaseAlgorithm subset ------------------------------------------------------
     def get_env(self) -> VecEnv:
@@ -132,6 +151,7 @@ class ScriptedSearch:
                 t, done = t + 1, bool(dones[0])
                 if done:
                     self._episode_num += n_envs
+                    self.episode_done(self._episode_num - n_envs, np.asarray(rewards))
                 cb.update_locals(locals())
                 if not cb.on_step():
                     go_on = False
@@ -149,6 +169,9 @@ class ScriptedSearch:
             "episode_num": self._episode_num,
             "rng": self.rng.bit_generator.state,
         }
+        extra = self.extra_state()
+        if extra:
+            state["extra"] = extra
         with zipfile.ZipFile(path, "w") as zf:
             zf.writestr(STATE_FILE, json.dumps(wrap(SAVE_TYPE, SAVE_VERSION, state)))
 
@@ -164,6 +187,10 @@ class ScriptedSearch:
         self.num_timesteps = int(state["num_timesteps"])
         self._episode_num = int(state["episode_num"])
         self.rng.bit_generator.state = state["rng"]
+        extra = state.get("extra", {})
+        if not isinstance(extra, dict):
+            raise CheckpointError(f"{path}: the saved search's extra state is not an object")
+        self.restore_extra(extra)
 
 
 def scripted_state(obj: object) -> dict[str, Any]:
@@ -198,10 +225,7 @@ class _CandidateSearch(ScriptedSearch):
     def episode_actions(self, episode: int) -> np.ndarray:
         if self._candidates is None:
             # the main process's env where the envs run in workers (see agent.workers)
-            inner = getattr(self.env, "local_env", None)
-            if inner is None:
-                inner = self.env.envs[0] if isinstance(self.env, DummyVecEnv) else self.env
-            view = EnvView(inner)
+            view = EnvView(self.local_env())
             self._candidates = self.candidates(view)
             logger.info("%s: %d candidate policies", self.name, len(self._candidates))
         return self._candidates[episode % len(self._candidates)]

@@ -37,6 +37,7 @@ from autoshrink.agent.algorithms import ALGORITHMS, Agent, build_agent
 from autoshrink.agent.config import AgentConfig
 from autoshrink.agent.env_view import episode_length
 from autoshrink.agent.replay_file import load_replay_buffer, save_replay_buffer
+from autoshrink.agent.scripted import ScriptedSearch
 from autoshrink.agent.search.callbacks import (
     AgentThreadsCallback,
     CheckpointCallback,
@@ -165,6 +166,8 @@ def _run(
             folder.truncate_episodes(0)
             _write_config(folder, env, config, final)
             agent = build_agent(agent_env, config, n_units)
+        if isinstance(agent, ScriptedSearch):
+            agent.run_dir = folder.root  # where a search keeps its own files (the solver's table)
         if on_start is not None:
             on_start()
         book = EpisodeBook(state, reference_metrics(env), start, limit=config.episodes)

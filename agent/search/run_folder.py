@@ -10,6 +10,7 @@
       checkpoint/        latest.json -> ckpt-NNNNN/{agent.zip, replay_buffer.npz,
                                                replay_buffer.json, state.json}
       policy.json        the best policy found (after the finish: the one shipped)
+      sensitivity.json   the solver agent's table of each unit alone (``--agent solver``)
       policy.png         its figure: keep-ratio and bits per unit, pinned layers, budgets
       agent.zip          the agent at the end
       model.safetensors  the compressed, fine-tuned artifact

@@ -150,7 +150,7 @@ def test_noise_is_applied_after_warmup_only(tmp_path):
     assert sigmas[2:] == pytest.approx([0.5, 0.5 * 0.95, 0.5 * 0.95**2])
 
 
-def test_registry_lists_the_eight_aliases():
+def test_registry_lists_the_nine_aliases():
     assert set(ALGORITHMS) == {
         "ddpg",
         "td3",
@@ -160,6 +160,7 @@ def test_registry_lists_the_eight_aliases():
         "uniform",
         "global",
         "deep-compression",
+        "solver",
     }
     assert [a for a, s in ALGORITHMS.items() if s.learning] == ["ddpg", "td3", "sac", "ppo"]
     assert np.isfinite(0.0)
