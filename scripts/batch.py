@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from autoshrink.scripts.options import (
     bounded_int,
     check_out_folder,
     device_line,
+    positive_float,
 )
 
 #: The one line ``autoshrink --help`` shows.
@@ -66,7 +66,10 @@ def add_parser(subparsers: Any) -> None:
         help="Ray cluster: auto or ray://host:port (default: a local Ray)",
     )
     p.add_argument(
-        "--job-timeout", type=_seconds, metavar="S", help="seconds per job (default: none)"
+        "--job-timeout",
+        type=positive_float("number of seconds"),
+        metavar="S",
+        help="seconds per job (default: none)",
     )
     p.add_argument(
         "--retry-failed", action="store_true", help="run failed jobs again (default: off)"
@@ -76,17 +79,6 @@ def add_parser(subparsers: Any) -> None:
         "--example", action="store_true", help="print an example spec and exit (default: off)"
     )
     p.set_defaults(func=run)
-
-
-def _seconds(text: str) -> float:
-    """A positive, finite number of seconds (``nan`` and ``inf`` are refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
 
 
 #: What marks a batch folder, which a rerun resumes.

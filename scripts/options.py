@@ -7,6 +7,7 @@ switch), or with ``(required)``.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,25 @@ def add_device_flags(
         metavar="N",
         help=f"torch's intra-op CPU threads{jobs.replace('none', 'no cpus')} (default: {share})",
     )
+
+
+def positive_float(what: str = "number") -> Callable[[str], float]:
+    """An argparse ``type``: a positive, finite float (``nan`` and ``inf`` are refused).
+
+    Args:
+        what: What the number is, for the refusal ("number of seconds").
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a {what}, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a positive {what}, got {text}")
+        return value
+
+    return parse
 
 
 def bounded_int(limit: str) -> Callable[[str], int]:

@@ -14,7 +14,12 @@ from rich.table import Table
 
 from autoshrink.compression.errors import AutoshrinkError, CheckpointError
 from autoshrink.scripts.console import LineProgress, console, err_console, make_progress
-from autoshrink.scripts.options import add_device_flags, device_line, setup_device
+from autoshrink.scripts.options import (
+    add_device_flags,
+    device_line,
+    positive_float,
+    setup_device,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -83,7 +88,7 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lr",
-        type=_positive_float,
+        type=positive_float(),
         default=DEFAULT_LR,
         help="peak SGD learning rate (default: %(default)s)",
     )
@@ -144,16 +149,6 @@ def _check_out(out: Path) -> None:
                 f"--out {out} cannot be written: no file can be made in {parent} "
                 f"({exc.strerror or exc})"
             ) from None
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def _positive_int(text: str) -> int:

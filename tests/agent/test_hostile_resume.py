@@ -20,7 +20,7 @@ from autoshrink.agent.search.loop import run_search
 from autoshrink.scripts.cli import main
 from tests.agent.conftest import smallcnn_checkpoint  # noqa: F401 (a fixture)
 from tests.agent.search.test_search_toy import Interrupt
-from tests.agent.test_hostile_run_folder import CKPT, killed, one_error_line, snapshot
+from tests.agent.test_hostile_run_folder import CKPT, data, killed, one_error_line, snapshot
 from tests.compression.artifact_files import TINY_NET
 
 __all__ = ["killed"]  # a fixture, used by name
@@ -96,15 +96,6 @@ def rezip(path: Path) -> None:
             zf.writestr(key, items[key])
 
 
-def edit(name: str, change: Callable[[dict], None]) -> Callable[[Path], None]:
-    def apply(run: Path) -> None:
-        doc = json.loads((run / name).read_text())
-        change(doc)
-        (run / name).write_text(json.dumps(doc))
-
-    return apply
-
-
 def linked_checkpoint(run: Path) -> None:
     """The checkpoint folder replaced by a link to a copy of it (another run's)."""
     other = run.parent / "other"
@@ -122,22 +113,22 @@ AGENT = ("data", "agent", "data")
 ENV = ("data", "env", "data")
 
 
-def config_edit(path: tuple[str, ...], **changes: object) -> Callable[[Path], None]:
+def config_data(path: tuple[str, ...], **changes: object) -> Callable[[Path], None]:
     def change(doc: dict) -> None:
         for key in path:
             doc = doc[key]
         doc.update(changes)
 
-    return edit("config.json", change)
+    return data("config.json", change)
 
 
 CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "config-deleted": (lambda r: (r / "config.json").unlink(), "config.json is missing"),
     "rng-deleted": (lambda r: (r / CKPT / "rng.json").unlink(), "rng.json is missing"),
     "agent-replaced": (lambda r: rezip(r / CKPT / "agent.zip"), "agent.zip has changed"),
-    "best-keep-7": (edit(f"{CKPT}/state.json", best_keep), "state.json has changed"),
-    "config-seed": (config_edit(ENV, seed=9), "config.json is changed since"),
-    "config-episodes-below-done": (config_edit(AGENT, episodes=2), "config.json is changed"),
+    "best-keep-7": (data(f"{CKPT}/state.json", best_keep), "state.json has changed"),
+    "config-seed": (config_data(ENV, seed=9), "config.json is changed since"),
+    "config-episodes-below-done": (config_data(AGENT, episodes=2), "config.json is changed"),
     "checkpoint-linked": (linked_checkpoint, "is a link"),
     "file-added": (lambda r: (r / CKPT / "extra.bin").write_bytes(b"x"), "was not in its"),
 }

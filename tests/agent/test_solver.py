@@ -7,13 +7,13 @@ import json
 
 import numpy as np
 import pytest
-from stable_baselines3.common.callbacks import BaseCallback
 
 from autoshrink.agent.config import AgentConfig
 from autoshrink.agent.search.loop import run_search
 from autoshrink.agent.sensitivity import TABLE_FILE, cached_table_path, read_table
 from autoshrink.agent.solver_costs import build_cost_model, model_error
 from autoshrink.agent.solver_milp import CostModel, PairTerm, solve_allocation
+from tests.agent.search.test_search_toy import Interrupt
 
 
 def cfg(episodes: int = 4, seed: int = 0) -> AgentConfig:
@@ -155,21 +155,6 @@ def test_another_budget_on_the_same_model_reuses_the_table(tmp_path, make_env, o
     assert (
         read_table(tmp_path / "c" / TABLE_FILE).key != read_table(tmp_path / "b" / TABLE_FILE).key
     )
-
-
-class Interrupt(BaseCallback):
-    """Raises (like a kill) at the end of episode ``after`` of this run."""
-
-    def __init__(self, after: int) -> None:
-        super().__init__()
-        self.after, self.seen = after, 0
-
-    def _on_step(self) -> bool:
-        if self.locals["dones"][0]:
-            self.seen += 1
-            if self.seen == self.after:
-                raise KeyboardInterrupt("simulated kill")
-        return True
 
 
 def test_a_resume_reuses_the_table_and_continues_the_same_search(tmp_path, make_env, own_cache):
