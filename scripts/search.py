@@ -31,7 +31,7 @@ from autoshrink.scripts.options import (
     mode_defaults,
     setup_device,
 )
-from autoshrink.scripts.search_progress import SearchBars
+from autoshrink.scripts.search_progress import SearchBars, announce
 from autoshrink.scripts.show import print_shipped
 
 #: The one line ``autoshrink --help`` shows.
@@ -281,7 +281,7 @@ def _config(args: argparse.Namespace, out: Path) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run the search, the final fine-tune, and print the comparison."""
     from autoshrink.agent.search.run import search
-    from autoshrink.compression.device import load_warning, resolve_device
+    from autoshrink.compression.device import resolve_device
     from autoshrink.scripts.train import ensure_baseline
 
     if args.resume and args.out is None:
@@ -308,14 +308,7 @@ def run(args: argparse.Namespace) -> int:
     bars = SearchBars(config, env)
 
     def start() -> None:  # once the run folder is checked: a refusal stays one line
-        import torch
-
-        err_console.print(header, highlight=False, soft_wrap=True)
-        busy = load_warning(torch.get_num_threads())  # the search's own, set by now
-        if busy is not None:
-            err_console.print(f"warning: {busy}", highlight=False, soft_wrap=True)
-        for name, why in env.graph.frozen.items():
-            err_console.print(f"frozen unit {name}: {why}", highlight=False, soft_wrap=True)
+        announce(header, env)
         bars.progress.start()
 
     try:

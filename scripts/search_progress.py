@@ -1,4 +1,4 @@
-"""The progress bars of ``autoshrink search``: the episodes, then the final fine-tune."""
+"""What ``autoshrink search`` shows while it runs: its header, then its progress bars."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from rich.progress import TextColumn
 
 from autoshrink.compression.metrics import result_key
-from autoshrink.scripts.console import make_progress
+from autoshrink.scripts.console import err_console, make_progress
 
 
 class SearchBars:
@@ -60,3 +60,17 @@ def _budget_use(
         if value is not None and baseline.get(metric):
             parts.append(f"{metric} {value / baseline[metric]:.1%}/{limit / baseline[metric]:.1%}")
     return " ".join(parts)
+
+
+def announce(header: str, env: Any) -> None:
+    """The run header, a warning when the machine is busier than its cores, frozen units."""
+    import torch
+
+    from autoshrink.compression.device import load_warning
+
+    err_console.print(header, highlight=False, soft_wrap=True)
+    busy = load_warning(torch.get_num_threads())  # the search's own threads, set by now
+    if busy is not None:
+        err_console.print(f"warning: {busy}", highlight=False, soft_wrap=True)
+    for name, why in env.graph.frozen.items():
+        err_console.print(f"frozen unit {name}: {why}", highlight=False, soft_wrap=True)

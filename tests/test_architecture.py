@@ -117,3 +117,33 @@ def test_the_floors_test_can_fail() -> None:
     tree = ast.parse("from autoshrink.agent.search.loop import run_search\n")
     assert "autoshrink.agent.search.loop.run_search" in imported(tree)
     assert floor("autoshrink.agent.search.loop") > floor("autoshrink.env.budget")
+
+
+#: The house rules: a module holds one concept, a function one step.
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+
+
+def too_long(files: dict[str, Path]) -> list[str]:
+    """Every module over MAX_MODULE_LINES and every function over MAX_FUNCTION_LINES."""
+    out: list[str] = []
+    for module, path in sorted(files.items()):
+        source = path.read_text()
+        if (n := len(source.splitlines())) > MAX_MODULE_LINES:
+            out.append(f"{module}: {n} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    out.append(f"{module}.{node.name}: {length} lines")
+    return out
+
+
+def test_modules_and_functions_keep_their_sizes() -> None:
+    assert too_long(source_files()) == []
+
+
+def test_the_size_test_can_fail(tmp_path: Path) -> None:
+    long = tmp_path / "long.py"
+    long.write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES + "\n" * 400)
+    assert too_long({"m": long}) == ["m: 461 lines", "m.f: 61 lines"]

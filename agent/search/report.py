@@ -100,6 +100,14 @@ def upgrade(obj: object, what: str = "search result") -> dict[str, Any]:
     return unwrap(obj, RESULT_TYPE, RESULT_VERSION, what, CheckpointError)
 
 
+def _budgets(cfg: Any, limits: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Each budget as given (value, relative) and as the absolute limit it came to."""
+    return {
+        m: {"value": b.value, "relative": b.relative, "limit": limits.get(m)}
+        for m, b in cfg.budgets.items()
+    }
+
+
 def build_result(
     env: gym.Env,
     search: Any,
@@ -135,17 +143,14 @@ def build_result(
         "model": cfg.model,
         "dataset": cfg.dataset,
         "mode": cfg.mode,
-        "budgets": {
-            m: {"value": b.value, "relative": b.relative, "limit": limits.get(m)}
-            for m, b in cfg.budgets.items()
-        },
+        "budgets": _budgets(cfg, limits),
         "baseline": baseline,
         "baseline_training": baseline_training(env),
         "compressed": compressed,
         # a latency budget the fresh measurement breaks is not met, whatever the table says
         "budgets_met": met_estimate and (check is None or check["met_by_measurement"]),
         "budgets_met_estimate": met_estimate,
-        "latency": {"runtime": cfg.runtime, "batch": 1, **timed.to_dict()},
+        "latency": {"runtime": cfg.runtime, "batch": cfg.latency_batch, **timed.to_dict()},
         "latency_check": check,
         "seed": seed,
         "episodes": search.episodes,

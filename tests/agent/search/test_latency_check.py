@@ -77,6 +77,7 @@ def test_a_budget_the_fresh_measurement_breaks_is_reported_not_met(
     assert check["met_by_measurement"] is met and on_disk["budgets_met"] is met
     assert check["measured_over_budget"] == pytest.approx(slowdown / 0.9)
     assert on_disk["latency"]["runtime"] == "eager" and "spread" in on_disk["latency"]
+    assert on_disk["latency"]["batch"] == 3 == batches[-1]  # says the batch it was timed at
     assert on_disk["compressed"]["measured_latency_s"] == pytest.approx(0.010 * slowdown)
     assert report["budgets_met"] is met
     assert batches == [3, 3]  # checked at the batch the table was measured for
