@@ -25,6 +25,7 @@ from tests.agent.test_hostile_run_folder import (  # noqa: F401 (a fixture)
     CKPT,
     killed,
     one_error_line,
+    resume_is_refused,
     snapshot,
 )
 
@@ -124,11 +125,7 @@ def test_hostile_weights_in_a_resumed_agent_zip_are_one_line(
     change, needle = ZIP[case]
     run = copy_of(killed, tmp_path, change)
     reseal(run)
-    before = snapshot(run)
-    capsys.readouterr()
-    code = main(["search", "--resume", "--out", str(run)])
-    one_error_line(capsys, code, needle)
-    assert snapshot(run) == before
+    resume_is_refused(run, capsys, needle)
 
 
 @pytest.mark.parametrize("case", sorted(ZIP))

@@ -20,7 +20,14 @@ from autoshrink.agent.search.loop import run_search
 from autoshrink.scripts.cli import main
 from tests.agent.conftest import smallcnn_checkpoint  # noqa: F401 (a fixture)
 from tests.agent.search.test_search_toy import Interrupt
-from tests.agent.test_hostile_run_folder import CKPT, data, killed, one_error_line, snapshot
+from tests.agent.test_hostile_run_folder import (
+    CKPT,
+    data,
+    killed,
+    one_error_line,
+    resume_is_refused,
+    snapshot,
+)
 from tests.compression.artifact_files import TINY_NET
 
 __all__ = ["killed"]  # a fixture, used by name
@@ -141,19 +148,12 @@ def test_a_resume_from_files_not_as_they_were_saved_is_refused(
     run = copied(killed, tmp_path)
     change, needle = CASES[case]
     change(run)
-    before = snapshot(run)
-    capsys.readouterr()
-    code = main(["search", "--resume", "--out", str(run)])
-    one_error_line(capsys, code, needle)
-    assert snapshot(run) == before
+    resume_is_refused(run, capsys, needle)
 
 
 def test_a_resume_asking_for_fewer_episodes_than_done_is_refused(
     killed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = copied(killed, tmp_path)
-    before = snapshot(run)
-    capsys.readouterr()
-    code = main(["search", "--resume", "--out", str(run), "--episodes", "2"])
-    one_error_line(capsys, code, "holds 3 episodes already, more than the 2 asked")
-    assert snapshot(run) == before
+    needle = "holds 3 episodes already, more than the 2 asked"
+    resume_is_refused(run, capsys, needle, "--episodes", "2")

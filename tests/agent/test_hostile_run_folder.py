@@ -182,9 +182,16 @@ def test_a_hostile_run_folder_file_is_refused_in_one_line_and_nothing_is_written
     shutil.copytree(killed, run)
     change, needle = RESUME[case]
     change(run)
+    resume_is_refused(run, capsys, needle)
+
+
+def resume_is_refused(
+    run: Path, capsys: pytest.CaptureFixture[str], needle: str, *flags: str
+) -> None:
+    """``search --resume`` of ``run`` is one error line naming ``needle``; nothing changes."""
     before = snapshot(run)
     capsys.readouterr()
-    code = main(["search", "--resume", "--out", str(run)])
+    code = main(["search", "--resume", "--out", str(run), *flags])
     one_error_line(capsys, code, needle)
     assert snapshot(run) == before
 
